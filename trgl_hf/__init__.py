@@ -1,0 +1,52 @@
+"""trgl_hf: Transport Regularized Greedy Learning (Karkar et al., NeurIPS 2023) for Hugging Face models.
+
+Cut a model into modules, give each an auxiliary head, and train the modules greedily with the TRGL loss:
+
+```python
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
+
+model = TRGLModel.from_base(base_model, TRGLConfig(num_modules=4, tau=10.0))
+args = TRGLTrainingArguments(output_dir="out", trgl_mode="sequential", num_train_epochs=3)
+TRGLTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation).train()
+```
+"""
+
+from .adapters import supported_families
+from .cifar_weights import load_akamaster_resnet
+from .configuration_trgl import TRGLConfig
+from .data import load_digits_dataset
+from .hub_models.configuration_cifar_resnet import CifarResNetConfig
+from .hub_models.configuration_trgl_stage import TRGLStageConfig
+from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
+from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification
+from .losses import transport_cost
+from .metrics import PerModuleMetrics, accuracy
+from .modeling_trgl import TRGLModel, TRGLOutput
+from .registration import register_auto_classes
+from .trainer import NonFiniteLossError, TRGLTrainer
+from .training_args import TRGLTrainingArguments
+
+register_auto_classes()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CifarResNetConfig",
+    "CifarResNetForImageClassification",
+    "CifarResNetModel",
+    "NonFiniteLossError",
+    "PerModuleMetrics",
+    "TRGLConfig",
+    "TRGLModel",
+    "TRGLOutput",
+    "TRGLStageConfig",
+    "TRGLStageForImageClassification",
+    "TRGLTrainer",
+    "TRGLTrainingArguments",
+    "accuracy",
+    "load_akamaster_resnet",
+    "load_digits_dataset",
+    "register_auto_classes",
+    "supported_families",
+    "transport_cost",
+]

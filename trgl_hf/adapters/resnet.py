@@ -1,0 +1,140 @@
+"""ResNets: transformers' `ResNetModel` and this library's CIFAR ResNet-20..110 (same module layout).
+
+A block computes `activation(layer(x) + shortcut(x))`; its residual branch is the output of `block.layer`,
+captured by a forward hook that clones it before the in-place addition. Downsampling blocks are penalised like the
+others (their branch is what the official code penalises); the stem (`embedder`) is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+
+from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
+from ..hub_models.configuration_trgl_stage import TRGLStageConfig
+from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
+from ..losses import branch_energy
+from .base import BlockProbe, ModelAdapter
+
+
+def _is_residual_block(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "layer", None), nn.Module) and isinstance(
+        getattr(module, "shortcut", None), nn.Module
+    )
+
+
+class ResNetAdapter(ModelAdapter):
+    """Adapter for backbones with an `embedder` stem and blocks exposing `layer` (residual branch) and `shortcut`."""
+
+    family = "resnet"
+    main_input_name = "pixel_values"
+
+    @classmethod
+    def can_cut(cls, model: nn.Module) -> bool:
+        backbone = getattr(model, "base_model", model)
+        return hasattr(backbone, "embedder") and any(_is_residual_block(m) for m in backbone.modules())
+
+    @classmethod
+    def find_blocks(cls, backbone: nn.Module) -> list[nn.Module]:
+        return [module for module in backbone.modules() if _is_residual_block(module)]
+
+    @classmethod
+    def split_task_model(cls, model: nn.Module) -> tuple[nn.Module, nn.Linear | None]:
+        backbone = getattr(model, "base_model", model)
+        if backbone is model:
+            return model, None
+        backbone_ids = {id(m) for m in backbone.modules()}
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in backbone_ids]
+        return backbone, (linears[-1] if linears else None)
+
+    @classmethod
+    def backbone_from_config(cls, config: PreTrainedConfig) -> nn.Module:
+        return AutoModelForImageClassification.from_config(config).base_model
+
+    def embed(self, pixel_values: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        if pixel_values is None:
+            raise ValueError("ResNet modules need `pixel_values` (batch, channels, height, width).")
+        return self.backbone.embedder(pixel_values)
+
+    def run_block(self, index: int, hidden_state: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        block = self.blocks[index]
+        energies: list[torch.Tensor] = []
+
+        def capture(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            energies.append(branch_energy(output.clone()))
+
+        handle = block.layer.register_forward_hook(capture)
+        try:
+            output = block(hidden_state)
+        finally:
+            handle.remove()
+        return output, energies
+
+    def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int) -> nn.Module:
+        if kind == "conv" and min(probe.spatial_size) < pool_size:
+            raise ValueError(
+                f"A module output is only {probe.spatial_size} pixels but the conv head pools to "
+                f"{pool_size}x{pool_size}: use larger images, a smaller `head_pool_size`, or `aux_head='linear'`."
+            )
+        return build_conv_feature_head(kind, probe.channels, num_labels, pool_size)
+
+    def probe_inputs(self, image_size: int | None, batch_size: int = 2) -> dict[str, torch.Tensor]:
+        config = self.backbone.config
+        size = image_size or getattr(config, "image_size", None) or 224
+        parameter = next(self.backbone.parameters())
+        return {
+            "pixel_values": torch.randn(
+                batch_size, config.num_channels, size, size, device=parameter.device, dtype=parameter.dtype
+            )
+        }
+
+    def truncated_config(self, num_blocks: int, num_labels: int) -> PreTrainedConfig:
+        """The backbone's configuration with only the stages needed for the first `num_blocks` blocks."""
+        depths, remaining = [], num_blocks
+        for depth in self.backbone.config.depths:
+            if remaining == 0:
+                break
+            depths.append(min(depth, remaining))
+            remaining -= depths[-1]
+        config = copy.deepcopy(self.backbone.config)
+        config.depths = depths
+        config.hidden_sizes = list(config.hidden_sizes[: len(depths)])
+        config.num_labels = num_labels
+        if hasattr(config, "stage_names"):
+            config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, len(depths) + 1)]
+            config.out_features, config.out_indices = None, None
+            with contextlib.suppress(AttributeError, ValueError, TypeError):
+                config.set_output_features_output_indices(out_features=None, out_indices=None)
+        config.architectures = None
+        return config
+
+    def _load_truncated_backbone(self, target: nn.Module) -> None:
+        source = self.backbone.state_dict()
+        target.load_state_dict({name: source[name] for name in target.state_dict()}, strict=True)
+
+    def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
+        config = self.truncated_config(num_blocks, num_labels)
+        if isinstance(head, PoolLinearHead):
+            model = AutoModelForImageClassification.from_config(config)
+            self._load_truncated_backbone(model.base_model)
+            classifier = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
+            classifier.load_state_dict(head.linear.state_dict())
+        else:
+            stage_config = TRGLStageConfig(
+                backbone_config=config.to_dict(),
+                aux_head="conv",
+                head_pool_size=head.pool.output_size
+                if isinstance(head.pool.output_size, int)
+                else head.pool.output_size[0],
+                head_channels=head.conv.in_channels,
+                num_labels=num_labels,
+            )
+            model = TRGLStageForImageClassification(stage_config)
+            self._load_truncated_backbone(model.backbone)
+            model.head.load_state_dict(head.state_dict())
+        return model.eval()

@@ -1,0 +1,156 @@
+"""Configuration of a TRGL model: how the base network is cut and which local objective each module minimises."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+SPLIT_POLICIES = ("equal", "balanced")
+TAU_SCHEDULES = ("halves", "constant", "multipliers")
+AUX_HEADS = ("conv", "linear")
+
+
+class TRGLConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`TRGLModel`]: a base network cut into `num_modules` consecutive modules, each with an
+    auxiliary head, each trained on its own loss
+
+        loss_k = CE(head_k(h_k), y) + 1 / (2 tau_k) * sum over residual branches r of module k of mean(r ** 2)
+
+    (Karkar et al., NeurIPS 2023). With `use_transport=False` the second term is dropped: plain greedy training
+    ("VanGL"), the baseline TRGL improves on.
+
+    Args:
+        base_config (`dict` or `PreTrainedConfig`, *optional*):
+            Configuration of the task model that was cut (e.g. a `ResNetConfig`). Filled in by
+            [`TRGLModel.from_base`]; needed to rebuild the model in `TRGLModel.from_pretrained`.
+        base_model_name_or_path (`str`, *optional*):
+            Hub id or local path the base model was loaded from, recorded for model cards.
+        family (`str`, *optional*):
+            Name of the adapter that cut the base model (`"resnet"`, ...). Found by probing when left empty.
+        num_modules (`int`, *optional*, defaults to 4):
+            Number of modules K the residual blocks are split into. Ignored when `split` is given.
+        split (`list[int]`, *optional*):
+            Explicit number of residual blocks per module, summing to the number of blocks of the base model.
+        split_policy (`str`, *optional*, defaults to `"equal"`):
+            `"equal"` gives every module the same number of blocks (extra blocks go to the first modules);
+            `"balanced"` balances the estimated training activation memory of the modules (the paper's TRGL*).
+        tau (`float` or `list[float]`, *optional*, defaults to 10.0):
+            Transport step size. A float is expanded with `tau_schedule`; a list gives tau_k per module.
+            The default 10 was the best of {1, 10, 100} on a validation split in short CIFAR-10 runs (tau = 1, the
+            paper's STL-10 value, shrinks the residual branches to almost nothing in short runs).
+        tau_schedule (`str`, *optional*, defaults to `"halves"`):
+            `"halves"`: tau / 2 for the first floor(K / 2) modules and tau for the others (the paper's rule);
+            `"constant"`: tau for every module; `"multipliers"`: the method of multipliers of the paper's
+            appendix D (see `multiplier_*`).
+        use_transport (`bool`, *optional*, defaults to `True`):
+            Add the transport term. `False` trains the VanGL baseline.
+        multiplier_init (`float`, *optional*, defaults to 1.0):
+            Initial multiplier lambda_0 (same for every module) of the `"multipliers"` schedule; the transport term
+            is weighted 1 / lambda_k.
+        multiplier_step (`float`, *optional*, defaults to 1.0):
+            Increase factor h: every `multiplier_period` steps lambda_k += h * (current task loss of module k).
+        multiplier_period (`int`, *optional*, defaults to 50):
+            Period s, in optimizer steps, of the multiplier update.
+        aux_head (`str`, *optional*, defaults to `"conv"`):
+            `"conv"`: the paper's head (conv3x3, ReLU, average pooling, BatchNorm, linear); `"linear"`: global
+            average pooling and a linear layer, the native ResNet classifier, so stages export as native models.
+        head_pool_size (`int`, *optional*, defaults to 2):
+            Side of the pooled feature map of the `"conv"` head (adaptive average pooling).
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of every module's cross-entropy.
+        image_size (`int`, *optional*):
+            Input resolution used to probe block shapes and activation sizes. Taken from the base config when it
+            has one, else 224.
+        trained_modules (`int`, *optional*, defaults to 0):
+            How many leading modules have finished training (written by the trainer).
+        module_output_shapes (`list[list[int]]`, *optional*):
+            Output shape (channels, then spatial sizes) of every module for one example, measured by
+            [`TRGLModel.from_base`]; used to rebuild the heads.
+    """
+
+    model_type = "trgl"
+    sub_configs_defaults = {
+        "base_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet", optional=True),
+    }
+
+    base_config: dict | PreTrainedConfig | None = None
+    base_model_name_or_path: str | None = None
+    family: str | None = None
+    num_modules: int = 4
+    split: list[int] | None = None
+    split_policy: Literal["equal", "balanced"] = "equal"
+    tau: float | list[float] = 10.0
+    tau_schedule: Literal["halves", "constant", "multipliers"] = "halves"
+    use_transport: bool = True
+    multiplier_init: float = 1.0
+    multiplier_step: float = 1.0
+    multiplier_period: int = 50
+    aux_head: Literal["conv", "linear"] = "conv"
+    head_pool_size: int = 2
+    label_smoothing: float = 0.0
+    image_size: int | None = None
+    trained_modules: int = 0
+    module_output_shapes: list[list[int]] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.keys_to_ignore_at_inference = ["module_losses", "transport"]
+        self.validate_trgl()
+
+    def validate_trgl(self) -> None:
+        """Raise a `ValueError` naming the field to change when the configuration cannot describe a TRGL model."""
+        if self.split is not None:
+            if len(self.split) == 0 or any(int(n) < 1 for n in self.split):
+                raise ValueError(f"`split` must list at least one block per module, got {self.split}.")
+            self.num_modules = len(self.split)
+        if int(self.num_modules) < 1:
+            raise ValueError(f"`num_modules` must be at least 1, got {self.num_modules}.")
+        if self.split_policy not in SPLIT_POLICIES:
+            raise ValueError(f"`split_policy` must be one of {SPLIT_POLICIES}, got {self.split_policy!r}.")
+        if self.tau_schedule not in TAU_SCHEDULES:
+            raise ValueError(f"`tau_schedule` must be one of {TAU_SCHEDULES}, got {self.tau_schedule!r}.")
+        if self.aux_head not in AUX_HEADS:
+            raise ValueError(f"`aux_head` must be one of {AUX_HEADS}, got {self.aux_head!r}.")
+        taus = self.tau if isinstance(self.tau, (list, tuple)) else [self.tau]
+        for tau in taus:
+            if not isinstance(tau, (int, float)) or not tau > 0 or math.isnan(tau):
+                raise ValueError(
+                    f"`tau` must be a positive number (or a list of them, one per module), got {self.tau!r}; "
+                    "use `use_transport=False` for training without the transport term."
+                )
+        if isinstance(self.tau, (list, tuple)) and len(self.tau) != self.num_modules:
+            raise ValueError(
+                f"`tau` lists {len(self.tau)} values but the model has {self.num_modules} modules: give one per module."
+            )
+        if self.multiplier_init <= 0 or self.multiplier_step < 0 or self.multiplier_period < 1:
+            raise ValueError(
+                "The multiplier schedule needs `multiplier_init` > 0, `multiplier_step` >= 0 and "
+                "`multiplier_period` >= 1."
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}.")
+        if self.head_pool_size < 1:
+            raise ValueError(f"`head_pool_size` must be at least 1, got {self.head_pool_size}.")
+
+    def module_taus(self) -> list[float]:
+        """Return tau_k for every module (`inf` when the transport term is off).
+
+        Returns:
+            `list[float]`: one value per module, following `tau` and `tau_schedule`.
+        """
+        num_modules = int(self.num_modules)
+        if not self.use_transport:
+            return [math.inf] * num_modules
+        if isinstance(self.tau, (list, tuple)):
+            return [float(t) for t in self.tau]
+        if self.tau_schedule == "halves":
+            first_half = num_modules // 2
+            return [self.tau / 2] * first_half + [float(self.tau)] * (num_modules - first_half)
+        return [float(self.tau)] * num_modules
+
+
+__all__ = ["TRGLConfig"]

@@ -1,0 +1,52 @@
+"""An exported TRGL stage: truncated backbone + auxiliary head, loadable with `trust_remote_code=True`.
+
+Self-contained (torch, transformers and sibling files only), so it works without trgl_hf installed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+
+from .aux_heads import build_conv_feature_head
+from .configuration_cifar_resnet import CifarResNetConfig
+from .configuration_trgl_stage import TRGLStageConfig
+from .modeling_cifar_resnet import CifarResNetModel
+
+
+def build_backbone(backbone_config: dict) -> nn.Module:
+    """Build the truncated backbone described by a configuration dictionary."""
+    settings = dict(backbone_config)
+    model_type = settings.pop("model_type")
+    if model_type == CifarResNetConfig.model_type:
+        return CifarResNetModel(CifarResNetConfig(**settings))
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **settings))
+
+
+class TRGLStageForImageClassification(PreTrainedModel):
+    """Modules 1..k of a TRGL run with head k, as one image classifier."""
+
+    config_class = TRGLStageConfig
+    base_model_prefix = "trgl_stage"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: TRGLStageConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.backbone_config)
+        self.head = build_conv_feature_head(
+            config.aux_head, config.head_channels, config.num_labels, config.head_pool_size
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Weights come from the training run; nothing to initialise."""
+
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+    ) -> ImageClassifierOutputWithNoAttention:
+        hidden_state = self.backbone(pixel_values).last_hidden_state
+        logits = self.head(hidden_state)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)

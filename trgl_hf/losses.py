@@ -1,0 +1,61 @@
+"""The TRGL local objective: cross-entropy of a module's auxiliary head plus its transport (kinetic energy) cost."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def branch_energy(residual: torch.Tensor) -> torch.Tensor:
+    """Kinetic energy of one residual branch: mean(r ** 2) over batch x features, in float32."""
+    return residual.float().pow(2).mean()
+
+
+def transport_cost(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Discrete kinetic energy of a module: the sum over its residual branches r of mean(r ** 2).
+
+    The mean runs over batch x features (the official code's normalisation; tau values are only meaningful with it)
+    and is computed in float32 whatever the autocast dtype.
+
+    Args:
+        residuals (`Sequence[torch.Tensor]`): the residual-branch outputs of the module's blocks.
+
+    Returns:
+        `torch.Tensor`: a scalar; zero when `residuals` is empty.
+
+    Example:
+    ```python
+    >>> transport_cost([torch.ones(2, 3), 2 * torch.ones(4)])
+    tensor(5.)
+    ```
+    """
+    if len(residuals) == 0:
+        return torch.zeros(())
+    return torch.stack([branch_energy(r) for r in residuals]).sum()
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of an auxiliary head, averaged over the batch, computed in float32."""
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+def trgl_loss(task: torch.Tensor, transport: torch.Tensor, transport_weight: float) -> torch.Tensor:
+    """Combine a module's task loss and transport cost: `task + transport_weight * transport`.
+
+    `transport_weight` is 1 / (2 tau_k), 1 / lambda_k under the method of multipliers, and 0 for VanGL (in which
+    case the transport cost is not part of the graph at all).
+    """
+    if transport_weight == 0.0:
+        return task
+    return task + transport_weight * transport.to(task.device)
+
+
+def transport_weight_from_tau(tau: float) -> float:
+    """1 / (2 tau), and 0 for tau = infinity (no transport term)."""
+    return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
+
+
+__all__ = ["branch_energy", "task_loss", "transport_cost", "transport_weight_from_tau", "trgl_loss"]

@@ -1,0 +1,388 @@
+"""`TRGLModel`: a base network cut into K modules, each with an auxiliary head and its own TRGL loss."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForImageClassification, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .adapters import BlockProbe, adapter_class_for
+from .configuration_trgl import TRGLConfig
+from .hub_models.aux_heads import PoolLinearHead
+from .losses import task_loss, transport_weight_from_tau, trgl_loss
+from .splitting import balanced_split, check_num_modules, check_split, equal_split
+
+
+@dataclass
+class TRGLOutput(ModelOutput):
+    """Output of [`TRGLModel`].
+
+    Args:
+        loss (`torch.Tensor`, *optional*):
+            Training: the sum of the trained modules' TRGL losses. Evaluation: the last computed module's
+            cross-entropy.
+        logits (`torch.Tensor`):
+            Logits of the last computed module's head, `(batch, num_labels)`.
+        module_logits (`torch.Tensor`):
+            Logits of every computed module's head, `(batch, num_computed_modules, num_labels)`.
+        module_losses (`torch.Tensor`, *optional*):
+            Cross-entropy of every computed module, `(num_computed_modules,)`.
+        transport (`torch.Tensor`):
+            Transport cost (sum over residual branches of mean(r ** 2)) of every computed module.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    module_logits: torch.Tensor | None = None
+    module_losses: torch.Tensor | None = None
+    transport: torch.Tensor | None = None
+
+
+@dataclass
+class ModuleStep:
+    """What one module produced on one batch (yielded by [`TRGLModel.iter_modules`])."""
+
+    index: int
+    hidden_state: torch.Tensor
+    logits: torch.Tensor
+    transport: torch.Tensor
+    task_loss: torch.Tensor | None
+    loss: torch.Tensor | None
+    trainable: bool
+
+
+class TRGLModel(PreTrainedModel):
+    r"""
+    A base network cut into `config.num_modules` consecutive modules, each followed by an auxiliary head, trained
+    module-wise with the TRGL loss (module k: cross-entropy of head k plus 1 / (2 tau_k) times the kinetic energy of
+    its residual branches). Module 1 also holds the stem; the last module's head is the classifier.
+
+    Build one from a Hub or local model with [`TRGLModel.from_base`]; train it with [`TRGLTrainer`]; export any
+    prefix (modules 1..k + head k) as a standalone model with [`TRGLModel.export_stage`].
+
+    Example:
+    ```python
+    >>> from transformers import ResNetConfig, ResNetForImageClassification
+    >>> from trgl_hf import TRGLConfig, TRGLModel
+    >>> base = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[2, 2],
+    ...                                                  layer_type="basic", num_labels=3))
+    >>> model = TRGLModel.from_base(base, TRGLConfig(num_modules=2, image_size=32))
+    >>> model(pixel_values=torch.randn(4, 3, 32, 32)).module_logits.shape
+    torch.Size([4, 2, 3])
+    ```
+    """
+
+    config_class = TRGLConfig
+    base_model_prefix = "trgl"
+    accepts_loss_kwargs = False
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: TRGLConfig, backbone: nn.Module | None = None):
+        super().__init__(config)
+        if config.base_config is None or config.split is None or config.module_output_shapes is None:
+            raise ValueError(
+                "A TRGLModel is built from a base model: use `TRGLModel.from_base(model, config)` or "
+                "`TRGLModel.from_pretrained(path)`."
+            )
+        adapter_class = adapter_class_for(family=config.family)
+        self.backbone = backbone if backbone is not None else adapter_class.backbone_from_config(config.base_config)
+        self.adapter = adapter_class(self.backbone)
+        self.main_input_name = adapter_class.main_input_name
+        check_split(config.split, len(self.adapter.blocks))
+        self.heads = nn.ModuleList(
+            self.adapter.build_head(
+                config.aux_head,
+                BlockProbe(channels=shape[0], spatial_size=tuple(shape[1:]), activation_bytes=0),
+                config.num_labels,
+                config.head_pool_size,
+            )
+            for shape in config.module_output_shapes
+        )
+        self.register_buffer("multipliers", torch.full((self.num_modules,), float(config.multiplier_init)))
+        self.trainable_modules: tuple[int, ...] = tuple(range(self.num_modules))
+        self._members = self._group_members()
+        self.cached_input_module: int | None = None
+        self.evaluated_modules: int | None = None
+        self.post_init()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_base(
+        cls,
+        base_model: PreTrainedModel | str | os.PathLike,
+        config: TRGLConfig | None = None,
+        **config_kwargs: Any,
+    ) -> TRGLModel:
+        """Cut a task model (e.g. `ResNetForImageClassification`) into modules and attach auxiliary heads.
+
+        Args:
+            base_model (`PreTrainedModel` or `str`):
+                The model to cut, built from a config or loaded with `from_pretrained`; or a Hub id / local path,
+                loaded with `AutoModelForImageClassification.from_pretrained` (pass `num_labels` in
+                `config_kwargs` to replace its classifier).
+            config (`TRGLConfig`, *optional*):
+                How to cut and train it. Defaults to `TRGLConfig(**config_kwargs)`.
+            config_kwargs:
+                Fields of [`TRGLConfig`] (when `config` is None) and, for a path, `num_labels`.
+
+        Returns:
+            [`TRGLModel`]: sharing the base model's block weights; the last head starts from the base classifier
+            when their shapes match.
+
+        Raises:
+            `ValueError`: the model cannot be cut, or K / `split` / `tau` do not fit it.
+
+        Example:
+        ```python
+        >>> from trgl_hf import TRGLModel
+        >>> model = TRGLModel.from_base("microsoft/resnet-18", num_modules=4, tau=10.0, num_labels=10)
+        ```
+        """
+        if isinstance(base_model, (str, os.PathLike)):
+            load_kwargs = {}
+            if "num_labels" in config_kwargs:
+                load_kwargs = {"num_labels": config_kwargs.pop("num_labels"), "ignore_mismatched_sizes": True}
+            name_or_path = str(base_model)
+            base_model = AutoModelForImageClassification.from_pretrained(name_or_path, **load_kwargs)
+            config_kwargs.setdefault("base_model_name_or_path", name_or_path)
+        if not isinstance(base_model, nn.Module):
+            raise ValueError(f"`base_model` must be a transformers model or a path, got {type(base_model).__name__}.")
+        config = copy.deepcopy(config) if config is not None else TRGLConfig(**config_kwargs)
+        adapter_class = adapter_class_for(base_model, config.family)
+        backbone, classifier = adapter_class.split_task_model(base_model)
+        base_config = copy.deepcopy(base_model.config)
+        config.family = adapter_class.family
+        config.base_config = base_config
+        config.num_labels = base_config.num_labels
+        config.id2label, config.label2id = dict(base_config.id2label), dict(base_config.label2id)
+        config.base_model_name_or_path = config.base_model_name_or_path or getattr(base_config, "_name_or_path", None)
+        if config.image_size is None:
+            config.image_size = getattr(base_config, "image_size", None)
+
+        adapter = adapter_class(backbone)
+        num_blocks = len(adapter.blocks)
+        probes = adapter.probe_blocks(adapter.probe_inputs(config.image_size))
+        if config.split is not None:
+            check_split(config.split, num_blocks)
+        elif config.split_policy == "balanced":
+            check_num_modules(num_blocks, config.num_modules)
+            config.split = balanced_split([p.activation_bytes for p in probes], config.num_modules)
+        else:
+            config.split = equal_split(num_blocks, config.num_modules)
+        config.num_modules = len(config.split)
+        config.validate_trgl()
+        ends = [sum(config.split[: k + 1]) - 1 for k in range(config.num_modules)]
+        for end in ends:
+            adapter.build_head(config.aux_head, probes[end], config.num_labels, config.head_pool_size)
+        config.module_output_shapes = [[probes[end].channels, *probes[end].spatial_size] for end in ends]
+
+        model = cls(config, backbone=backbone)
+        last_head = model.heads[-1]
+        if (
+            isinstance(last_head, PoolLinearHead)
+            and classifier is not None
+            and classifier.weight.shape == last_head.linear.weight.shape
+        ):
+            last_head.linear.load_state_dict(classifier.state_dict())
+        return model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The backbone keeps its own (pretrained or initialised) weights; heads use PyTorch's default init."""
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def num_modules(self) -> int:
+        """Number of modules K."""
+        return len(self.config.split)
+
+    def module_block_range(self, index: int) -> range:
+        """Indices of the residual blocks of module `index` (0-based)."""
+        start = sum(self.config.split[:index])
+        return range(start, start + self.config.split[index])
+
+    def _group_members(self) -> list[tuple[list[nn.Module], list[nn.Parameter]]]:
+        """Per module: every `nn.Module` it owns (flat, for switching to eval) and its parameters."""
+        blocks = self.adapter.blocks
+        block_module_ids = {id(m) for block in blocks for m in block.modules()}
+        stem_modules = [m for m in self.backbone.modules() if id(m) not in block_module_ids]
+        block_param_ids = {id(p) for block in blocks for p in block.parameters()}
+        stem_params = [p for p in self.backbone.parameters() if id(p) not in block_param_ids]
+        members = []
+        for index in range(self.num_modules):
+            owners = [blocks[i] for i in self.module_block_range(index)] + [self.heads[index]]
+            modules = [m for owner in owners for m in owner.modules()]
+            params = [p for owner in owners for p in owner.parameters()]
+            if index == 0:
+                modules, params = stem_modules + modules, stem_params + params
+            members.append((modules, params))
+        return members
+
+    def module_parameters(self, index: int) -> list[nn.Parameter]:
+        """Parameters of module `index` (0-based): its blocks, its head, and the stem for module 0."""
+        return self._members[index][1]
+
+    def set_trainable_modules(self, indices: Iterable[int]) -> None:
+        """Train only the modules in `indices` (0-based): the others get `requires_grad=False` and stay in eval mode.
+
+        Call it before building an optimizer or a DDP wrapper (the trainer does).
+        """
+        indices = tuple(sorted(set(indices)))
+        for index in indices:
+            if not 0 <= index < self.num_modules:
+                raise ValueError(f"Module index {index} out of range for {self.num_modules} modules.")
+        self.trainable_modules = indices
+        for param in self.parameters():
+            param.requires_grad_(False)
+        for index in indices:
+            for param in self.module_parameters(index):
+                param.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TRGLModel:
+        """Like `nn.Module.train`, but modules that are not being trained always stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for index in range(self.num_modules):
+                if index not in self.trainable_modules:
+                    for module in self._members[index][0]:
+                        module.training = False
+        return self
+
+    def transport_weight(self, index: int) -> float:
+        """Weight of module `index`'s transport cost: 1 / (2 tau_k), 1 / lambda_k (multipliers), or 0 (VanGL)."""
+        if not self.config.use_transport:
+            return 0.0
+        if self.config.tau_schedule == "multipliers" and not isinstance(self.config.tau, (list, tuple)):
+            return 1.0 / float(self.multipliers[index])
+        return transport_weight_from_tau(self.config.module_taus()[index])
+
+    @torch.no_grad()
+    def update_multipliers(self, task_losses: dict[int, float]) -> None:
+        """Method-of-multipliers step (paper App. D): lambda_k += h * task loss of module k."""
+        for index, value in task_losses.items():
+            self.multipliers[index] += self.config.multiplier_step * float(value)
+
+    # ------------------------------------------------------------------ forward
+
+    def iter_modules(
+        self,
+        labels: torch.Tensor | None = None,
+        trgl_hidden_states: torch.Tensor | None = None,
+        last_module: int | None = None,
+        **inputs: Any,
+    ) -> Iterator[ModuleStep]:
+        """Run the modules one after another, yielding each module's output, logits and loss as soon as it exists.
+
+        Each trainable module reads its predecessor's output *detached*, so its loss can be backpropagated (and its
+        graph freed) before the next module runs: that is how parallel training keeps one module's graph alive.
+        Modules that are not trainable run under `torch.no_grad()`.
+
+        Args:
+            labels (`torch.Tensor`, *optional*): class indices; needed for losses.
+            trgl_hidden_states (`torch.Tensor`, *optional*):
+                Cached output of module `self.cached_input_module - 1`; computation starts at
+                `self.cached_input_module`.
+            last_module (`int`, *optional*): last module to run (0-based); defaults to the last trainable module
+                in training mode and to module `evaluated_modules` (all modules when unset) in eval mode.
+            inputs: the base model's inputs (e.g. `pixel_values`).
+        """
+        if last_module is None:
+            if self.training and self.trainable_modules:
+                last_module = max(self.trainable_modules)
+            else:
+                last_module = (self.evaluated_modules or self.num_modules) - 1
+        if trgl_hidden_states is not None:
+            if self.cached_input_module is None:
+                raise ValueError("`trgl_hidden_states` given but `cached_input_module` is not set.")
+            first_module, hidden = self.cached_input_module, trgl_hidden_states
+        else:
+            first_module, hidden = 0, None
+        for index in range(first_module, last_module + 1):
+            trainable = index in self.trainable_modules and torch.is_grad_enabled()
+            with torch.set_grad_enabled(trainable):
+                if hidden is None:
+                    hidden = self.adapter.embed(**inputs)
+                elif trainable:
+                    hidden = hidden.detach()
+                energies = []
+                for block_index in self.module_block_range(index):
+                    hidden, block_energies = self.adapter.run_block(block_index, hidden)
+                    energies.extend(block_energies)
+                transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
+                logits = self.heads[index](hidden)
+                module_task_loss = loss = None
+                if labels is not None:
+                    module_task_loss = task_loss(logits, labels, self.config.label_smoothing)
+                    loss = trgl_loss(module_task_loss, transport, self.transport_weight(index))
+            yield ModuleStep(index, hidden, logits, transport, module_task_loss, loss, trainable)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        trgl_hidden_states: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> TRGLOutput:
+        """Run the modules and their heads.
+
+        Args:
+            pixel_values (`torch.Tensor`, *optional*): images `(batch, channels, height, width)`.
+            labels (`torch.Tensor`, *optional*): class indices `(batch,)`.
+            trgl_hidden_states (`torch.Tensor`, *optional*): cached output of the frozen prefix (sequential mode).
+
+        Returns:
+            [`TRGLOutput`]: in training mode `loss` sums the trainable modules' TRGL losses (one backward then gives
+            every module exactly its own gradient); in eval mode it is the last module's cross-entropy.
+        """
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values
+        steps = list(self.iter_modules(labels=labels, trgl_hidden_states=trgl_hidden_states, **kwargs))
+        loss = None
+        if labels is not None:
+            if self.training and any(step.trainable for step in steps):
+                loss = torch.stack([step.loss for step in steps if step.trainable]).sum()
+            else:
+                loss = steps[-1].task_loss
+        return TRGLOutput(
+            loss=loss,
+            logits=steps[-1].logits,
+            module_logits=torch.stack([step.logits for step in steps], dim=1),
+            module_losses=torch.stack([step.task_loss for step in steps]) if labels is not None else None,
+            transport=torch.stack([step.transport.detach() for step in steps]),
+        )
+
+    # ------------------------------------------------------------------ export
+
+    def export_stage(self, stage: int) -> PreTrainedModel:
+        """Modules 1..`stage` with head `stage` as a standalone model with the same logits.
+
+        A `"linear"` head gives the family's native model (e.g. a shallower `ResNetForImageClassification`); a
+        `"conv"` head gives a `TRGLStageForImageClassification` that loads with `trust_remote_code=True`.
+
+        Args:
+            stage (`int`): 1-based index of the last module kept.
+
+        Returns:
+            `PreTrainedModel`: in eval mode, on CPU.
+        """
+        if not 1 <= stage <= self.num_modules:
+            raise ValueError(f"`stage` must be between 1 and {self.num_modules}, got {stage}.")
+        num_blocks = sum(self.config.split[:stage])
+        exported = self.adapter.export_stage(num_blocks, self.heads[stage - 1], self.config.num_labels)
+        exported.config.id2label, exported.config.label2id = dict(self.config.id2label), dict(self.config.label2id)
+        if hasattr(exported.config, "stage_index"):
+            exported.config.stage_index, exported.config.num_stages = stage, self.num_modules
+        return exported
+
+
+__all__ = ["TRGLModel", "TRGLOutput"]

@@ -1,0 +1,32 @@
+"""Register this library's model classes with transformers' Auto classes (in process and for the Hub)."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_trgl import TRGLConfig
+from .hub_models.configuration_cifar_resnet import CifarResNetConfig
+from .hub_models.configuration_trgl_stage import TRGLStageConfig
+from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
+from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification
+from .modeling_trgl import TRGLModel
+
+
+def register_auto_classes() -> None:
+    """Make `AutoConfig` / `AutoModel*` resolve `trgl`, `cifar_resnet` and `trgl_stage` checkpoints.
+
+    Saved CIFAR ResNets and TRGL stages also carry their modeling files and an `auto_map`, so they load with
+    `trust_remote_code=True` where trgl_hf is not installed.
+    """
+    AutoConfig.register(TRGLConfig.model_type, TRGLConfig, exist_ok=True)
+    AutoModel.register(TRGLConfig, TRGLModel, exist_ok=True)
+    AutoConfig.register(CifarResNetConfig.model_type, CifarResNetConfig, exist_ok=True)
+    AutoModel.register(CifarResNetConfig, CifarResNetModel, exist_ok=True)
+    AutoModelForImageClassification.register(CifarResNetConfig, CifarResNetForImageClassification, exist_ok=True)
+    AutoConfig.register(TRGLStageConfig.model_type, TRGLStageConfig, exist_ok=True)
+    AutoModelForImageClassification.register(TRGLStageConfig, TRGLStageForImageClassification, exist_ok=True)
+    for config_class in (CifarResNetConfig, TRGLStageConfig):
+        config_class.register_for_auto_class()
+    CifarResNetModel.register_for_auto_class("AutoModel")
+    for model_class in (CifarResNetForImageClassification, TRGLStageForImageClassification):
+        model_class.register_for_auto_class("AutoModelForImageClassification")

@@ -1,0 +1,58 @@
+"""`TRGLTrainingArguments`: `TrainingArguments` plus how the modules are scheduled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+TRGL_MODES = ("parallel", "sequential", "multilap")
+PREFIX_CACHE_CHOICES = ("auto", "always", "never")
+
+
+@dataclass
+class TRGLTrainingArguments(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for [`TRGLTrainer`]. `num_train_epochs` (or `max_steps`) is the training
+    length *per module* in sequential and multi-lap modes, and of the whole run in parallel mode.
+
+    Args:
+        trgl_mode (`str`, *optional*, defaults to `"parallel"`):
+            `"parallel"`: every batch goes through all modules, each module reads its predecessor's output detached
+            and its loss is backpropagated at once (one module's graph alive at a time). `"sequential"`: module 1 is
+            trained for `num_train_epochs`, then frozen (eval mode, no gradient), then module 2, and so on.
+            `"multilap"`: sequential in `trgl_laps` laps of `num_train_epochs / trgl_laps` epochs per module.
+        trgl_laps (`int`, *optional*, defaults to 2):
+            Number of laps R of the `"multilap"` mode.
+        trgl_prefix_cache (`str`, *optional*, defaults to `"auto"`):
+            Sequential and multi-lap modes: compute the frozen prefix's outputs once per stage and train on them
+            (`"always"`), recompute them every step (`"never"`), or cache only when the input pipeline is
+            deterministic, i.e. a dataset without an on-the-fly transform and a standard collator (`"auto"`).
+        trgl_save_stages (`bool`, *optional*, defaults to `True`):
+            Write `output_dir/stage-01 .. stage-K` as the modules become final.
+    """
+
+    trgl_mode: str = field(
+        default="parallel", metadata={"help": "Module schedule: 'parallel', 'sequential' or 'multilap'."}
+    )
+    trgl_laps: int = field(default=2, metadata={"help": "Number of laps of the 'multilap' mode."})
+    trgl_prefix_cache: str = field(
+        default="auto", metadata={"help": "Cache the frozen prefix's outputs: 'auto', 'always' or 'never'."}
+    )
+    trgl_save_stages: bool = field(
+        default=True, metadata={"help": "Write output_dir/stage-XX folders as modules become final."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "TRGL synchronises gradients itself; DDP never needs to search for them."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.trgl_mode not in TRGL_MODES:
+            raise ValueError(f"`trgl_mode` must be one of {TRGL_MODES}, got {self.trgl_mode!r}.")
+        if self.trgl_laps < 1:
+            raise ValueError(f"`trgl_laps` must be at least 1, got {self.trgl_laps}.")
+        if self.trgl_prefix_cache not in PREFIX_CACHE_CHOICES:
+            raise ValueError(
+                f"`trgl_prefix_cache` must be one of {PREFIX_CACHE_CHOICES}, got {self.trgl_prefix_cache!r}."
+            )
