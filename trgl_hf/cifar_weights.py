@@ -13,7 +13,6 @@ import torch
 from .hub_models.configuration_cifar_resnet import CifarResNetConfig
 from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification
 
-
 __all__ = ["AKAMASTER_NORMALIZATION", "load_akamaster_resnet"]
 
 AKAMASTER_NORMALIZATION = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -91,8 +90,10 @@ def _convert_state_dict(state_dict: dict[str, torch.Tensor], source: str) -> tup
         )
     counts = {stage: len(indices) for stage, indices in blocks.items()}
     n = counts[1]
-    if n == 0 or any(count != n for count in counts.values()) or any(
-        indices != set(range(n)) for indices in blocks.values()
+    if (
+        n == 0
+        or any(count != n for count in counts.values())
+        or any(indices != set(range(n)) for indices in blocks.values())
     ):
         raise ValueError(
             f"{source!r} is not an akamaster CIFAR ResNet checkpoint: expected the same number n >= 1 of blocks "
@@ -160,9 +161,11 @@ def load_akamaster_resnet(path: str | os.PathLike, num_labels: int = 10) -> Cifa
     expected = model.state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
-    if unexpected or any(not key.endswith(".num_batches_tracked") for key in missing):
+    really_missing = [key for key in missing if not key.endswith(".num_batches_tracked")]
+    if unexpected or really_missing:
         raise ValueError(
-            f"{source!r} does not match a CIFAR ResNet-{6 * n + 2}: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            f"{source!r} does not match a CIFAR ResNet-{6 * n + 2}: missing {really_missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
         )
     mismatched = [key for key, value in converted.items() if value.shape != expected[key].shape]
     if mismatched:

@@ -124,7 +124,8 @@ class TRGLConfig(PreTrainedConfig):
                 )
         if isinstance(self.tau, (list, tuple)) and len(self.tau) != self.num_modules:
             raise ValueError(
-                f"`tau` lists {len(self.tau)} values but the model has {self.num_modules} modules: give one per module."
+                f"`tau` lists {len(self.tau)} values but the model has {self.num_modules} modules: "
+                "give one per module."
             )
         if self.multiplier_init <= 0 or self.multiplier_step < 0 or self.multiplier_period < 1:
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from transformers import DataCollatorWithPadding, DefaultDataCollator, Trainer, default_data_collator
 from transformers.trainer_utils import TrainOutput
 
-from .checkpointing import save_stage, stage_dirname, write_json
+from .checkpointing import atomic_directory, save_stage, stage_dirname, write_json
 from .data import check_labels
 from .metrics import PerModuleMetrics
 from .modeling_trgl import TRGLModel
@@ -154,7 +155,10 @@ class TRGLTrainer(Trainer):
     # ------------------------------------------------------------------ training
 
     def train(
-        self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, ignore_keys_for_eval: Any = None,
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: Any = None,
         **kwargs: Any,
     ) -> TrainOutput:
         """Train every module following `args.trgl_mode`; write the stages; return the summed training output.
@@ -287,8 +291,8 @@ class TRGLTrainer(Trainer):
                 total += step.loss.detach()
                 task_losses[step.index] = step.task_loss.detach()
                 sums = self._module_sums.setdefault(step.index, [0.0, 0.0, 0])
-                sums[0] += float(step.task_loss)
-                sums[1] += float(step.transport)
+                sums[0] += float(step.task_loss.detach())
+                sums[1] += float(step.transport.detach())
                 sums[2] += 1
         if self.accelerator.sync_gradients:
             self._synchronise(net, task_losses)
@@ -307,7 +311,9 @@ class TRGLTrainer(Trainer):
             for param in params:
                 if param.grad is None:
                     param.grad = torch.zeros_like(param)
-            flat = torch.cat([p.grad.reshape(-1) for p in params] + [v.reshape(1).float() for v in task_losses.values()])
+            flat = torch.cat(
+                [p.grad.reshape(-1) for p in params] + [v.reshape(1).float() for v in task_losses.values()]
+            )
             dist.all_reduce(flat)
             flat /= dist.get_world_size()
             offset = 0
@@ -345,7 +351,11 @@ class TRGLTrainer(Trainer):
     # ------------------------------------------------------------------ evaluation
 
     def prediction_step(
-        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: list[str] | None = None
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Return the last evaluated module's loss and every evaluated module's logits `(batch, modules, labels)`."""
         inputs = self._prepare_inputs(inputs)
@@ -378,16 +388,16 @@ class TRGLTrainer(Trainer):
             if self.args.trgl_save_stages:
                 for index in phase.final_modules:
                     self.save_stage(index + 1, root / stage_dirname(index + 1))
-            if phase is not self.plan_phases()[-1]:
-                from .checkpointing import atomic_directory
-
+            phases = self.plan_phases()
+            if phase != phases[-1]:
                 with atomic_directory(root / PROGRESS_DIR) as staging:
                     model.save_pretrained(staging)
-                write_json(root / STATE_FILE, {**state, "phases": [p.name for p in self.plan_phases()]})
             else:
                 shutil.rmtree(root / PROGRESS_DIR, ignore_errors=True)
-                write_json(root / STATE_FILE, {**state, "phases": [p.name for p in self.plan_phases()]})
+            write_json(root / STATE_FILE, {**state, "phases": [p.name for p in phases]})
             shutil.rmtree(root / PHASES_DIR / phase.name, ignore_errors=True)
+            if root.joinpath(PHASES_DIR).exists() and not any(root.joinpath(PHASES_DIR).iterdir()):
+                root.joinpath(PHASES_DIR).rmdir()
         self.accelerator.wait_for_everyone()
 
     def save_stage(self, stage: int, directory: str | os.PathLike) -> Path:
@@ -403,8 +413,8 @@ class TRGLTrainer(Trainer):
             "metrics": self.stage_metrics.get(stage, {}),
             "module_table": self.module_table(),
         }
-        info["taus"] = [None if math.isinf(t) else t for t in info["taus"]] if isinstance(info["taus"], list) else (
-            info["taus"]
+        info["taus"] = (
+            [None if math.isinf(t) else t for t in info["taus"]] if isinstance(info["taus"], list) else (info["taus"])
         )
         return save_stage(exported, directory, stage, model.num_modules, info)
 
@@ -420,8 +430,6 @@ class TRGLTrainer(Trainer):
         return "\n".join(lines)
 
     def _load_state(self, root: Path, phases: list[Phase]) -> dict[str, Any]:
-        import json
-
         state_path = root / STATE_FILE
         if not state_path.exists():
             return {"completed_phases": []}

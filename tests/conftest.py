@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny models built from configs, real data from scikit-learn, quiet logging."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from transformers import ResNetConfig, ResNetForImageClassification  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+import trgl_hf  # noqa: E402
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+# Tiny tensors: one thread avoids OpenMP contention when other processes share the 2 cores.
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """`../shared/data` beside the repository (or `$TRGL_SHARED_DATA`), when present."""
+    candidate = Path(os.environ.get("TRGL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    return candidate if candidate.is_dir() else None
+
+
+def tiny_hf_resnet(num_labels: int = 3, depths=(2, 2), seed: int = 0) -> ResNetForImageClassification:
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16][: len(depths)],
+        depths=list(depths),
+        layer_type="basic",
+        num_labels=num_labels,
+    )
+    return ResNetForImageClassification(config)
+
+
+def tiny_cifar_resnet(num_labels: int = 10, num_channels: int = 1, depths=(1, 1, 1), seed: int = 0):
+    torch.manual_seed(seed)
+    config = trgl_hf.CifarResNetConfig(
+        num_channels=num_channels,
+        depths=list(depths),
+        hidden_sizes=[4, 8, 8],
+        embedding_size=4,
+        num_labels=num_labels,
+        image_size=8,
+    )
+    return trgl_hf.CifarResNetForImageClassification(config)
+
+
+@pytest.fixture
+def make_hf_resnet():
+    return tiny_hf_resnet
+
+
+@pytest.fixture
+def make_cifar_resnet():
+    return tiny_cifar_resnet
+
+
+@pytest.fixture
+def hf_resnet():
+    return tiny_hf_resnet()
+
+
+@pytest.fixture
+def cifar_resnet():
+    return tiny_cifar_resnet()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return trgl_hf.load_digits_dataset()
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
