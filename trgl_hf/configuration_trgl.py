@@ -10,7 +10,8 @@ from transformers.configuration_utils import SubConfigSpec
 
 SPLIT_POLICIES = ("equal", "balanced")
 TAU_SCHEDULES = ("halves", "constant", "multipliers")
-AUX_HEADS = ("conv", "linear")
+AUX_HEADS = ("conv", "linear", "native")
+TASKS = ("classification", "causal_lm")
 
 
 class TRGLConfig(PreTrainedConfig):
@@ -55,9 +56,11 @@ class TRGLConfig(PreTrainedConfig):
             Increase factor h: every `multiplier_period` steps lambda_k += h * (current task loss of module k).
         multiplier_period (`int`, *optional*, defaults to 50):
             Period s, in optimizer steps, of the multiplier update.
-        aux_head (`str`, *optional*, defaults to `"conv"`):
-            `"conv"`: the paper's head (conv3x3, ReLU, average pooling, BatchNorm, linear); `"linear"`: global
-            average pooling and a linear layer, the native ResNet classifier, so stages export as native models.
+        aux_head (`str`, *optional*):
+            `"native"`: a copy of the family's own head (transformers: final norm / pooler + classifier or LM head;
+            ResNets: pooling + linear), so stages export as native truncated models; `"conv"` (ResNets): the
+            paper's head (conv3x3, ReLU, average pooling, BatchNorm, linear); `"linear"` (ResNets): pooling + linear.
+            Defaults to `"conv"` for ResNets and `"native"` for transformers.
         head_pool_size (`int`, *optional*, defaults to 2):
             Side of the pooled feature map of the `"conv"` head (adaptive average pooling).
         label_smoothing (`float`, *optional*, defaults to 0.0):
@@ -67,6 +70,9 @@ class TRGLConfig(PreTrainedConfig):
             has one, else 224.
         trained_modules (`int`, *optional*, defaults to 0):
             How many leading modules have finished training (written by the trainer).
+        task (`str`, *optional*, defaults to `"classification"`):
+            `"classification"` (one label per example) or `"causal_lm"` (next-token prediction); set from the base
+            model by [`TRGLModel.from_base`].
         module_output_shapes (`list[list[int]]`, *optional*):
             Output shape (channels, then spatial sizes) of every module for one example, measured by
             [`TRGLModel.from_base`]; used to rebuild the heads.
@@ -89,11 +95,12 @@ class TRGLConfig(PreTrainedConfig):
     multiplier_init: float = 1.0
     multiplier_step: float = 1.0
     multiplier_period: int = 50
-    aux_head: Literal["conv", "linear"] = "conv"
+    aux_head: Literal["conv", "linear", "native"] | None = None
     head_pool_size: int = 2
     label_smoothing: float = 0.0
     image_size: int | None = None
     trained_modules: int = 0
+    task: Literal["classification", "causal_lm"] = "classification"
     module_output_shapes: list[list[int]] | None = None
 
     def __post_init__(self, **kwargs):
@@ -113,7 +120,7 @@ class TRGLConfig(PreTrainedConfig):
             raise ValueError(f"`split_policy` must be one of {SPLIT_POLICIES}, got {self.split_policy!r}.")
         if self.tau_schedule not in TAU_SCHEDULES:
             raise ValueError(f"`tau_schedule` must be one of {TAU_SCHEDULES}, got {self.tau_schedule!r}.")
-        if self.aux_head not in AUX_HEADS:
+        if self.aux_head is not None and self.aux_head not in AUX_HEADS:
             raise ValueError(f"`aux_head` must be one of {AUX_HEADS}, got {self.aux_head!r}.")
         taus = self.tau if isinstance(self.tau, (list, tuple)) else [self.tau]
         for tau in taus:

@@ -42,6 +42,13 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy: position t predicts token t + 1; labels equal to -100 are ignored."""
+    shifted_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shifted_labels = labels[:, 1:].reshape(-1)
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100, label_smoothing=label_smoothing)
+
+
 def trgl_loss(task: torch.Tensor, transport: torch.Tensor, transport_weight: float) -> torch.Tensor:
     """Combine a module's task loss and transport cost: `task + transport_weight * transport`.
 
@@ -58,4 +65,4 @@ def transport_weight_from_tau(tau: float) -> float:
     return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
 
 
-__all__ = ["branch_energy", "task_loss", "transport_cost", "transport_weight_from_tau", "trgl_loss"]
+__all__ = ["branch_energy", "causal_lm_loss", "task_loss", "transport_cost", "transport_weight_from_tau", "trgl_loss"]

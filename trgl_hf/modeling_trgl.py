@@ -14,9 +14,9 @@ from transformers import AutoModelForImageClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .adapters import BlockProbe, adapter_class_for
+from .adapters.base import task_model_from_config
 from .configuration_trgl import TRGLConfig
-from .hub_models.aux_heads import PoolLinearHead
-from .losses import task_loss, transport_weight_from_tau, trgl_loss
+from .losses import causal_lm_loss, task_loss, transport_weight_from_tau, trgl_loss
 from .splitting import balanced_split, check_num_modules, check_split, equal_split
 
 
@@ -84,7 +84,7 @@ class TRGLModel(PreTrainedModel):
     accepts_loss_kwargs = False
     _no_split_modules: list[str] = []
 
-    def __init__(self, config: TRGLConfig, backbone: nn.Module | None = None):
+    def __init__(self, config: TRGLConfig, backbone: nn.Module | None = None, head_template: nn.Module | None = None):
         super().__init__(config)
         if config.base_config is None or config.split is None or config.module_output_shapes is None:
             raise ValueError(
@@ -92,19 +92,24 @@ class TRGLModel(PreTrainedModel):
                 "`TRGLModel.from_pretrained(path)`."
             )
         adapter_class = adapter_class_for(family=config.family)
-        self.backbone = backbone if backbone is not None else adapter_class.backbone_from_config(config.base_config)
-        self.adapter = adapter_class(self.backbone)
-        self.main_input_name = adapter_class.main_input_name
+        if backbone is None:
+            backbone, head_template = adapter_class.split_task_model(task_model_from_config(config.base_config))
+        self.backbone = backbone
+        self.adapter = adapter_class(self.backbone, head_template)
+        self.main_input_name = self.adapter.main_input_name
         check_split(config.split, len(self.adapter.blocks))
+        shapes = config.module_output_shapes
         self.heads = nn.ModuleList(
             self.adapter.build_head(
                 config.aux_head,
                 BlockProbe(channels=shape[0], spatial_size=tuple(shape[1:]), activation_bytes=0),
                 config.num_labels,
                 config.head_pool_size,
+                is_last=index == len(shapes) - 1,
             )
-            for shape in config.module_output_shapes
+            for index, shape in enumerate(shapes)
         )
+        self.adapter.head_template = None
         self.register_buffer("multipliers", torch.full((self.num_modules,), float(config.multiplier_init)))
         self.trainable_modules: tuple[int, ...] = tuple(range(self.num_modules))
         self._members = self._group_members()
@@ -151,15 +156,22 @@ class TRGLModel(PreTrainedModel):
             if "num_labels" in config_kwargs:
                 load_kwargs = {"num_labels": config_kwargs.pop("num_labels"), "ignore_mismatched_sizes": True}
             name_or_path = str(base_model)
-            base_model = AutoModelForImageClassification.from_pretrained(name_or_path, **load_kwargs)
+            base_model = load_task_model(name_or_path, **load_kwargs)
             config_kwargs.setdefault("base_model_name_or_path", name_or_path)
         if not isinstance(base_model, nn.Module):
             raise ValueError(f"`base_model` must be a transformers model or a path, got {type(base_model).__name__}.")
         config = copy.deepcopy(config) if config is not None else TRGLConfig(**config_kwargs)
         adapter_class = adapter_class_for(base_model, config.family)
-        backbone, classifier = adapter_class.split_task_model(base_model)
+        backbone, head_template = adapter_class.split_task_model(base_model)
         base_config = copy.deepcopy(base_model.config)
+        base_config.architectures = [type(base_model).__name__]
         config.family = adapter_class.family
+        config.aux_head = config.aux_head or adapter_class.default_head
+        if config.aux_head not in adapter_class.head_kinds + ("native",):
+            raise ValueError(
+                f"`aux_head={config.aux_head!r}` does not fit the {adapter_class.family} family: use one of "
+                f"{adapter_class.head_kinds}."
+            )
         config.base_config = base_config
         config.num_labels = base_config.num_labels
         config.id2label, config.label2id = dict(base_config.id2label), dict(base_config.label2id)
@@ -167,7 +179,8 @@ class TRGLModel(PreTrainedModel):
         if config.image_size is None:
             config.image_size = getattr(base_config, "image_size", None)
 
-        adapter = adapter_class(backbone)
+        adapter = adapter_class(backbone, head_template)
+        config.task = adapter.task
         num_blocks = len(adapter.blocks)
         probes = adapter.probe_blocks(adapter.probe_inputs(config.image_size))
         if config.split is not None:
@@ -181,18 +194,9 @@ class TRGLModel(PreTrainedModel):
         config.validate_trgl()
         ends = [sum(config.split[: k + 1]) - 1 for k in range(config.num_modules)]
         for end in ends:
-            adapter.build_head(config.aux_head, probes[end], config.num_labels, config.head_pool_size)
+            adapter.build_head(config.aux_head, probes[end], config.num_labels, config.head_pool_size, False)
         config.module_output_shapes = [[probes[end].channels, *probes[end].spatial_size] for end in ends]
-
-        model = cls(config, backbone=backbone)
-        last_head = model.heads[-1]
-        if (
-            isinstance(last_head, PoolLinearHead)
-            and classifier is not None
-            and classifier.weight.shape == last_head.linear.weight.shape
-        ):
-            last_head.linear.load_state_dict(classifier.state_dict())
-        return model
+        return cls(config, backbone=backbone, head_template=head_template)
 
     def _init_weights(self, module: nn.Module) -> None:
         """The backbone keeps its own (pretrained or initialised) weights; heads use PyTorch's default init."""
@@ -303,31 +307,38 @@ class TRGLModel(PreTrainedModel):
         if trgl_hidden_states is not None:
             if self.cached_input_module is None:
                 raise ValueError("`trgl_hidden_states` given but `cached_input_module` is not set.")
-            first_module, hidden = self.cached_input_module, trgl_hidden_states
+            with torch.no_grad():
+                state = self.adapter.state_from_cache(trgl_hidden_states, **inputs)
+            first_module = self.cached_input_module
         else:
-            first_module, hidden = 0, None
+            first_module, state = 0, None
+        loss_function = causal_lm_loss if self.config.task == "causal_lm" else task_loss
         for index in range(first_module, last_module + 1):
             trainable = index in self.trainable_modules and torch.is_grad_enabled()
             with torch.set_grad_enabled(trainable):
-                if hidden is None:
-                    hidden = self.adapter.embed(**inputs)
+                if state is None:
+                    state = self.adapter.embed(**inputs)
                 elif trainable:
-                    hidden = hidden.detach()
+                    state = state.detach()
                 energies = []
                 for block_index in self.module_block_range(index):
-                    hidden, block_energies = self.adapter.run_block(block_index, hidden)
+                    state, block_energies = self.adapter.run_block(block_index, state)
                     energies.extend(block_energies)
+                hidden = state.hidden
                 transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
-                logits = self.heads[index](hidden)
+                logits = self.adapter.head_logits(self.heads[index], state)
                 module_task_loss = loss = None
                 if labels is not None:
-                    module_task_loss = task_loss(logits, labels, self.config.label_smoothing)
+                    module_task_loss = loss_function(logits, labels, self.config.label_smoothing)
                     loss = trgl_loss(module_task_loss, transport, self.transport_weight(index))
             yield ModuleStep(index, hidden, logits, transport, module_task_loss, loss, trainable)
 
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         trgl_hidden_states: torch.Tensor | None = None,
         return_dict: bool | None = None,
@@ -337,15 +348,18 @@ class TRGLModel(PreTrainedModel):
 
         Args:
             pixel_values (`torch.Tensor`, *optional*): images `(batch, channels, height, width)`.
-            labels (`torch.Tensor`, *optional*): class indices `(batch,)`.
+            input_ids, attention_mask, token_type_ids (`torch.Tensor`, *optional*): token inputs `(batch, length)`.
+            labels (`torch.Tensor`, *optional*): class indices `(batch,)`, or token ids `(batch, length)` for causal
+                language models (shifted inside; -100 is ignored).
             trgl_hidden_states (`torch.Tensor`, *optional*): cached output of the frozen prefix (sequential mode).
 
         Returns:
             [`TRGLOutput`]: in training mode `loss` sums the trainable modules' TRGL losses (one backward then gives
             every module exactly its own gradient); in eval mode it is the last module's cross-entropy.
         """
-        if pixel_values is not None:
-            kwargs["pixel_values"] = pixel_values
+        given = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+                 "token_type_ids": token_type_ids}  # fmt: skip
+        kwargs.update({name: value for name, value in given.items() if value is not None})
         steps = list(self.iter_modules(labels=labels, trgl_hidden_states=trgl_hidden_states, **kwargs))
         loss = None
         if labels is not None:
@@ -356,7 +370,9 @@ class TRGLModel(PreTrainedModel):
         return TRGLOutput(
             loss=loss,
             logits=steps[-1].logits,
-            module_logits=torch.stack([step.logits for step in steps], dim=1),
+            module_logits=torch.stack([step.logits for step in steps], dim=1)
+            if self.config.task != "causal_lm"
+            else None,
             module_losses=torch.stack([step.task_loss for step in steps]) if labels is not None else None,
             transport=torch.stack([step.transport.detach() for step in steps]),
         )
@@ -386,3 +402,18 @@ class TRGLModel(PreTrainedModel):
 
 
 __all__ = ["TRGLModel", "TRGLOutput"]
+
+
+def load_task_model(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
+    """Load a task model from the Hub or a local folder with the class named in its configuration.
+
+    Falls back to `AutoModelForImageClassification` when the configuration names no known architecture.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    for name in config.architectures or []:
+        model_class = getattr(__import__("transformers"), name, None)
+        if model_class is not None:
+            return model_class.from_pretrained(name_or_path, **kwargs)
+    return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)

@@ -6,6 +6,7 @@ from torch import nn
 
 from trgl_hf import TRGLConfig, TRGLModel
 from trgl_hf.adapters import adapter_class_for
+from trgl_hf.adapters.base import BlockState
 
 
 def explicit_blocks(backbone):
@@ -55,8 +56,8 @@ def test_downsampling_blocks_are_penalised_and_stem_is_not(make_cifar_resnet):
     adapter = model.adapter
     assert len(adapter.blocks) == 3
     pixel_values = torch.randn(2, 1, 8, 8)
-    hidden = adapter.embed(pixel_values=pixel_values)
-    _, energies = adapter.run_block(1, hidden_state=adapter.blocks[0](hidden))
+    state = adapter.embed(pixel_values=pixel_values)
+    _, energies = adapter.run_block(1, state.with_hidden(adapter.blocks[0](state.hidden)))
     assert len(energies) == 1 and energies[0] > 0  # the stride-2, channel-widening block has its branch penalised
     stem_params = set(map(id, model.backbone.embedder.parameters()))
     assert stem_params <= set(map(id, model.module_parameters(0)))
@@ -68,7 +69,7 @@ def test_residual_capture_survives_in_place_addition(make_hf_resnet):
     block = model.adapter.blocks[1]
     hidden = torch.randn(2, 8, 8, 8)
     with torch.no_grad():
-        _, energies = model.adapter.run_block(1, hidden)
+        _, energies = model.adapter.run_block(1, BlockState(hidden))
         branch = block.layer(hidden)
     torch.testing.assert_close(energies[0], branch.pow(2).mean())
 

@@ -3,12 +3,58 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
+import transformers
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+
+
+@dataclass
+class BlockState:
+    """What flows from block to block: the hidden state and the extra arguments every block is called with.
+
+    Args:
+        hidden (`torch.Tensor`): the residual stream (feature map or token states).
+        args (`tuple`): positional arguments after the hidden state (masks, ...), the same for every block.
+        kwargs (`dict`): keyword arguments (position embeddings, masks, ...), the same for every block.
+    """
+
+    hidden: torch.Tensor
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def detach(self) -> BlockState:
+        """The same state with the hidden state cut from the autograd graph."""
+        return replace(self, hidden=self.hidden.detach())
+
+    def with_hidden(self, hidden: torch.Tensor) -> BlockState:
+        """The same state with another hidden state."""
+        return replace(self, hidden=hidden)
+
+
+def task_model_from_config(config: PreTrainedConfig) -> PreTrainedModel:
+    """Build an untrained task model (e.g. `BertForSequenceClassification`) from its configuration.
+
+    The class is the first of `config.architectures` known to transformers or registered with an Auto class, else the
+    image-classification class of the model type.
+    """
+    for name in getattr(config, "architectures", None) or []:
+        model_class = getattr(transformers, name, None)
+        if model_class is None:
+            from transformers.models.auto import modeling_auto
+
+            for mapping_name in dir(modeling_auto):
+                mapping = getattr(modeling_auto, mapping_name)
+                if mapping_name.startswith("MODEL_") and hasattr(mapping, "_extra_content"):
+                    model_class = next((c for c in mapping._extra_content.values() if c.__name__ == name), None)
+                    if model_class is not None:
+                        break
+        if model_class is not None:
+            return model_class(config)
+    return AutoModelForImageClassification.from_config(config)
 
 
 @dataclass
@@ -35,10 +81,15 @@ class ModelAdapter(ABC):
     """
 
     family: ClassVar[str]
-    main_input_name: ClassVar[str] = "pixel_values"
+    head_kinds: ClassVar[tuple[str, ...]]
+    default_head: ClassVar[str]
+    context_input_names: ClassVar[tuple[str, ...]] = ()
+    task: str = "classification"
+    main_input_name: str = "pixel_values"
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, head_template: nn.Module | None = None):
         self.backbone = backbone
+        self.head_template = head_template
         self.blocks: list[nn.Module] = self.find_blocks(backbone)
 
     @classmethod
@@ -53,25 +104,28 @@ class ModelAdapter(ABC):
 
     @classmethod
     @abstractmethod
-    def split_task_model(cls, model: nn.Module) -> tuple[nn.Module, nn.Linear | None]:
-        """Return the backbone of a task model and its final linear classifier (None for a bare backbone)."""
-
-    @classmethod
-    @abstractmethod
-    def backbone_from_config(cls, config: PreTrainedConfig) -> nn.Module:
-        """Build an (untrained) backbone from the task model's configuration."""
+    def split_task_model(cls, model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+        """Return the backbone of a task model and a template of its head (None for a bare backbone)."""
 
     @abstractmethod
-    def embed(self, **inputs: Any) -> torch.Tensor:
+    def embed(self, **inputs: Any) -> BlockState:
         """Run the stem (not penalised) and return the input of the first block."""
 
+    def state_from_cache(self, hidden: torch.Tensor, **inputs: Any) -> BlockState:
+        """Rebuild a block state from a cached hidden state and the `context_input_names` inputs."""
+        return BlockState(hidden)
+
     @abstractmethod
-    def run_block(self, index: int, hidden_state: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def run_block(self, index: int, state: BlockState) -> tuple[BlockState, list[torch.Tensor]]:
         """Run block `index` and return its output and the kinetic energy mean(r ** 2) of each residual branch."""
 
     @abstractmethod
-    def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int) -> nn.Module:
-        """Build an auxiliary head reading a block output described by `probe`."""
+    def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool) -> nn.Module:
+        """Build an auxiliary head reading a block output described by `probe` (`is_last`: the classifier)."""
+
+    def head_logits(self, head: nn.Module, state: BlockState) -> torch.Tensor:
+        """Apply a head to a block state."""
+        return head(state.hidden)
 
     @abstractmethod
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
@@ -102,9 +156,10 @@ class ModelAdapter(ABC):
         states = {name: buffer.clone() for name, buffer in self.backbone.named_buffers()}
         try:
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                hidden = self.embed(**inputs)
+                state = self.embed(**inputs)
                 for index in range(len(self.blocks)):
-                    hidden, _ = self.run_block(index, hidden)
+                    state, _ = self.run_block(index, state)
+                    hidden = state.hidden
                     probes.append(
                         BlockProbe(
                             channels=int(hidden.shape[1]) if hidden.dim() == 4 else int(hidden.shape[-1]),

@@ -19,7 +19,7 @@ from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
 from ..losses import branch_energy
-from .base import BlockProbe, ModelAdapter
+from .base import BlockProbe, BlockState, ModelAdapter
 
 
 def _is_residual_block(module: nn.Module) -> bool:
@@ -32,7 +32,8 @@ class ResNetAdapter(ModelAdapter):
     """Adapter for backbones with an `embedder` stem and blocks exposing `layer` (residual branch) and `shortcut`."""
 
     family = "resnet"
-    main_input_name = "pixel_values"
+    head_kinds = ("conv", "linear")
+    default_head = "conv"
 
     @classmethod
     def can_cut(cls, model: nn.Module) -> bool:
@@ -44,7 +45,7 @@ class ResNetAdapter(ModelAdapter):
         return [module for module in backbone.modules() if _is_residual_block(module)]
 
     @classmethod
-    def split_task_model(cls, model: nn.Module) -> tuple[nn.Module, nn.Linear | None]:
+    def split_task_model(cls, model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
         backbone = getattr(model, "base_model", model)
         if backbone is model:
             return model, None
@@ -52,16 +53,12 @@ class ResNetAdapter(ModelAdapter):
         linears = [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in backbone_ids]
         return backbone, (linears[-1] if linears else None)
 
-    @classmethod
-    def backbone_from_config(cls, config: PreTrainedConfig) -> nn.Module:
-        return AutoModelForImageClassification.from_config(config).base_model
-
-    def embed(self, pixel_values: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+    def embed(self, pixel_values: torch.Tensor | None = None, **_: Any) -> BlockState:
         if pixel_values is None:
             raise ValueError("ResNet modules need `pixel_values` (batch, channels, height, width).")
-        return self.backbone.embedder(pixel_values)
+        return BlockState(self.backbone.embedder(pixel_values))
 
-    def run_block(self, index: int, hidden_state: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def run_block(self, index: int, state: BlockState) -> tuple[BlockState, list[torch.Tensor]]:
         block = self.blocks[index]
         energies: list[torch.Tensor] = []
 
@@ -70,18 +67,24 @@ class ResNetAdapter(ModelAdapter):
 
         handle = block.layer.register_forward_hook(capture)
         try:
-            output = block(hidden_state)
+            output = block(state.hidden)
         finally:
             handle.remove()
-        return output, energies
+        return state.with_hidden(output), energies
 
-    def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int) -> nn.Module:
+    def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool) -> nn.Module:
+        kind = "linear" if kind == "native" else kind
         if kind == "conv" and min(probe.spatial_size) < pool_size:
             raise ValueError(
                 f"A module output is only {probe.spatial_size} pixels but the conv head pools to "
                 f"{pool_size}x{pool_size}: use larger images, a smaller `head_pool_size`, or `aux_head='linear'`."
             )
-        return build_conv_feature_head(kind, probe.channels, num_labels, pool_size)
+        head = build_conv_feature_head(kind, probe.channels, num_labels, pool_size)
+        classifier = self.head_template
+        if is_last and isinstance(head, PoolLinearHead) and classifier is not None:
+            if classifier.weight.shape == head.linear.weight.shape:
+                head.linear.load_state_dict(classifier.state_dict())
+        return head
 
     def probe_inputs(self, image_size: int | None, batch_size: int = 2) -> dict[str, torch.Tensor]:
         config = self.backbone.config
