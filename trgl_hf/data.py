@@ -80,13 +80,17 @@ def find_label_column(dataset: Any) -> str | None:
     return next((name for name in LABEL_COLUMNS if name in names), None)
 
 
-def check_labels(dataset: Any, num_labels: int, name: str = "train_dataset") -> None:
+def check_labels(
+    dataset: Any, num_labels: int, name: str = "train_dataset", what: str = "num_labels", ignore_index: int = -100
+) -> None:
     """Raise a `ValueError` when a dataset is empty, has no label column, or holds labels outside `[0, num_labels)`.
 
     Args:
         dataset: a `datasets.Dataset` or a map-style torch dataset of dicts.
         num_labels (`int`): number of classes of the model.
         name (`str`, *optional*): how to call the dataset in the message.
+        what (`str`, *optional*): what `num_labels` is called in the message (`vocab_size` for language models).
+        ignore_index (`int`, *optional*, defaults to -100): label value that marks positions without a target.
     """
     if dataset is None:
         return
@@ -99,12 +103,17 @@ def check_labels(dataset: Any, num_labels: int, name: str = "train_dataset") -> 
             f"in [0, {num_labels})."
         )
     if hasattr(dataset, "with_format") and hasattr(dataset, "column_names"):
-        values = np.asarray(dataset.with_format("numpy")[column])
+        column_values = dataset.with_format("numpy")[column]
     else:
-        values = np.asarray([int(dataset[i][column]) for i in range(len(dataset))])
+        column_values = [np.asarray(dataset[i][column]) for i in range(len(dataset))]
+    values = np.concatenate([np.asarray(v).reshape(-1) for v in column_values]) if len(column_values) else []
+    values = np.asarray(values)
+    values = values[values != ignore_index]
+    if values.size == 0:
+        return
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= num_labels:
         raise ValueError(
-            f"`{name}` has labels in [{low}, {high}] but the model has num_labels={num_labels}: remap the labels "
-            f"to [0, {num_labels}) or build the base model with num_labels={high + 1}."
+            f"`{name}` has labels in [{low}, {high}] but the model has {what}={num_labels}: remap the labels "
+            f"to [0, {num_labels}) or build the base model with {what}={high + 1}."
         )

@@ -1,7 +1,7 @@
 """Pushing the stage checkpoints of a TRGL run to the Hugging Face Hub.
 
-Each `output_dir/stage-XX` folder written by [`TRGLTrainer`] is a complete `save_pretrained` folder. This module uploads
-them with [`huggingface_hub.HfApi`], in one of two layouts:
+Each `output_dir/stage-XX` folder written by [`TRGLTrainer`] is a complete `save_pretrained` folder. This module
+uploads them with [`huggingface_hub.HfApi`], in one of two layouts:
 
 - `"branch"` (default): one branch per stage (`stage-01`, `stage-02`, ...), and the last stage also on `main`, so that
   `from_pretrained(repo_id)` gives the final model and `from_pretrained(repo_id, revision="stage-02")` an earlier one.
@@ -65,7 +65,8 @@ class HubPushError(RuntimeError):
         target (`str`): the branch or subfolder that was being written, e.g. `"stage-03"` or `"stages/stage-03"`.
         local_dir (`str` or `os.PathLike`): the local folder that was being pushed.
         error (`BaseException`): the underlying error (also chained as `__cause__`).
-        retry (`str`, *optional*): the call that retries the push.
+        retry (`list[str]`, *optional*): calls of `trgl_hf.hub` that retry the push; defaults to
+            `push_run_stages(<parent of local_dir>, repo_id)`.
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class HubPushError(RuntimeError):
         target: str,
         local_dir: str | os.PathLike,
         error: BaseException,
-        retry: str | None = None,
+        retry: list[str] | None = None,
     ) -> None:
         self.stage = stage
         self.repo_id = repo_id
@@ -83,14 +84,14 @@ class HubPushError(RuntimeError):
         self.local_dir = Path(local_dir)
         self.error = error
         what = f"stage {stage} ({stage_dirname(stage)})" if stage is not None else "the final model"
-        if retry is None:
-            retry = f"push_run_stages({str(self.local_dir.parent)!r}, {repo_id!r})"
+        if not retry:
+            retry = [f"push_run_stages({str(self.local_dir.parent)!r}, {repo_id!r})"]
+        calls = " or ".join(f"`trgl_hf.hub.{call}`" for call in retry)
         message = (
             f"Pushing {what} to the Hub repo '{repo_id}' ({target}) failed: {type(error).__name__}: {error}\n"
             f"The local folder {self.local_dir} is intact and loadable, e.g. with "
             f"`AutoModelForImageClassification.from_pretrained({str(self.local_dir)!r})` after `import trgl_hf`. "
-            f"Retry once the Hub is reachable with `trgl_hf.hub.{retry}`: a push replaces the remote tree, so "
-            "retrying is safe."
+            f"Retry once the Hub is reachable with {calls}: a push replaces the remote tree, so retrying is safe."
         )
         super().__init__(message)
 
@@ -201,10 +202,10 @@ def push_stage(
     branch = stage_branch(stage) if strategy == "branch" else None
     subfolder = stage_subfolder(stage) if strategy == "subfolder" else None
     target = f"branch '{branch}'" if branch else f"subfolder '{subfolder}' of main"
-    retry = (
-        f"push_run_stages({str(stage_dir.parent)!r}, {repo_id!r}, strategy={strategy!r})"
-        f" or trgl_hf.hub.push_stage({str(stage_dir)!r}, {repo_id!r}, {stage}, strategy={strategy!r})"
-    )
+    retry = [
+        f"push_run_stages({str(stage_dir.parent)!r}, {repo_id!r}, strategy={strategy!r})",
+        f"push_stage({str(stage_dir)!r}, {repo_id!r}, {stage}, strategy={strategy!r})",
+    ]
     api = api if api is not None else HfApi(token=token)
     message = commit_message or f"Upload TRGL stage {stage}/{num_stages}"
     with _hub_copy(stage_dir, repo_id, revision=branch, subfolder=subfolder) as folder:
@@ -274,9 +275,9 @@ def push_final(
     stage = None
     if (model_dir / STAGE_METADATA_FILE).is_file():
         stage = int(_check_stage_folder(model_dir)["stage"])
-    retry = f"push_final({str(model_dir)!r}, {repo_id!r})"
+    retry = [f"push_final({str(model_dir)!r}, {repo_id!r})"]
     if stage is not None:
-        retry = f"push_run_stages({str(model_dir.parent)!r}, {repo_id!r}) or trgl_hf.hub.{retry}"
+        retry.insert(0, f"push_run_stages({str(model_dir.parent)!r}, {repo_id!r})")
     api = api if api is not None else HfApi(token=token)
     with _hub_copy(model_dir, repo_id, revision=None, subfolder=None) as folder:
         try:

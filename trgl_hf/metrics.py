@@ -66,3 +66,25 @@ class PerModuleMetrics:
         results["best_module"] = best + 1
         results[f"best_module_{self.selection_metric}"] = float(scores[best])
         return results
+
+
+class PerModuleLanguageModelMetrics:
+    """Loss and perplexity of every module's LM head from per-batch module losses `(num_batches, num_modules)`.
+
+    Reports `module_{k}_loss` and `module_{k}_perplexity` (1-based), `perplexity` of the last module, and
+    `best_module`, the module with the lowest loss.
+    """
+
+    def __call__(self, eval_prediction: EvalPrediction) -> dict[str, float]:
+        losses = np.asarray(eval_prediction.predictions, dtype=np.float64)
+        losses = losses.reshape(-1, losses.shape[-1])
+        means = [float(losses[:, k][losses[:, k] != -100].mean()) for k in range(losses.shape[1])]
+        results: dict[str, float] = {}
+        for index, mean in enumerate(means):
+            results[f"module_{index + 1}_loss"] = mean
+            results[f"module_{index + 1}_perplexity"] = float(np.exp(mean))
+        results["perplexity"] = float(np.exp(means[-1]))
+        best = int(np.argmin(means))
+        results["best_module"] = best + 1
+        results["best_module_perplexity"] = float(np.exp(means[best]))
+        return results

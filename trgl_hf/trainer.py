@@ -22,7 +22,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .checkpointing import atomic_directory, save_stage, stage_dirname, write_json
 from .data import check_labels
-from .metrics import PerModuleMetrics
+from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .modeling_trgl import TRGLModel
 from .training_args import TRGLTrainingArguments
 
@@ -49,16 +49,28 @@ class Phase:
 
 
 class PrefixCacheDataset(Dataset):
-    """Outputs of the frozen prefix, computed once, with their labels (sequential and multi-lap modes)."""
+    """Outputs of the frozen prefix, computed once, with their labels and the inputs that blocks need as context
+    (attention masks, ...) — sequential and multi-lap modes."""
 
-    def __init__(self, hidden_states: torch.Tensor, labels: torch.Tensor):
-        self.hidden_states, self.labels = hidden_states, labels
+    def __init__(self, columns: dict[str, torch.Tensor]):
+        self.columns = columns
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.columns["labels"])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"trgl_hidden_states": self.hidden_states[index], "labels": self.labels[index]}
+        return {name: column[index] for name, column in self.columns.items()}
+
+
+def _pad_and_concatenate(tensors: list[torch.Tensor], pad_value: float) -> torch.Tensor:
+    """Concatenate batches along dim 0, right-padding dim 1 to the longest batch when lengths differ."""
+    if tensors[0].dim() >= 2 and len({t.shape[1] for t in tensors}) > 1:
+        length = max(t.shape[1] for t in tensors)
+        tensors = [
+            torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, length - t.shape[1]), value=pad_value)
+            for t in tensors
+        ]
+    return torch.cat(tensors)
 
 
 class TRGLTrainer(Trainer):
@@ -105,7 +117,11 @@ class TRGLTrainer(Trainer):
         if not isinstance(args, TRGLTrainingArguments):
             raise ValueError("TRGLTrainer needs `TRGLTrainingArguments` (they add `trgl_mode` and friends).")
         compute_metrics = kwargs.pop("compute_metrics", None)
-        super().__init__(model=model, args=args, compute_metrics=PerModuleMetrics(compute_metrics), **kwargs)
+        if model.config.task == "causal_lm":
+            metrics = PerModuleLanguageModelMetrics()
+        else:
+            metrics = PerModuleMetrics(compute_metrics)
+        super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
         self.loss_is_scaled_for_ga = False
         self.trgl_log_history: list[dict[str, Any]] = []
         self.stage_metrics: dict[int, dict[str, float]] = {}
@@ -169,12 +185,16 @@ class TRGLTrainer(Trainer):
                 from its last checkpoint. A path to a `checkpoint-*` folder of a phase resumes from it.
         """
         model: TRGLModel = self.model
-        check_labels(self.train_dataset, model.config.num_labels, "train_dataset")
-        if isinstance(self.eval_dataset, dict):
-            for name, dataset in self.eval_dataset.items():
-                check_labels(dataset, model.config.num_labels, f"eval_dataset[{name!r}]")
+        if model.config.task == "causal_lm":
+            num_labels, what = model.backbone.config.vocab_size, "vocab_size"
         else:
-            check_labels(self.eval_dataset, model.config.num_labels, "eval_dataset")
+            num_labels, what = model.config.num_labels, "num_labels"
+        eval_sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
+        for name, dataset in {
+            "train_dataset": self.train_dataset,
+            **{f"eval_dataset[{key!r}]" if key else "eval_dataset": value for key, value in eval_sets.items()},
+        }.items():
+            check_labels(dataset, num_labels, name, what)
         phases = self.plan_phases()
         root = Path(self.args.output_dir)
         state = self._load_state(root, phases) if resume_from_checkpoint else {"completed_phases": []}
@@ -256,16 +276,20 @@ class TRGLTrainer(Trainer):
         )
         model.to(self.args.device)
         model.train()
-        hidden_states, labels = [], []
+        columns: dict[str, list[torch.Tensor]] = {}
         with torch.no_grad(), self.accelerator.autocast():
             for batch in loader:
                 batch = self._prepare_inputs(batch)
-                batch_labels = batch.pop("labels")
+                labels = batch.pop("labels")
                 for step in model.iter_modules(last_module=first_module - 1, **batch):
                     hidden = step.hidden_state
-                hidden_states.append(hidden.cpu())
-                labels.append(batch_labels.cpu())
-        return PrefixCacheDataset(torch.cat(hidden_states), torch.cat(labels))
+                context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
+                for name, value in {"trgl_hidden_states": hidden, "labels": labels, **context}.items():
+                    columns.setdefault(name, []).append(value.cpu())
+        pad_values = {"labels": -100}
+        return PrefixCacheDataset(
+            {name: _pad_and_concatenate(values, pad_values.get(name, 0)) for name, values in columns.items()}
+        )
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -365,6 +389,8 @@ class TRGLTrainer(Trainer):
         loss = outputs.loss.detach().mean() if outputs.loss is not None else None
         if prediction_loss_only:
             return loss, None, None
+        if outputs.module_logits is None:  # language models: per-module losses instead of (huge) logits
+            return loss, outputs.module_losses.detach().float()[None], torch.zeros(1, device=loss.device)
         return loss, outputs.module_logits.detach().float(), labels
 
     # ------------------------------------------------------------------ stages and state

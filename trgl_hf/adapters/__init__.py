@@ -6,8 +6,12 @@ from torch import nn
 
 from .base import BlockProbe, ModelAdapter
 from .resnet import ResNetAdapter
+from .transformer import TransformerAdapter
 
-ADAPTERS: dict[str, type[ModelAdapter]] = {ResNetAdapter.family: ResNetAdapter}
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    ResNetAdapter.family: ResNetAdapter,
+    TransformerAdapter.family: TransformerAdapter,
+}
 
 
 def supported_families() -> list[str]:
