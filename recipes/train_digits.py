@@ -104,7 +104,9 @@ def main(argv: list[str]) -> dict[str, float]:
         best = validation["eval_best_module"]
         print(f"\nBest module on validation: {best} (test accuracy {test[f'test_module_{best}_accuracy']:.3f}).")
         stage_dir = os.path.join(training_args.output_dir, f"stage-{best:02d}")
-        print(f"Stages written to {training_args.output_dir}/stage-01 .. stage-{model.num_modules:02d}. Load one with:")
+        print(
+            f"Stages written to {training_args.output_dir}/stage-01 .. stage-{model.num_modules:02d}. Load one with:"
+        )
         print("    import trgl_hf  # or pass trust_remote_code=True without trgl_hf installed")
         print("    from transformers import AutoModelForImageClassification")
         print(f'    model = AutoModelForImageClassification.from_pretrained("{stage_dir}")')

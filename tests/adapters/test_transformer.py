@@ -83,7 +83,7 @@ def test_transport_matches_branch_outputs(family):
     for block in model.adapter.blocks:
         modules, first = branch_hooks(family, block)
         for module in modules:
-            handles.append(module.register_forward_hook(lambda m, a, o: captured.append(first(o))))
+            handles.append(module.register_forward_hook(lambda m, a, o, first=first: captured.append(first(o))))
     with torch.no_grad():
         steps = list(model.iter_modules(labels=labels, **inputs))
     for handle in handles:
