@@ -333,3 +333,42 @@ def test_bad_arguments_fail_before_any_request(stage_run):
         push_stage(stage_run / "stage-01", REPO, 2, api=unreachable)
     with pytest.raises(ValueError):
         push_stage(stage_run / "stage-01", "not a repo id!", 1, api=unreachable)
+
+
+def _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, **overrides):
+    model = _tiny_model(make_cifar_resnet)
+    settings = dict(
+        output_dir=str(tmp_path / "run"), trgl_mode="sequential", max_steps=2, per_device_train_batch_size=16,
+        use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, push_to_hub=True, hub_model_id=REPO,
+        hub_token="hf_fake",
+    )  # fmt: skip
+    settings.update(overrides)
+    args = TRGLTrainingArguments(**settings)
+    return TRGLTrainer(model=model, args=args, train_dataset=digits["train"].select(range(64)), hub_api=api)
+
+
+def test_trainer_pushes_each_stage_as_soon_as_it_is_final(tmp_path, fake_hub, api, make_cifar_resnet, digits):
+    trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api)
+    trainer.train()
+    branches = fake_hub.store[REPO]
+    assert {"main", "stage-01", "stage-02", "stage-03"} <= set(branches)
+    assert sorted(branches["stage-02"]) == STAGE_FILES
+    assert branches["main"]["model.safetensors"] == (tmp_path / "run" / "stage-03" / "model.safetensors").read_bytes()
+
+
+def test_trainer_hub_failure_keeps_local_stages_and_resume_pushes_the_rest(
+    tmp_path, fake_hub, api, make_cifar_resnet, digits, no_backoff_sleep
+):
+    trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, trgl_hub_strategy="subfolder")
+    fault = fake_hub.fail_next(None, status=500, method="POST", path=r".*/commit/.*")
+    with pytest.raises(HubPushError, match="stage 1"):
+        trainer.train()
+    assert fault.hits > 0
+    assert (tmp_path / "run" / "stage-01" / "model.safetensors").exists()
+    AutoModelForImageClassification.from_pretrained(tmp_path / "run" / "stage-01")
+    fake_hub.clear_faults()
+    trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, trgl_hub_strategy="subfolder")
+    trainer.train(resume_from_checkpoint=True)
+    trainer.push_to_hub()
+    pushed = {path.split("/")[1] for path in fake_hub.store[REPO]["main"] if path.startswith("stages/")}
+    assert pushed == {"stage-01", "stage-02", "stage-03"}

@@ -19,6 +19,7 @@ from .hub_models.configuration_cifar_resnet import CifarResNetConfig
 from .hub_models.configuration_trgl_stage import TRGLStageConfig
 from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
 from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification
+from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .losses import transport_cost
 from .metrics import PerModuleMetrics, accuracy
 from .modeling_trgl import TRGLModel, TRGLOutput
@@ -34,6 +35,7 @@ __all__ = [
     "CifarResNetConfig",
     "CifarResNetForImageClassification",
     "CifarResNetModel",
+    "HubPushError",
     "NonFiniteLossError",
     "PerModuleMetrics",
     "TRGLConfig",
@@ -46,6 +48,9 @@ __all__ = [
     "accuracy",
     "load_akamaster_resnet",
     "load_digits_dataset",
+    "push_final",
+    "push_run_stages",
+    "push_stage",
     "register_auto_classes",
     "supported_families",
     "transport_cost",

@@ -156,6 +156,6 @@ def save_stage(
         stage_model_card(stage, num_stages, info, model).save(staging / "README.md")
         write_json(
             staging / STAGE_METADATA_FILE,
-            {"stage": stage, "num_stages": num_stages, **{k: v for k, v in info.items() if k != "module_table"}},
+            {"stage": stage, "num_stages": num_stages, **info},
         )
     return Path(directory)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from huggingface_hub import HfApi
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from transformers import DataCollatorWithPadding, DefaultDataCollator, Trainer, default_data_collator
@@ -22,6 +23,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .checkpointing import atomic_directory, save_stage, stage_dirname, write_json
 from .data import check_labels
+from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .modeling_trgl import TRGLModel
 from .training_args import TRGLTrainingArguments
@@ -95,6 +97,8 @@ class TRGLTrainer(Trainer):
         args ([`TRGLTrainingArguments`]): training arguments.
         compute_metrics (`Callable`, *optional*): metrics of one head from `EvalPrediction(logits, labels)`; applied
             to every module. Defaults to accuracy.
+        hub_api (`huggingface_hub.HfApi`, *optional*): client used to push stages when `args.push_to_hub` is set
+            (defaults to `HfApi(token=args.hub_token)`).
         kwargs: the other arguments of [`~transformers.Trainer`].
 
     Example:
@@ -106,7 +110,13 @@ class TRGLTrainer(Trainer):
     ```
     """
 
-    def __init__(self, model: TRGLModel | None = None, args: TRGLTrainingArguments | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        model: TRGLModel | None = None,
+        args: TRGLTrainingArguments | None = None,
+        hub_api: HfApi | None = None,
+        **kwargs: Any,
+    ):
         if not isinstance(model, TRGLModel):
             raise ValueError(
                 f"TRGLTrainer trains a TRGLModel, got {type(model).__name__}: wrap it first with "
@@ -116,6 +126,7 @@ class TRGLTrainer(Trainer):
             args = TRGLTrainingArguments(output_dir="trgl_output")
         if not isinstance(args, TRGLTrainingArguments):
             raise ValueError("TRGLTrainer needs `TRGLTrainingArguments` (they add `trgl_mode` and friends).")
+        self.hub_api = hub_api
         compute_metrics = kwargs.pop("compute_metrics", None)
         if model.config.task == "causal_lm":
             metrics = PerModuleLanguageModelMetrics()
@@ -411,10 +422,12 @@ class TRGLTrainer(Trainer):
         state["completed_phases"].append(phase.name)
         state["stage_metrics"] = {str(k): v for k, v in self.stage_metrics.items()}
         if self.args.should_save:
+            phases = self.plan_phases()
             if self.args.trgl_save_stages:
                 for index in phase.final_modules:
                     self.save_stage(index + 1, root / stage_dirname(index + 1))
-            phases = self.plan_phases()
+                    if self.args.push_to_hub:
+                        self._push_stage(index + 1, root / stage_dirname(index + 1), final=phase == phases[-1])
             if phase != phases[-1]:
                 with atomic_directory(root / PROGRESS_DIR) as staging:
                     model.save_pretrained(staging)
@@ -444,9 +457,41 @@ class TRGLTrainer(Trainer):
         )
         return save_stage(exported, directory, stage, model.num_modules, info)
 
+    @property
+    def hub_repo_id(self) -> str:
+        """The repository stages are pushed to: `hub_model_id`, else the name of `output_dir`."""
+        return self.args.hub_model_id or Path(self.args.output_dir).name
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Create the Hub repository stages will be pushed to (through `hub_api`)."""
+        if not self.is_world_process_zero():
+            return
+        api = self.hub_api or HfApi(token=token or self.args.hub_token)
+        try:
+            api.create_repo(self.hub_repo_id, exist_ok=True, private=private or self.args.hub_private_repo)
+        except Exception as error:
+            raise HubPushError(None, self.hub_repo_id, "repository", self.args.output_dir, error) from error
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Intermediate Trainer checkpoints are not pushed: finished stages are."""
+
+    def _push_stage(self, stage: int, directory: Path, final: bool) -> None:
+        model: TRGLModel = self.model
+        kwargs = dict(api=self.hub_api, token=self.args.hub_token, private=self.args.hub_private_repo)
+        push_stage(directory, self.hub_repo_id, stage, strategy=self.args.trgl_hub_strategy, **kwargs)
+        if final and self.args.trgl_hub_strategy == "branch":
+            push_final(Path(self.args.output_dir) / stage_dirname(model.num_modules), self.hub_repo_id, **kwargs)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs: Any):
+        """Push every finished stage of the run in `output_dir` (see `trgl_hub_strategy`); returns {stage: target}."""
+        return push_run_stages(
+            self.args.output_dir, self.hub_repo_id, strategy=self.args.trgl_hub_strategy, api=self.hub_api,
+            token=kwargs.get("token") or self.args.hub_token, private=self.args.hub_private_repo,
+        )  # fmt: skip
+
     def module_table(self) -> str:
         """Markdown table of the evaluation metrics of every finished stage."""
-        if not self.stage_metrics:
+        if not any(self.stage_metrics.values()):
             return ""
         names = sorted({name for metrics in self.stage_metrics.values() for name in metrics})
         lines = ["| module | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]

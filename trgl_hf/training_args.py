@@ -30,6 +30,10 @@ class TRGLTrainingArguments(TrainingArguments):
             deterministic, i.e. a dataset without an on-the-fly transform and a standard collator (`"auto"`).
         trgl_save_stages (`bool`, *optional*, defaults to `True`):
             Write `output_dir/stage-01 .. stage-K` as the modules become final.
+        trgl_hub_strategy (`str`, *optional*, defaults to `"branch"`):
+            With `push_to_hub=True`, push each stage as soon as it is final to the branch `stage-XX` of
+            `hub_model_id` (`"branch"`, the last stage also to `main`) or to its folder `stages/stage-XX` on `main`
+            (`"subfolder"`). `hub_token` and `hub_private_repo` are honoured; the endpoint is `HF_ENDPOINT`.
     """
 
     trgl_mode: str = field(
@@ -42,6 +46,10 @@ class TRGLTrainingArguments(TrainingArguments):
     trgl_save_stages: bool = field(
         default=True, metadata={"help": "Write output_dir/stage-XX folders as modules become final."}
     )
+    trgl_hub_strategy: str = field(
+        default="branch",
+        metadata={"help": "Push stages to one branch each ('branch') or to subfolders ('subfolder')."},
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "TRGL synchronises gradients itself; DDP never needs to search for them."}
     )
@@ -52,6 +60,8 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(f"`trgl_mode` must be one of {TRGL_MODES}, got {self.trgl_mode!r}.")
         if self.trgl_laps < 1:
             raise ValueError(f"`trgl_laps` must be at least 1, got {self.trgl_laps}.")
+        if self.trgl_hub_strategy not in ("branch", "subfolder"):
+            raise ValueError(f"`trgl_hub_strategy` must be 'branch' or 'subfolder', got {self.trgl_hub_strategy!r}.")
         if self.trgl_prefix_cache not in PREFIX_CACHE_CHOICES:
             raise ValueError(
                 f"`trgl_prefix_cache` must be one of {PREFIX_CACHE_CHOICES}, got {self.trgl_prefix_cache!r}."
