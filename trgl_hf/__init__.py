@@ -15,11 +15,11 @@ from .adapters import supported_families
 from .cifar_weights import load_akamaster_resnet
 from .configuration_trgl import TRGLConfig
 from .data import load_digits_dataset
+from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .hub_models.configuration_cifar_resnet import CifarResNetConfig
 from .hub_models.configuration_trgl_stage import TRGLStageConfig
 from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
 from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification
-from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .losses import transport_cost
 from .metrics import PerModuleMetrics, accuracy
 from .modeling_trgl import TRGLModel, TRGLOutput
