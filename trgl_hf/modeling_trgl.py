@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from transformers.utils import ModelOutput
 from .adapters import BlockProbe, adapter_class_for
 from .adapters.base import task_model_from_config
 from .configuration_trgl import TRGLConfig
+from .guards import check_weight_folder
 from .losses import causal_lm_loss, task_loss, transport_weight_from_tau, trgl_loss
 from .splitting import balanced_split, check_num_modules, check_split, equal_split
 
@@ -197,6 +200,27 @@ class TRGLModel(PreTrainedModel):
             adapter.build_head(config.aux_head, probes[end], config.num_labels, config.head_pool_size, False)
         config.module_output_shapes = [[probes[end].channels, *probes[end].spatial_size] for end in ends]
         return cls(config, backbone=backbone, head_template=head_template)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load a whole TRGL model (all modules and heads) saved with `save_pretrained`.
+
+        A local folder is checked first: a stage folder (a native or `trgl_stage` model) or missing / corrupted
+        weights raise a `ValueError` saying what to do instead.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir():
+            config_path = folder / kwargs.get("subfolder", "") / "config.json"
+            if config_path.exists():
+                model_type = json.loads(config_path.read_text()).get("model_type")
+                if model_type != TRGLConfig.model_type:
+                    raise ValueError(
+                        f"{folder} holds a {model_type!r} model, not a whole TRGL model: a stage folder loads with "
+                        "`AutoModelForImageClassification` / `AutoModelForSequenceClassification` / "
+                        "`AutoModelForCausalLM.from_pretrained(...)`."
+                    )
+            check_weight_folder(folder / kwargs.get("subfolder", ""))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """The backbone keeps its own (pretrained or initialised) weights; heads use PyTorch's default init."""

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,6 +22,14 @@ from transformers.trainer_utils import TrainOutput
 
 from .checkpointing import atomic_directory, save_stage, stage_dirname, write_json
 from .data import check_labels
+from .guards import (
+    check_hub_credentials,
+    check_output_dir,
+    check_sequence_lengths,
+    check_weight_folder,
+    latest_complete_checkpoint,
+    run_fingerprint,
+)
 from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .modeling_trgl import TRGLModel
@@ -206,8 +213,12 @@ class TRGLTrainer(Trainer):
             **{f"eval_dataset[{key!r}]" if key else "eval_dataset": value for key, value in eval_sets.items()},
         }.items():
             check_labels(dataset, num_labels, name, what)
+            check_sequence_lengths(dataset, model, name)
+        check_hub_credentials(self.args, self.hub_api)
         phases = self.plan_phases()
         root = Path(self.args.output_dir)
+        self.fingerprint = run_fingerprint(model.config, self.args, [p.name for p in phases])
+        check_output_dir(root, self.fingerprint, bool(resume_from_checkpoint))
         state = self._load_state(root, phases) if resume_from_checkpoint else {"completed_phases": []}
         explicit_checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         original = (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps)
@@ -433,7 +444,9 @@ class TRGLTrainer(Trainer):
                     model.save_pretrained(staging)
             else:
                 shutil.rmtree(root / PROGRESS_DIR, ignore_errors=True)
-            write_json(root / STATE_FILE, {**state, "phases": [p.name for p in phases]})
+            write_json(
+                root / STATE_FILE, {**state, "phases": [p.name for p in phases], "fingerprint": self.fingerprint}
+            )
             shutil.rmtree(root / PHASES_DIR / phase.name, ignore_errors=True)
             if root.joinpath(PHASES_DIR).exists() and not any(root.joinpath(PHASES_DIR).iterdir()):
                 root.joinpath(PHASES_DIR).rmdir()
@@ -451,6 +464,7 @@ class TRGLTrainer(Trainer):
             "use_transport": model.config.use_transport,
             "metrics": self.stage_metrics.get(stage, {}),
             "module_table": self.module_table(),
+            "run_fingerprint": getattr(self, "fingerprint", None),
         }
         info["taus"] = (
             [None if math.isinf(t) else t for t in info["taus"]] if isinstance(info["taus"], list) else (info["taus"])
@@ -464,6 +478,7 @@ class TRGLTrainer(Trainer):
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Create the Hub repository stages will be pushed to (through `hub_api`)."""
+        check_hub_credentials(self.args, self.hub_api)
         if not self.is_world_process_zero():
             return
         api = self.hub_api or HfApi(token=token or self.args.hub_token)
@@ -512,6 +527,7 @@ class TRGLTrainer(Trainer):
                 "same `trgl_mode`, `trgl_laps` and number of modules, or use a new `output_dir`."
             )
         if state["completed_phases"] and (root / PROGRESS_DIR).exists():
+            check_weight_folder(root / PROGRESS_DIR)
             restored = TRGLModel.from_pretrained(root / PROGRESS_DIR)
             self.model.load_state_dict(restored.state_dict())
         self.stage_metrics = {int(k): v for k, v in state.get("stage_metrics", {}).items()}
@@ -520,11 +536,8 @@ class TRGLTrainer(Trainer):
     def _phase_checkpoint(self, phase: Phase, explicit: str | None) -> str | None:
         if explicit is not None:
             return explicit if Path(explicit).parent.name == phase.name else None
-        phase_dir = Path(self.args.output_dir)
-        checkpoints = [p for p in phase_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
-        if not checkpoints:
-            return None
-        return str(max(checkpoints, key=lambda p: int(p.name.split("-")[1])))
+        checkpoint = latest_complete_checkpoint(Path(self.args.output_dir))
+        return str(checkpoint) if checkpoint is not None else None
 
 
 def _dataset_name(dataset: Any) -> str | None:
