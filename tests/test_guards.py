@@ -121,8 +121,9 @@ TRAINING_SCRIPT = textwrap.dedent(
                          TRGLTrainingArguments, load_digits_dataset)
     out, resume = sys.argv[1], sys.argv[2] == "resume"
     torch.manual_seed(0)
-    base = CifarResNetForImageClassification(CifarResNetConfig(num_channels=1, depths=[1, 1, 1], hidden_sizes=[4, 8, 8],
-                                             embedding_size=4, num_labels=10, image_size=8))
+    config = CifarResNetConfig(num_channels=1, depths=[1, 1, 1], hidden_sizes=[4, 8, 8], embedding_size=4,
+                               num_labels=10, image_size=8)
+    base = CifarResNetForImageClassification(config)
     model = TRGLModel.from_base(base, TRGLConfig(num_modules=3))
     args = TRGLTrainingArguments(output_dir=out, trgl_mode="sequential", num_train_epochs=2,
                                  per_device_train_batch_size=32, learning_rate=0.05, optim="sgd", report_to="none",
