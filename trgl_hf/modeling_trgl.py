@@ -239,14 +239,18 @@ class TRGLModel(PreTrainedModel):
 
     def _group_members(self) -> list[tuple[list[nn.Module], list[nn.Parameter]]]:
         """Per module: every `nn.Module` it owns (flat, for switching to eval) and its parameters."""
-        blocks = self.adapter.blocks
-        block_module_ids = {id(m) for block in blocks for m in block.modules()}
-        stem_modules = [m for m in self.backbone.modules() if id(m) not in block_module_ids]
-        block_param_ids = {id(p) for block in blocks for p in block.parameters()}
-        stem_params = [p for p in self.backbone.parameters() if id(p) not in block_param_ids]
-        members = []
+        owners_per_module = []
         for index in range(self.num_modules):
-            owners = [blocks[i] for i in self.module_block_range(index)] + [self.heads[index]]
+            owners = []
+            for block_index in self.module_block_range(index):
+                owners += [self.adapter.blocks[block_index], *self.adapter.block_extras(block_index)]
+            owners_per_module.append(owners + [self.heads[index]])
+        owned_modules = {id(m) for owners in owners_per_module for owner in owners for m in owner.modules()}
+        owned_params = {id(p) for owners in owners_per_module for owner in owners for p in owner.parameters()}
+        stem_modules = [m for m in self.backbone.modules() if id(m) not in owned_modules]
+        stem_params = [p for p in self.backbone.parameters() if id(p) not in owned_params]
+        members = []
+        for index, owners in enumerate(owners_per_module):
             modules = [m for owner in owners for m in owner.modules()]
             params = [p for owner in owners for p in owner.parameters()]
             if index == 0:

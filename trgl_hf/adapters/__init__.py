@@ -6,10 +6,12 @@ from torch import nn
 
 from .base import BlockProbe, ModelAdapter
 from .resnet import ResNetAdapter
+from .swin import SwinAdapter
 from .transformer import TransformerAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     ResNetAdapter.family: ResNetAdapter,
+    SwinAdapter.family: SwinAdapter,
     TransformerAdapter.family: TransformerAdapter,
 }
 

@@ -123,6 +123,10 @@ class ModelAdapter(ABC):
     def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool) -> nn.Module:
         """Build an auxiliary head reading a block output described by `probe` (`is_last`: the classifier)."""
 
+    def block_extras(self, index: int) -> list[nn.Module]:
+        """Modules outside block `index` that run (and train) with it, e.g. Swin's patch merging before a stage."""
+        return []
+
     def head_logits(self, head: nn.Module, state: BlockState) -> torch.Tensor:
         """Apply a head to a block state."""
         return head(state.hidden)
