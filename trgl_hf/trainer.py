@@ -145,6 +145,7 @@ class TRGLTrainer(Trainer):
         self.stage_metrics: dict[int, dict[str, float]] = {}
         self._module_sums: dict[int, list[float]] = {}
         self._phase: Phase | None = None
+        self._cache_collator = None
 
     # ------------------------------------------------------------------ planning
 
@@ -222,7 +223,7 @@ class TRGLTrainer(Trainer):
         state = self._load_state(root, phases) if resume_from_checkpoint else {"completed_phases": []}
         explicit_checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
         original = (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps)
-        original_data = (self.train_dataset, self.data_collator)
+        original_dataset = self.train_dataset
         use_cache, cache_reason = self.prefix_cache_decision()
         total_steps, total_loss, runtime, output = 0, 0.0, 0.0, None
         started = time.time()
@@ -233,14 +234,14 @@ class TRGLTrainer(Trainer):
                 self._phase = phase
                 model.set_trainable_modules(phase.modules)
                 model.evaluated_modules = max(max(phase.modules) + 1, self._modules_trained_so_far(state, phases))
-                self.train_dataset, self.data_collator = original_data
+                self.train_dataset, self._cache_collator = original_dataset, None
                 model.cached_input_module = None
                 first = min(phase.modules)
                 if self.args.trgl_mode != "parallel" and first > 0:
                     if use_cache:
                         logger.info("%s: caching the frozen prefix's outputs once (%s).", phase.name, cache_reason)
                         self.train_dataset = self._build_prefix_cache(first)
-                        self.data_collator = default_data_collator
+                        self._cache_collator = default_data_collator
                         model.cached_input_module = first
                     else:
                         logger.info("%s: recomputing the frozen prefix every step (%s).", phase.name, cache_reason)
@@ -259,7 +260,7 @@ class TRGLTrainer(Trainer):
                 self._finish_phase(phase, state, root)
         finally:
             self.args.output_dir, self.args.num_train_epochs, self.args.max_steps = original
-            self.train_dataset, self.data_collator = original_data
+            self.train_dataset, self._cache_collator = original_dataset, None
             model.cached_input_module = None
             model.evaluated_modules = None
             self._phase = None
@@ -283,6 +284,16 @@ class TRGLTrainer(Trainer):
         self.accelerator._schedulers.clear()
         self.accelerator._models.clear()
         self._module_sums = {}
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The training batches; cached prefix outputs are collated by stacking (they are already padded)."""
+        if self._cache_collator is None:
+            return super().get_train_dataloader()
+        collator, self.data_collator = self.data_collator, self._cache_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collator
 
     def _build_prefix_cache(self, first_module: int) -> PrefixCacheDataset:
         model: TRGLModel = self.model
