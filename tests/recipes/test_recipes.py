@@ -119,3 +119,16 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(mode, tm
         for name in single:
             torch.testing.assert_close(distributed[name], single[name], rtol=0, atol=1e-5, msg=name)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_bf16_mixed_precision_trains_every_mode_step(tmp_path):
+    # Accelerate's precision is process-wide, so bf16 runs in its own process.
+    args = [sys.executable, "recipes/train_image_classification.py", "--dataset_name", "digits", "--model_type",
+            "cifar_resnet", "--depth", "8", "--num_modules", "3", "--head_pool_size", "1", "--trgl_mode",
+            "sequential", "--num_train_epochs", "1", "--learning_rate", "0.05", "--optim", "sgd", "--bf16", "true",
+            "--per_device_train_batch_size", "64", "--output_dir", str(tmp_path), *COMMON]  # fmt: skip
+    result = subprocess.run(args, cwd=RECIPES.parent, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "module_metrics.json").read_text())
+    assert min(metrics["per_module"]["test"]) > 0.2  # chance is 0.1
