@@ -217,3 +217,20 @@ def test_interrupted_run_resumes_to_the_same_weights(mode, tmp_path, digits, mak
     )
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_progress_bar_names_the_phase(tmp_path, digits, make_cifar_resnet):
+    from trgl_hf.trainer import PhaseProgressCallback
+
+    seen = []
+
+    class Recorder(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(trainer.describe_phase())
+
+    model = digits_model(make_cifar_resnet)
+    args = make_args(tmp_path, trgl_mode="multilap", max_steps=2, disable_tqdm=False, trgl_save_stages=False)
+    trainer = TRGLTrainer(model=model, args=args, train_dataset=digits["train"], callbacks=[Recorder()])
+    assert any(isinstance(c, PhaseProgressCallback) for c in trainer.callback_handler.callbacks)
+    trainer.train()
+    assert seen[0] == "module 1/3 (phase 1/6)" and seen[-1] == "module 3/3 (phase 6/6)"

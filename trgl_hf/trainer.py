@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from huggingface_hub import HfApi
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from transformers import DataCollatorWithPadding, DefaultDataCollator, Trainer, default_data_collator
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import TrainOutput
 
 from .checkpointing import atomic_directory, save_stage, stage_dirname, write_json
@@ -80,6 +82,19 @@ def _pad_and_concatenate(tensors: list[torch.Tensor], pad_value: float) -> torch
             for t in tensors
         ]
     return torch.cat(tensors)
+
+
+class PhaseProgressCallback(ProgressCallback):
+    """Trainer's progress bar, labelled with the phase being trained (e.g. `module 2/4` or `lap 2 module 1/4`)."""
+
+    def __init__(self, describe: Callable[[], str], max_str_len: int = 100):
+        super().__init__(max_str_len)
+        self.describe = describe
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.describe())
 
 
 class TRGLTrainer(Trainer):
@@ -146,8 +161,20 @@ class TRGLTrainer(Trainer):
         self._module_sums: dict[int, list[float]] = {}
         self._phase: Phase | None = None
         self._cache_collator = None
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(PhaseProgressCallback(self.describe_phase))
 
     # ------------------------------------------------------------------ planning
+
+    def describe_phase(self) -> str:
+        """A short label of the phase being trained, for progress bars."""
+        if self._phase is None:
+            return ""
+        phases = self.plan_phases()
+        position = [p.name for p in phases].index(self._phase.name) + 1
+        modules = ",".join(str(index + 1) for index in self._phase.modules)
+        label = "modules" if len(self._phase.modules) > 1 else "module"
+        return f"{label} {modules}/{self.model.num_modules} (phase {position}/{len(phases)})"
 
     def plan_phases(self) -> list[Phase]:
         """The phases of `args.trgl_mode`, in order."""
