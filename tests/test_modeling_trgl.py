@@ -148,3 +148,40 @@ def test_whole_model_round_trip(tmp_path, hf_resnet, images):
         )
     auto_loaded = __import__("transformers").AutoModel.from_pretrained(tmp_path)
     assert isinstance(auto_loaded, TRGLModel)
+
+
+def test_vangl_logs_the_transport_without_keeping_branch_copies(make_hf_resnet, images):
+    pixel_values, labels = images
+    saved = {}
+    transports = {}
+    for use_transport in (True, False):
+        model = TRGLModel.from_base(make_hf_resnet(), TRGLConfig(num_modules=2, use_transport=use_transport,
+                                                                 image_size=32)).train()  # fmt: skip
+        total = [0]
+
+        def pack(tensor, total=total):
+            total[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            steps = list(model.iter_modules(pixel_values=pixel_values, labels=labels))
+        saved[use_transport] = total[0]
+        transports[use_transport] = torch.stack([s.transport for s in steps])
+        assert steps[0].transport.requires_grad is use_transport
+    torch.testing.assert_close(transports[True].detach(), transports[False])
+    branch_bytes = []
+    probe = TRGLModel.from_base(make_hf_resnet(), TRGLConfig(num_modules=2, image_size=32)).train()
+    for block in probe.adapter.blocks:
+        block.layer.register_forward_hook(lambda m, a, o: branch_bytes.append(o.numel() * o.element_size()))
+    with torch.no_grad():
+        list(probe.iter_modules(pixel_values=pixel_values))
+    assert saved[True] - saved[False] == sum(branch_bytes)  # exactly one kept copy per residual branch
+
+
+def test_frozen_heads_can_be_skipped(hf_resnet, images):
+    pixel_values, labels = images
+    model = TRGLModel.from_base(hf_resnet, TRGLConfig(num_modules=3, image_size=32))
+    model.set_trainable_modules([2])
+    model.train()
+    steps = list(model.iter_modules(pixel_values=pixel_values, labels=labels, frozen_heads=False))
+    assert [s.logits is None for s in steps] == [True, True, False]

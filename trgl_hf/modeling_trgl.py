@@ -310,6 +310,7 @@ class TRGLModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         trgl_hidden_states: torch.Tensor | None = None,
         last_module: int | None = None,
+        frozen_heads: bool = True,
         **inputs: Any,
     ) -> Iterator[ModuleStep]:
         """Run the modules one after another, yielding each module's output, logits and loss as soon as it exists.
@@ -325,6 +326,9 @@ class TRGLModel(PreTrainedModel):
                 `self.cached_input_module`.
             last_module (`int`, *optional*): last module to run (0-based); defaults to the last trainable module
                 in training mode and to module `evaluated_modules` (all modules when unset) in eval mode.
+            frozen_heads (`bool`, *optional*, defaults to `True`): run the heads of modules that are not trained
+                (`False` skips them — their `logits` and losses are then `None` — when only the trained modules'
+                losses are needed, as in a training step).
             inputs: the base model's inputs (e.g. `pixel_values`).
         """
         if last_module is None:
@@ -343,6 +347,7 @@ class TRGLModel(PreTrainedModel):
         loss_function = causal_lm_loss if self.config.task == "causal_lm" else task_loss
         for index in range(first_module, last_module + 1):
             trainable = index in self.trainable_modules and torch.is_grad_enabled()
+            self.adapter.energy_requires_grad = trainable and self.transport_weight(index) > 0
             with torch.set_grad_enabled(trainable):
                 if state is None:
                     state = self.adapter.embed(**inputs)
@@ -354,9 +359,10 @@ class TRGLModel(PreTrainedModel):
                     energies.extend(block_energies)
                 hidden = state.hidden
                 transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
-                logits = self.adapter.head_logits(self.heads[index], state)
-                module_task_loss = loss = None
-                if labels is not None:
+                module_task_loss = loss = logits = None
+                if trainable or frozen_heads:
+                    logits = self.adapter.head_logits(self.heads[index], state)
+                if labels is not None and logits is not None:
                     module_task_loss = loss_function(logits, labels, self.config.label_smoothing)
                     loss = trgl_loss(module_task_loss, transport, self.transport_weight(index))
             yield ModuleStep(index, hidden, logits, transport, module_task_loss, loss, trainable)

@@ -341,7 +341,7 @@ class TRGLTrainer(Trainer):
             for batch in loader:
                 batch = self._prepare_inputs(batch)
                 labels = batch.pop("labels")
-                for step in model.iter_modules(last_module=first_module - 1, **batch):
+                for step in model.iter_modules(last_module=first_module - 1, frozen_heads=False, **batch):
                     hidden = step.hidden_state
                 context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
                 for name, value in {"trgl_hidden_states": hidden, "labels": labels, **context}.items():
@@ -362,7 +362,7 @@ class TRGLTrainer(Trainer):
         total = torch.zeros((), device=self.args.device)
         task_losses = {}
         with self.compute_loss_context_manager(), self.accelerator.autocast():
-            for step in net.iter_modules(**inputs):
+            for step in net.iter_modules(frozen_heads=False, **inputs):
                 if not step.trainable:
                     continue
                 if not torch.isfinite(step.loss):

@@ -11,6 +11,8 @@ import transformers
 from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 
+from ..losses import branch_energy
+
 
 @dataclass
 class BlockState:
@@ -91,6 +93,20 @@ class ModelAdapter(ABC):
         self.backbone = backbone
         self.head_template = head_template
         self.blocks: list[nn.Module] = self.find_blocks(backbone)
+        self.energy_requires_grad = True
+
+    def energy(self, residual: torch.Tensor, needs_copy: bool = False) -> torch.Tensor:
+        """mean(r ** 2) of a residual branch: differentiable when the transport term is trained, else a detached
+        value for logging that keeps nothing alive (VanGL pays no memory for it).
+
+        Args:
+            residual (`torch.Tensor`): the branch output.
+            needs_copy (`bool`): the tensor is modified in place later (copy it before autograd saves it).
+        """
+        if not self.energy_requires_grad or not torch.is_grad_enabled():
+            with torch.no_grad():
+                return branch_energy(residual)
+        return branch_energy(residual.clone() if needs_copy else residual)
 
     @classmethod
     @abstractmethod

@@ -18,7 +18,6 @@ from transformers import AutoModelForImageClassification, PreTrainedConfig, PreT
 from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
-from ..losses import branch_energy
 from .base import BlockProbe, BlockState, ModelAdapter
 
 
@@ -63,7 +62,7 @@ class ResNetAdapter(ModelAdapter):
         energies: list[torch.Tensor] = []
 
         def capture(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            energies.append(branch_energy(output.clone()))
+            energies.append(self.energy(output, needs_copy=True))
 
         handle = block.layer.register_forward_hook(capture)
         try:

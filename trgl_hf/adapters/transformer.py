@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 
-from ..losses import branch_energy
 from .base import BlockProbe, BlockState, ModelAdapter
 
 FINAL_NORM_NAMES = ("ln_f", "norm", "layernorm", "final_layernorm", "final_layer_norm")
@@ -190,9 +189,9 @@ class TransformerAdapter(ModelAdapter):
             output = output[0]
         return state.with_hidden(output), self._branch_energies(state.hidden, output, calls)
 
-    @staticmethod
-    def _branch_energies(block_input: torch.Tensor, output: torch.Tensor, calls: list) -> list[torch.Tensor]:
+    def _branch_energies(self, block_input: torch.Tensor, output: torch.Tensor, calls: list) -> list[torch.Tensor]:
         calls = [(norm_input, norm_output) for norm_input, norm_output in calls if norm_input.shape == output.shape]
+        branch_energy = self.energy
         if not calls:
             return [branch_energy(output - block_input)]
         if calls[0][0] is block_input:  # pre-LN: the first norm reads the block input itself
