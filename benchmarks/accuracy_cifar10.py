@@ -107,6 +107,10 @@ def run(arm: str, mode: str, seed: int, data: dict, options: argparse.Namespace,
     return row
 
 
+# Two-sided 95% quantiles of Student's t for 1..10 degrees of freedom (few seeds: a normal interval is too narrow).
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+
+
 def summarise(rows: list[dict]) -> dict:
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -116,7 +120,9 @@ def summarise(rows: list[dict]) -> dict:
         entry = {}
         for key in ("last_test", "best_by_validation_test"):
             values = np.array([r[key] for r in group]) * 100
-            half = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+            n = len(values)
+            t = T_975[min(n - 2, len(T_975) - 1)] if n > 1 else float("nan")
+            half = t * values.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
             entry[key] = {"mean": float(values.mean()), "ci95": float(half), "n": len(values)}
         entry["per_module_test_mean"] = list(np.mean([r["test"] for r in group], axis=0) * 100)
         entry["seconds_mean"] = float(np.mean([r["seconds"] for r in group]))
@@ -140,7 +146,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="accuracy_cifar10")
+    parser.add_argument("--render-only", help="re-render the tables and plot from a results JSON")
     options = parser.parse_args()
+    if options.render_only:
+        render(json.loads(Path(options.render_only).read_text()), Path(options.render_only).parent)
+        return
     torch.set_num_threads(options.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -165,11 +175,18 @@ def main() -> None:
                 if arm == "e2e" and mode != options.modes[0]:
                     continue
                 rows.append(run(arm, mode, seed, data, options, scratch))
-    summary = summarise(rows)
     command = "python " + " ".join(sys.argv)
-    payload = {"command": command, "options": vars(options), "rows": rows, "summary": summary,
+    payload = {"command": command, "options": vars(options), "rows": rows,
                "environment": {"torch": torch.__version__, "python": platform.python_version(),
                                "threads": options.threads, "date": time.strftime("%Y-%m-%d")}}  # fmt: skip
+    render(payload, results)
+
+
+def render(payload: dict, results: Path) -> None:
+    """Write the JSON, the Markdown table (mean and t-based 95% interval over seeds) and the per-module plot."""
+    options = argparse.Namespace(**payload["options"])
+    command = payload["command"]
+    summary = payload["summary"] = summarise(payload["rows"])
     (results / f"{options.name}.json").write_text(json.dumps(payload, indent=2))
     lines = [f"# {options.name}", "", f"Command: `{command}`", "",
              "| arm / mode | last module test % (mean ± 95% CI) | best-by-validation test % | test % per module | "
