@@ -124,3 +124,17 @@ def test_lm_modes_run(mode, tmp_path):
     # max_steps counts per module outside parallel mode: 2 laps x 2 modules x 2 steps
     assert output.global_step == (4 if mode == "parallel" else 8)
     assert torch.isfinite(torch.tensor(output.training_loss))
+
+
+def test_perplexity_is_averaged_per_token_across_uneven_batches(tmp_path):
+    dataset, vocab_size = char_blocks()
+    dataset = dataset.select(range(10))
+    model = TRGLModel.from_base(tiny_gpt2(vocab_size), TRGLConfig(num_modules=2))
+    trainer = TRGLTrainer(model=model, args=args(tmp_path, per_device_eval_batch_size=4), train_dataset=dataset)
+    metrics = trainer.evaluate(dataset)
+    model.eval()
+    with torch.no_grad():
+        batch = dataset[:]
+        steps = list(model.iter_modules(input_ids=batch["input_ids"], labels=batch["labels"]))
+    for k, step in enumerate(steps, start=1):
+        assert metrics[f"eval_module_{k}_loss"] == pytest.approx(step.task_loss.item(), rel=1e-5)

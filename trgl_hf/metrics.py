@@ -69,19 +69,20 @@ class PerModuleMetrics:
 
 
 class PerModuleLanguageModelMetrics:
-    """Loss and perplexity of every module's LM head from per-batch module losses `(num_batches, num_modules)`.
+    """Loss and perplexity of every module's LM head, averaged per token.
 
-    Reports `module_{k}_loss` and `module_{k}_perplexity` (1-based), `perplexity` of the last module, and
-    `best_module`, the module with the lowest loss.
+    Predictions arrive as `(num_batches, 2, num_modules)`: each batch's summed next-token NLL per module and its
+    number of target tokens. Reports `module_{k}_loss` and `module_{k}_perplexity` (1-based), `perplexity` of the
+    last module, and `best_module`, the module with the lowest loss.
     """
 
     def __call__(self, eval_prediction: EvalPrediction) -> dict[str, float]:
-        losses = np.asarray(eval_prediction.predictions, dtype=np.float64)
-        losses = losses.reshape(-1, losses.shape[-1])
-        means = [float(losses[:, k][losses[:, k] != -100].mean()) for k in range(losses.shape[1])]
+        totals = np.asarray(eval_prediction.predictions, dtype=np.float64).reshape(-1, 2, np.shape(
+            eval_prediction.predictions)[-1])  # fmt: skip
+        means = totals[:, 0].sum(axis=0) / np.maximum(totals[:, 1].sum(axis=0), 1.0)
         results: dict[str, float] = {}
         for index, mean in enumerate(means):
-            results[f"module_{index + 1}_loss"] = mean
+            results[f"module_{index + 1}_loss"] = float(mean)
             results[f"module_{index + 1}_perplexity"] = float(np.exp(mean))
         results["perplexity"] = float(np.exp(means[-1]))
         best = int(np.argmin(means))

@@ -245,8 +245,10 @@ class TRGLModel(PreTrainedModel):
             for block_index in self.module_block_range(index):
                 owners += [self.adapter.blocks[block_index], *self.adapter.block_extras(block_index)]
             owners_per_module.append(owners + [self.heads[index]])
-        owned_modules = {id(m) for owners in owners_per_module for owner in owners for m in owner.modules()}
-        owned_params = {id(p) for owners in owners_per_module for owner in owners for p in owner.parameters()}
+        owners_and_unused = [owner for owners in owners_per_module for owner in owners]
+        owners_and_unused += self.adapter.unused_backbone_modules()
+        owned_modules = {id(m) for owner in owners_and_unused for m in owner.modules()}
+        owned_params = {id(p) for owner in owners_and_unused for p in owner.parameters()}
         stem_modules = [m for m in self.backbone.modules() if id(m) not in owned_modules]
         stem_params = [p for p in self.backbone.parameters() if id(p) not in owned_params]
         members = []

@@ -449,8 +449,11 @@ class TRGLTrainer(Trainer):
         loss = outputs.loss.detach().mean() if outputs.loss is not None else None
         if prediction_loss_only:
             return loss, None, None
-        if outputs.module_logits is None:  # language models: per-module losses instead of (huge) logits
-            return loss, outputs.module_losses.detach().float()[None], torch.zeros(1, device=loss.device)
+        if outputs.module_logits is None:  # language models: per-module token NLL sums and counts, not logits
+            tokens = (labels[:, 1:] != -100).sum().float()
+            losses = outputs.module_losses.detach().float()
+            totals = torch.stack([losses * tokens, tokens.expand_as(losses)])[None]
+            return loss, totals, torch.zeros(1, device=loss.device)
         return loss, outputs.module_logits.detach().float(), labels
 
     # ------------------------------------------------------------------ stages and state

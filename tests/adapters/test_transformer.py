@@ -150,3 +150,14 @@ def test_bare_backbone_and_bad_head_are_refused():
         TRGLModel.from_base(build("bert"), TRGLConfig(num_modules=2, aux_head="conv"))
     with pytest.raises(ValueError, match="between 1 and 4"):
         TRGLModel.from_base(build("bert"), TRGLConfig(num_modules=5))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_trainable_parameter_gets_a_gradient(family):
+    model = TRGLModel.from_base(build(family), TRGLConfig(num_modules=2)).train()
+    model.set_trainable_modules(range(2))
+    inputs, labels = inputs_for(family)
+    for step in model.iter_modules(labels=labels, **inputs):
+        step.loss.backward()
+    dead = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not dead, dead

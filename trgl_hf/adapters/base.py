@@ -139,6 +139,10 @@ class ModelAdapter(ABC):
     def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool) -> nn.Module:
         """Build an auxiliary head reading a block output described by `probe` (`is_last`: the classifier)."""
 
+    def unused_backbone_modules(self) -> list[nn.Module]:
+        """Backbone modules that never run in a cut model (their role is played by each module's head copy)."""
+        return []
+
     def block_extras(self, index: int) -> list[nn.Module]:
         """Modules outside block `index` that run (and train) with it, e.g. Swin's patch merging before a stage."""
         return []

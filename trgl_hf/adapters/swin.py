@@ -90,6 +90,9 @@ class SwinAdapter(TransformerAdapter):
             state = BlockState(merged, (((height + 1) // 2, (width + 1) // 2), *state.args[1:]), state.kwargs)
         return super().run_block(index, state)
 
+    def unused_backbone_modules(self) -> list[nn.Module]:
+        return [self.backbone.layernorm]
+
     def block_extras(self, index: int) -> list[nn.Module]:
         stage, position = self.position[index]
         return [self.stages[stage - 1].downsample] if position == 0 and stage > 0 else []

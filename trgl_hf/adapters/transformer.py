@@ -137,6 +137,10 @@ class TransformerAdapter(ModelAdapter):
         )
         return backbone, template
 
+    def unused_backbone_modules(self) -> list[nn.Module]:
+        names = (*FINAL_NORM_NAMES, "pooler")
+        return [getattr(self.backbone, n) for n in names if isinstance(getattr(self.backbone, n, None), nn.Module)]
+
     # ------------------------------------------------------------------ forward
 
     def embed(self, **inputs: Any) -> BlockState:
