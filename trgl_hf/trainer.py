@@ -61,27 +61,54 @@ class Phase:
 
 class PrefixCacheDataset(Dataset):
     """Outputs of the frozen prefix, computed once, with their labels and the inputs that blocks need as context
-    (attention masks, ...) — sequential and multi-lap modes."""
+    (attention masks, ...) — sequential and multi-lap modes. Token rows are stored without their padding."""
 
-    def __init__(self, columns: dict[str, torch.Tensor]):
-        self.columns = columns
+    def __init__(self, rows: list[dict[str, torch.Tensor]]):
+        self.rows = rows
 
     def __len__(self) -> int:
-        return len(self.columns["labels"])
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {name: column[index] for name, column in self.columns.items()}
+        return self.rows[index]
 
 
-def _pad_and_concatenate(tensors: list[torch.Tensor], pad_value: float) -> torch.Tensor:
-    """Concatenate batches along dim 0, right-padding dim 1 to the longest batch when lengths differ."""
-    if tensors[0].dim() >= 2 and len({t.shape[1] for t in tensors}) > 1:
-        length = max(t.shape[1] for t in tensors)
-        tensors = [
-            torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, length - t.shape[1]), value=pad_value)
-            for t in tensors
-        ]
-    return torch.cat(tensors)
+PAD_VALUES = {"labels": -100}
+
+
+def collate_cached_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack cached rows, right-padding token rows to the longest row of the batch."""
+    batch = {}
+    for name in rows[0]:
+        tensors = [row[name] for row in rows]
+        if tensors[0].dim() >= 1 and len({t.shape[0] for t in tensors}) > 1:
+            length = max(t.shape[0] for t in tensors)
+            pad = PAD_VALUES.get(name, 0)
+            tensors = [
+                torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - t.shape[0]), value=pad)
+                for t in tensors
+            ]
+        batch[name] = torch.stack(tensors)
+    return batch
+
+
+def split_into_rows(columns: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Cut a batch into per-example rows, dropping the right padding of token rows (per the attention mask)."""
+    mask = columns.get("attention_mask")
+    rows = []
+    for index in range(len(columns["labels"])):
+        length = None
+        if mask is not None and mask.dim() == 2:
+            positions = mask[index].nonzero()
+            length = int(positions.max()) + 1 if len(positions) else mask.shape[1]
+        row = {}
+        for name, column in columns.items():
+            value = column[index]
+            if length is not None and value.dim() >= 1 and value.shape[0] == mask.shape[1]:
+                value = value[:length]
+            row[name] = value.clone()
+        rows.append(row)
+    return rows
 
 
 class PhaseProgressCallback(ProgressCallback):
@@ -268,7 +295,7 @@ class TRGLTrainer(Trainer):
                     if use_cache:
                         logger.info("%s: caching the frozen prefix's outputs once (%s).", phase.name, cache_reason)
                         self.train_dataset = self._build_prefix_cache(first)
-                        self._cache_collator = default_data_collator
+                        self._cache_collator = collate_cached_rows
                         model.cached_input_module = first
                     else:
                         logger.info("%s: recomputing the frozen prefix every step (%s).", phase.name, cache_reason)
@@ -336,7 +363,7 @@ class TRGLTrainer(Trainer):
         )
         model.to(self.args.device)
         model.train()
-        columns: dict[str, list[torch.Tensor]] = {}
+        rows: list[dict[str, torch.Tensor]] = []
         with torch.no_grad(), self.accelerator.autocast():
             for batch in loader:
                 batch = self._prepare_inputs(batch)
@@ -344,12 +371,9 @@ class TRGLTrainer(Trainer):
                 for step in model.iter_modules(last_module=first_module - 1, frozen_heads=False, **batch):
                     hidden = step.hidden_state
                 context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
-                for name, value in {"trgl_hidden_states": hidden, "labels": labels, **context}.items():
-                    columns.setdefault(name, []).append(value.cpu())
-        pad_values = {"labels": -100}
-        return PrefixCacheDataset(
-            {name: _pad_and_concatenate(values, pad_values.get(name, 0)) for name, values in columns.items()}
-        )
+                columns = {"trgl_hidden_states": hidden, "labels": labels, **context}
+                rows += split_into_rows({name: value.cpu() for name, value in columns.items()})
+        return PrefixCacheDataset(rows)
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
