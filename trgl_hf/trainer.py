@@ -185,7 +185,7 @@ class TRGLTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self.trgl_log_history: list[dict[str, Any]] = []
         self.stage_metrics: dict[int, dict[str, float]] = {}
-        self._module_sums: dict[int, list[float]] = {}
+        self._module_sums: dict[int, list] = {}  # module -> [task loss sum, transport sum, count], kept on device
         self._phase: Phase | None = None
         self._cache_collator = None
         if self.pop_callback(ProgressCallback) is not None:
@@ -399,8 +399,8 @@ class TRGLTrainer(Trainer):
                 total += step.loss.detach()
                 task_losses[step.index] = step.task_loss.detach()
                 sums = self._module_sums.setdefault(step.index, [0.0, 0.0, 0])
-                sums[0] += float(step.task_loss.detach())
-                sums[1] += float(step.transport.detach())
+                sums[0] = sums[0] + step.task_loss.detach()  # no host sync per step: read at logging time
+                sums[1] = sums[1] + step.transport.detach()
                 sums[2] += 1
         if self.accelerator.sync_gradients:
             self._synchronise(net, task_losses)
@@ -449,6 +449,7 @@ class TRGLTrainer(Trainer):
         """Add each trained module's task loss and transport cost (averaged since the last log) to training logs."""
         if "loss" in logs and self._module_sums:
             for index, (task, transport, count) in sorted(self._module_sums.items()):
+                task, transport = float(task), float(transport)
                 logs[f"module_{index + 1}_task_loss"] = round(task / count, 4)
                 logs[f"module_{index + 1}_transport"] = round(transport / count, 6)
             self._module_sums = {}
