@@ -37,6 +37,17 @@ class BlockState:
         return replace(self, hidden=hidden)
 
 
+def truncate_depths(depths: list[int], num_blocks: int) -> list[int]:
+    """Blocks per stage of a model truncated to its first `num_blocks` blocks, e.g. `([3, 3, 3], 4) -> [3, 1]`."""
+    truncated, remaining = [], num_blocks
+    for depth in depths:
+        if remaining == 0:
+            break
+        truncated.append(min(depth, remaining))
+        remaining -= truncated[-1]
+    return truncated
+
+
 def task_model_from_config(config: PreTrainedConfig) -> PreTrainedModel:
     """Build an untrained task model (e.g. `BertForSequenceClassification`) from its configuration.
 

@@ -18,7 +18,7 @@ from transformers import AutoModelForImageClassification, PreTrainedConfig, PreT
 from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
-from .base import BlockProbe, BlockState, ModelAdapter
+from .base import BlockProbe, BlockState, ModelAdapter, truncate_depths
 
 
 def _is_residual_block(module: nn.Module) -> bool:
@@ -97,12 +97,7 @@ class ResNetAdapter(ModelAdapter):
 
     def truncated_config(self, num_blocks: int, num_labels: int) -> PreTrainedConfig:
         """The backbone's configuration with only the stages needed for the first `num_blocks` blocks."""
-        depths, remaining = [], num_blocks
-        for depth in self.backbone.config.depths:
-            if remaining == 0:
-                break
-            depths.append(min(depth, remaining))
-            remaining -= depths[-1]
+        depths = truncate_depths(self.backbone.config.depths, num_blocks)
         config = copy.deepcopy(self.backbone.config)
         config.depths = depths
         config.hidden_sizes = list(config.hidden_sizes[: len(depths)])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .base import BlockProbe, BlockState, task_model_from_config
+from .base import BlockProbe, BlockState, task_model_from_config, truncate_depths
 from .transformer import TransformerAdapter
 
 
@@ -106,12 +106,7 @@ class SwinAdapter(TransformerAdapter):
 
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
         config = copy.deepcopy(self.backbone.config)
-        depths, remaining = [], num_blocks
-        for depth in config.depths:
-            if remaining == 0:
-                break
-            depths.append(min(depth, remaining))
-            remaining -= depths[-1]
+        depths = truncate_depths(config.depths, num_blocks)
         settings = config.to_dict()
         settings.update(
             depths=depths, num_heads=list(config.num_heads[: len(depths)]), num_labels=num_labels,
