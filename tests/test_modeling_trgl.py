@@ -150,32 +150,33 @@ def test_whole_model_round_trip(tmp_path, hf_resnet, images):
     assert isinstance(auto_loaded, TRGLModel)
 
 
-def test_vangl_logs_the_transport_without_keeping_branch_copies(make_hf_resnet, images):
+def test_transport_keeps_no_more_activations_than_vangl(make_hf_resnet, images):
     pixel_values, labels = images
     saved = {}
     transports = {}
     for use_transport in (True, False):
         model = TRGLModel.from_base(make_hf_resnet(), TRGLConfig(num_modules=2, use_transport=use_transport,
                                                                  image_size=32)).train()  # fmt: skip
-        total = [0]
+        storages = {}
 
-        def pack(tensor, total=total):
-            total[0] += tensor.numel() * tensor.element_size()
+        def pack(tensor, storages=storages):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             steps = list(model.iter_modules(pixel_values=pixel_values, labels=labels))
-        saved[use_transport] = total[0]
+        saved[use_transport] = sum(storages.values())
         transports[use_transport] = torch.stack([s.transport for s in steps])
         assert steps[0].transport.requires_grad is use_transport
     torch.testing.assert_close(transports[True].detach(), transports[False])
     branch_bytes = []
     probe = TRGLModel.from_base(make_hf_resnet(), TRGLConfig(num_modules=2, image_size=32)).train()
     for block in probe.adapter.blocks:
-        block.layer.register_forward_hook(lambda m, a, o: branch_bytes.append(o.numel() * o.element_size()))
+        block.layer.register_forward_hook(lambda m, a, o: branch_bytes.append(o.nbytes))
     with torch.no_grad():
         list(probe.iter_modules(pixel_values=pixel_values))
-    assert saved[True] - saved[False] == sum(branch_bytes)  # exactly one kept copy per residual branch
+    # the energy is fused with each branch's last batch norm: at most references to its (tiny) bias are added
+    assert saved[True] - saved[False] < min(branch_bytes)
 
 
 def test_frozen_heads_can_be_skipped(hf_resnet, images):

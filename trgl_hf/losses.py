@@ -14,6 +14,41 @@ def branch_energy(residual: torch.Tensor) -> torch.Tensor:
     return residual.float().pow(2).mean()
 
 
+class BatchNormBranchEnergy(torch.autograd.Function):
+    """mean(r ** 2) of a residual branch that ends with a training-mode batch normalization, without keeping r.
+
+    Autograd would save r = BN(x) for the gradient 2r / N of the energy: one extra branch-sized tensor per block, on
+    top of x, which the normalization saves anyway. This function marks r as modified in place (no copy, nothing new
+    saved but a reference to x) and recomputes r from x in float32 in the backward pass, where it is alive for one
+    block at a time. The energy's value is the same as `branch_energy(r)` and its gradient matches to float32 rounding.
+
+    `apply(r, x, weight, bias, eps)` returns `(r, energy)`: use the returned r in place of the normalization's output.
+    """
+
+    @staticmethod
+    def forward(ctx, output, bn_input, weight, bias, eps):  # noqa: D102
+        ctx.save_for_backward(bn_input, weight, bias)
+        ctx.eps = eps
+        ctx.mark_dirty(output)
+        return output, branch_energy(output.detach())
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_energy):  # noqa: D102
+        bn_input, weight, bias = ctx.saved_tensors
+        if grad_energy is None or not torch.any(grad_energy):
+            return grad_output, None, None, None, None
+        with torch.no_grad():
+            residual = F.batch_norm(
+                bn_input.float(), None, None,
+                weight.float() if weight is not None else None, bias.float() if bias is not None else None,
+                training=True, momentum=0.0, eps=ctx.eps,
+            )  # fmt: skip
+            residual.mul_(grad_energy.float() * 2.0 / residual.numel())
+            if grad_output is not None:
+                residual.add_(grad_output)
+        return residual.to(bn_input.dtype if grad_output is None else grad_output.dtype), None, None, None, None
+
+
 def transport_cost(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
     """Discrete kinetic energy of a module: the sum over its residual branches r of mean(r ** 2).
 

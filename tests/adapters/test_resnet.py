@@ -50,6 +50,33 @@ def test_transport_term_matches_independent_computation(family, make_hf_resnet, 
         torch.testing.assert_close(step.loss, ce + transport / (2 * tau), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["hf", "cifar"])
+def test_fused_energy_trains_like_a_kept_branch_copy(family, make_hf_resnet, make_cifar_resnet, monkeypatch):
+    if family == "hf":
+        base, pixel_values = make_hf_resnet(depths=(2, 2)), torch.randn(3, 3, 32, 32)
+    else:
+        base, pixel_values = make_cifar_resnet(num_channels=1, depths=(2, 2, 2)), torch.randn(3, 1, 8, 8)
+    model = TRGLModel.from_base(base, TRGLConfig(num_modules=2, tau=0.5)).train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # away from the identity so the energy depends on every parameter
+            nn.init.normal_(module.weight)
+            nn.init.normal_(module.bias)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    labels = torch.tensor([0, 1, 2])
+
+    def loss_and_gradients():
+        loss = sum(step.loss for step in model.iter_modules(pixel_values=pixel_values, labels=labels))
+        return loss.detach(), torch.autograd.grad(loss, parameters, allow_unused=True)
+
+    fused_loss, fused_grads = loss_and_gradients()
+    monkeypatch.setattr(model.adapter, "_final_normalization", lambda block: None)
+    copy_loss, copy_grads = loss_and_gradients()
+    torch.testing.assert_close(fused_loss, copy_loss)
+    assert sum(grad is not None for grad in copy_grads) == len(parameters)
+    for fused, copied in zip(fused_grads, copy_grads):
+        torch.testing.assert_close(fused, copied, rtol=1e-4, atol=1e-6)
+
+
 def test_downsampling_blocks_are_penalised_and_stem_is_not(make_cifar_resnet):
     base = make_cifar_resnet(num_channels=1, depths=(1, 1, 1))
     model = TRGLModel.from_base(base, TRGLConfig(num_modules=3))

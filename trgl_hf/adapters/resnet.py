@@ -1,7 +1,9 @@
 """ResNets: transformers' `ResNetModel` and this library's CIFAR ResNet-20..110 (same module layout).
 
 A block computes `activation(layer(x) + shortcut(x))`; its residual branch is the output of `block.layer`,
-captured by a forward hook that clones it before the in-place addition. Downsampling blocks are penalised like the
+captured by a forward hook. When the branch ends with a training-mode batch normalization (every ResNet block), the
+energy is fused with it (`BatchNormBranchEnergy`: the branch is recomputed in backward instead of being kept);
+otherwise the branch is cloned before the in-place addition. Downsampling blocks are penalised like the
 others (their branch is what the official code penalises); the stem (`embedder`) is not.
 """
 
@@ -18,6 +20,7 @@ from transformers import AutoModelForImageClassification, PreTrainedConfig, PreT
 from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
+from ..losses import BatchNormBranchEnergy
 from .base import BlockProbe, BlockState, ModelAdapter, truncate_depths
 
 
@@ -60,16 +63,42 @@ class ResNetAdapter(ModelAdapter):
     def run_block(self, index: int, state: BlockState) -> tuple[BlockState, list[torch.Tensor]]:
         block = self.blocks[index]
         energies: list[torch.Tensor] = []
+        fused: dict[str, torch.Tensor] = {}
+
+        def fuse_with_normalization(module: nn.BatchNorm2d, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            fused["branch"], fused["energy"] = BatchNormBranchEnergy.apply(
+                output, args[0], module.weight, module.bias, module.eps
+            )
+            return fused["branch"]
 
         def capture(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            energies.append(self.energy(output, needs_copy=True))
+            if fused.get("branch") is output:
+                energies.append(fused["energy"])
+            else:
+                energies.append(self.energy(output, needs_copy=True))
 
-        handle = block.layer.register_forward_hook(capture)
+        handles = [block.layer.register_forward_hook(capture)]
+        normalization = self._final_normalization(block)
+        if normalization is not None:
+            handles.append(normalization.register_forward_hook(fuse_with_normalization))
         try:
             output = block(state.hidden)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         return state.with_hidden(output), energies
+
+    def _final_normalization(self, block: nn.Module) -> nn.BatchNorm2d | None:
+        """The batch normalization whose output is the branch, when the energy can be fused with it (training mode,
+        plain `nn.BatchNorm2d`: `SyncBatchNorm` normalizes with statistics of other processes that a recomputation
+        would not see); `None` otherwise (the branch is copied before the in-place addition)."""
+        if not (self.energy_requires_grad and torch.is_grad_enabled()):
+            return None
+        normalizations = [module for module in block.layer.modules() if isinstance(module, nn.BatchNorm2d)]
+        last = normalizations[-1] if normalizations else None
+        if last is None or type(last) is not nn.BatchNorm2d or not last.training:
+            return None
+        return last
 
     def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool) -> nn.Module:
         kind = "linear" if kind == "native" else kind
