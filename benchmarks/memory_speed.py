@@ -427,7 +427,9 @@ def _patch_run_block(model: trgl_hf.TRGLModel, variant: str) -> bool:
         if variant == "plain":
             return state.with_hidden(block(state.hidden)), []
         energies: list[torch.Tensor] = []
-        handle = block.layer.register_forward_hook(lambda module, args, out: energies.append(branch_energy(out)))
+        handle = block.layer.register_forward_hook(
+            lambda module, args, out: energies.append(branch_energy(out.clone() if variant == "copy" else out))
+        )
         try:
             output = block(state.hidden)
         finally:
@@ -853,10 +855,12 @@ class Bench:
     def transport_diagnostic(self, batch_size: int, num_modules: int, policy: str) -> dict[str, Any] | None:
         """The step of the module that sets the sequential peak, in four variants of the transport term.
 
-        `trgl`: as shipped (tau = 10); `vangl_use_transport_false`: the library's VanGL (`use_transport=False`);
-        `energy_without_clone`: the energy computed on the branch output itself, without the copy (valid for the CIFAR
-        ResNet, whose residual add is out of place); `no_energy`: the blocks run without any energy computation
-        (plain greedy module). The last two patch `run_block` of that model's adapter inside this benchmark only.
+        `trgl`: as shipped (tau = 10: the energy fused with each branch's last batch norm, the branch recomputed in
+        backward); `vangl_use_transport_false`: the library's VanGL (`use_transport=False`); `energy_of_branch_copy`:
+        autograd's plain mean(copy of r) ** 2, which keeps the copy for backward (the library before the fusion);
+        `energy_without_clone`: the same on the branch output itself (valid for the CIFAR ResNet, whose residual add
+        is out of place); `no_energy`: the blocks run without any energy computation (plain greedy module). The last
+        three patch `run_block` of that model's adapter inside this benchmark only.
         """
         record = find(self.records, mode="sequential", split_policy=policy, K=num_modules, batch_size=batch_size)
         e2e = find(self.records, mode="e2e", batch_size=batch_size)
@@ -873,6 +877,7 @@ class Bench:
         variants = (
             ("trgl", True, None),
             ("vangl_use_transport_false", False, None),
+            ("energy_of_branch_copy", True, "copy"),
             ("energy_without_clone", True, "no_clone"),
             ("no_energy", True, "plain"),
         )
@@ -969,7 +974,7 @@ class Bench:
 
     @staticmethod
     def _transport_clone_bytes(model: trgl_hf.TRGLModel, batch_size: int) -> list[int]:
-        """Bytes per module of the residual-branch copies the transport term keeps for backward (one per block)."""
+        """Bytes per module of the residual-branch outputs (what a plain autograd energy would keep for backward)."""
         numels: dict[int, int] = {}
         blocks = list(model.adapter.blocks)
         handles = [
@@ -1175,7 +1180,7 @@ def module_table(module_records: list[dict[str, Any]], batch_size: int, policy: 
     if not rows:
         return ""
     lines = [
-        "| module | blocks | input MiB | activations MiB (isolated fwd+bwd) | of which transport copies MiB | "
+        "| module | blocks | input MiB | activations MiB (isolated fwd+bwd) | branch outputs MiB (not kept) | "
         "peak MiB (cache) | peak MiB (no cache) | CPU s/step (cache) | CPU s/step (no cache) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -1324,28 +1329,30 @@ def analysis_notes(result: dict[str, Any]) -> list[str]:
         )
         shipped, plain = diag["trgl"], diag["no_energy"]
         no_clone, vangl = diag.get("energy_without_clone"), diag.get("vangl_use_transport_false")
+        copied = diag.get("energy_of_branch_copy")
         perfect = (e2e["peak_bytes"] - e2e_act + e2e_act / diag["K"]) / e2e["peak_bytes"]
         text = (
             f"Sequential, {diag['split_policy']} split, K = {diag['K']}: the run peaks at module {diag['module']}"
             + (f" ({entry['blocks']} blocks)" if entry else "")
             + f" at {shipped['ratio_to_e2e']}x E2E. Without any energy computation the same module peaks at "
             f"{plain['ratio_to_e2e']}x: the transport term costs {mib(shipped['peak_bytes'] - plain['peak_bytes'])} "
-            "MiB, because the backward of mean(r ** 2) needs every residual-branch output r, which a plain block "
-            "does not keep (its add saves nothing), i.e. one more branch-sized tensor per block"
-            + (f" ({mib(entry['transport_clone_bytes'])} MiB for this module)" if entry else "")
-            + ", plus backward temporaries."
+            "MiB. The backward of mean(r ** 2) needs every residual-branch output r, which a plain block does not "
+            "keep (its add saves nothing); the library fuses the energy with the branch's last batch norm "
+            "(`trgl_hf.losses.BatchNormBranchEnergy`), which recomputes r from the normalization's input (saved by "
+            "the normalization anyway) during backward, one block at a time."
         )
-        if no_clone:
+        if copied:
             text += (
-                " Dropping the adapter's `output.clone()` (possible for the CIFAR ResNet, whose add is out of "
-                f"place; transformers' ResNet adds in place) does not help: {no_clone['ratio_to_e2e']}x, since r "
-                "itself is then kept instead of its copy."
+                " A plain autograd energy keeps one branch-sized tensor per block"
+                + (f" ({mib(entry['transport_clone_bytes'])} MiB for this module)" if entry else "")
+                + f": {copied['ratio_to_e2e']}x on a copy of r (the library before the fusion)"
+                + (f", {no_clone['ratio_to_e2e']}x on r itself" if no_clone else "")
+                + "."
             )
         if vangl:
             text += (
-                f" The library's VanGL (`use_transport=False`) peaks at {vangl['ratio_to_e2e']}x: it still computes "
-                "the energies (for logging), whose graph keeps the copies alive until the step ends, so VanGL pays "
-                "most of the transport term's memory."
+                f" The library's VanGL (`use_transport=False`) peaks at {vangl['ratio_to_e2e']}x: it computes the "
+                "energies for logging without a graph."
             )
         text += (
             f" For scale: a perfect {diag['K']}-way split of E2E's activations (no head, no transport term) would "
@@ -1405,7 +1412,7 @@ def analysis_notes(result: dict[str, Any]) -> list[str]:
             f"{len(pairs)} ({detail}). Checkpointing keeps only the K-1 segment inputs plus one segment's "
             "recomputed activations (no auxiliary head, no transport term) and pays one extra forward of K-1 "
             "segments; TRGL parallel keeps the largest module's full activations plus its conv head (a 3x3 "
-            "convolution at the module's resolution) and the transport copies and temporaries, and pays for K "
+            "convolution at the module's resolution) and the transport term's backward temporaries, and pays for K "
             "heads and transport terms."
         )
     deltas, extra_memory = [], []
@@ -1593,13 +1600,14 @@ def write_outputs(result: dict[str, Any], out_dir: Path, plot: bool = True) -> s
             "",
             detail,
             "",
-            "*transport copies*: the residual-branch output copy (`output.clone()` in the adapter's hook) that "
-            "the transport term keeps for backward, one per block.",
+            "*branch outputs*: the residual-branch outputs of the module, which a plain autograd energy would keep "
+            "for backward (one per block); the fused energy recomputes them in backward instead.",
             "",
         ]
     labels = {
-        "trgl": "TRGL as shipped (tau = 10): energy of a copy of each branch output",
-        "vangl_use_transport_false": "library VanGL (`use_transport=False`): the energies are still computed",
+        "trgl": "TRGL as shipped (tau = 10): energy fused with the last batch norm, branch recomputed in backward",
+        "energy_of_branch_copy": "TRGL, plain autograd energy of a copy of each branch output (before the fusion)",
+        "vangl_use_transport_false": "library VanGL (`use_transport=False`): energies logged without a graph",
         "vangl_no_transport_term": "library VanGL (`use_transport=False`)",
         "energy_without_clone": "TRGL, energy of the branch output itself (no copy)",
         "no_energy": "no energy computed at all (plain greedy module)",
