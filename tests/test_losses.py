@@ -82,3 +82,25 @@ def test_fused_batchnorm_energy_keeps_no_branch_copy():
         saved_bytes[fused] = sum(storages.values())
     # the copy of the branch, less the reference to the bias (needed to recompute the branch)
     assert saved_bytes[False] - saved_bytes[True] == x.nbytes - normalization.bias.nbytes
+
+
+def test_difference_energy_matches_plain_autograd_and_keeps_no_difference():
+    from trgl_hf.losses import DifferenceEnergy
+
+    before = torch.randn(4, 6, 8, requires_grad=True)
+    results, saved_bytes = [], {}
+    for recomputed in (False, True):
+        storages = {}
+
+        def pack(tensor, storages=storages):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            after = torch.sin(before).tanh()  # both ends are kept for their own backward, like LayerNorm inputs
+            energy = DifferenceEnergy.apply(after, before) if recomputed else branch_energy(after - before)
+        saved_bytes[recomputed] = sum(storages.values())
+        results.append((energy.detach(), torch.autograd.grad(0.7 * energy + after.sum(), before)[0]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+    assert saved_bytes[False] - saved_bytes[True] == before.nbytes  # the difference is not kept

@@ -49,6 +49,28 @@ class BatchNormBranchEnergy(torch.autograd.Function):
         return residual.to(bn_input.dtype if grad_output is None else grad_output.dtype), None, None, None, None
 
 
+class DifferenceEnergy(torch.autograd.Function):
+    """mean((after - before) ** 2) of a residual branch given as the change of the residual stream, without keeping
+    the difference.
+
+    In a transformer both ends of a branch are kept anyway (each is the input of a LayerNorm or a linear layer, which
+    saves it for its own backward); autograd's plain energy would also keep `after - before`, one more stream-sized
+    tensor per branch. This function saves only references to the two ends and recomputes the difference in
+    backward. Same value as `branch_energy(after - before)`, gradients equal to float32 rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, after, before):  # noqa: D102
+        ctx.save_for_backward(after, before)
+        return branch_energy(after - before)
+
+    @staticmethod
+    def backward(ctx, grad_energy):  # noqa: D102
+        after, before = ctx.saved_tensors
+        gradient = (after.float() - before.float()).mul_(grad_energy.float() * 2.0 / after.numel())
+        return gradient.to(after.dtype), (-gradient).to(before.dtype)
+
+
 def transport_cost(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
     """Discrete kinetic energy of a module: the sum over its residual branches r of mean(r ** 2).
 
@@ -100,4 +122,4 @@ def transport_weight_from_tau(tau: float) -> float:
     return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
 
 
-__all__ = ["branch_energy", "causal_lm_loss", "task_loss", "transport_cost", "transport_weight_from_tau", "trgl_loss"]
+__all__ = ["BatchNormBranchEnergy", "DifferenceEnergy", "branch_energy", "causal_lm_loss", "task_loss", "transport_cost", "transport_weight_from_tau", "trgl_loss"]

@@ -161,3 +161,29 @@ def test_every_trainable_parameter_gets_a_gradient(family):
         step.loss.backward()
     dead = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not dead, dead
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recomputed_branch_difference_trains_like_plain_autograd(family, monkeypatch):
+    from trgl_hf.losses import branch_energy
+
+    model = TRGLModel.from_base(build(family), TRGLConfig(num_modules=2, tau=0.5)).train()
+    for block in model.adapter.blocks:  # make branches non-trivial
+        for param in block.parameters():
+            param.data.normal_(0, 0.2)
+    inputs, labels = inputs_for(family)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_gradients():
+        torch.manual_seed(0)  # same dropout masks
+        loss = sum(step.loss for step in model.iter_modules(labels=labels, **inputs))
+        return loss.detach(), torch.autograd.grad(loss, parameters, allow_unused=True)
+
+    recomputed_loss, recomputed_grads = loss_and_gradients()
+    monkeypatch.setattr(model.adapter, "difference_energy", lambda after, before: branch_energy(after - before))
+    plain_loss, plain_grads = loss_and_gradients()
+    torch.testing.assert_close(recomputed_loss, plain_loss)
+    for recomputed, plain in zip(recomputed_grads, plain_grads):
+        assert (recomputed is None) == (plain is None)
+        if plain is not None:
+            torch.testing.assert_close(recomputed, plain, rtol=1e-4, atol=1e-6)

@@ -11,7 +11,7 @@ import transformers
 from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 
-from ..losses import branch_energy
+from ..losses import DifferenceEnergy, branch_energy
 
 
 @dataclass
@@ -118,6 +118,14 @@ class ModelAdapter(ABC):
             with torch.no_grad():
                 return branch_energy(residual)
         return branch_energy(residual.clone() if needs_copy else residual)
+
+    def difference_energy(self, after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        """mean((after - before) ** 2) of a branch given by the residual stream around it, like `energy` (detached
+        when the transport term is not trained); the difference is recomputed in backward rather than kept."""
+        if not self.energy_requires_grad or not torch.is_grad_enabled():
+            with torch.no_grad():
+                return branch_energy(after - before)
+        return DifferenceEnergy.apply(after, before)
 
     @classmethod
     @abstractmethod

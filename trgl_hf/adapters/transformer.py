@@ -195,16 +195,16 @@ class TransformerAdapter(ModelAdapter):
 
     def _branch_energies(self, block_input: torch.Tensor, output: torch.Tensor, calls: list) -> list[torch.Tensor]:
         calls = [(norm_input, norm_output) for norm_input, norm_output in calls if norm_input.shape == output.shape]
-        branch_energy = self.energy
+        energy = self.difference_energy
         if not calls:
-            return [branch_energy(output - block_input)]
+            return [energy(output, block_input)]
         if calls[0][0] is block_input:  # pre-LN: the first norm reads the block input itself
             stream = [block_input] + [norm_input for norm_input, _ in calls[1:]] + [output]
-            return [branch_energy(after - before) for before, after in zip(stream, stream[1:])]
+            return [energy(after, before) for before, after in zip(stream, stream[1:])]
         energies, residual = [], block_input
         for norm_input, norm_output in calls:
             if norm_input.shape == residual.shape:
-                energies.append(branch_energy(norm_input - residual))
+                energies.append(energy(norm_input, residual))
                 residual = norm_output
         return energies
 
