@@ -122,4 +122,13 @@ def transport_weight_from_tau(tau: float) -> float:
     return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
 
 
-__all__ = ["BatchNormBranchEnergy", "DifferenceEnergy", "branch_energy", "causal_lm_loss", "task_loss", "transport_cost", "transport_weight_from_tau", "trgl_loss"]
+__all__ = [
+    "BatchNormBranchEnergy",
+    "DifferenceEnergy",
+    "branch_energy",
+    "causal_lm_loss",
+    "task_loss",
+    "transport_cost",
+    "transport_weight_from_tau",
+    "trgl_loss",
+]
