@@ -94,7 +94,7 @@ class ResNetAdapter(ModelAdapter):
         would not see); `None` otherwise (the branch is copied before the in-place addition)."""
         if not (self.energy_requires_grad and torch.is_grad_enabled()):
             return None
-        normalizations = [module for module in block.layer.modules() if isinstance(module, nn.BatchNorm2d)]
+        normalizations = [m for m in block.layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         last = normalizations[-1] if normalizations else None
         if last is None or type(last) is not nn.BatchNorm2d or not last.training:
             return None
