@@ -6,6 +6,11 @@ tau selection only); test: the official test split (or its stratified prefix). P
 
     python benchmarks/accuracy_cifar10.py --train-size 1000 --depth 20 --modules 4 --epochs 10 --seeds 0 1
 
+The calibration recipe of ../shared/reference/calibration.md (K = 9 one-block modules, 35 epochs per module):
+
+    python benchmarks/accuracy_cifar10.py --train-size 1000 --test-size 2000 --modules 9 --epochs 35 --tau 3 \
+        --lr 0.1 --weight-decay 2e-4 --label-smoothing 0.1 --drop-last --seeds 0 1 2
+
 Results are rewritten after every run (an interrupted sweep keeps what finished) and `--resume` skips the runs a
 previous invocation with the same `--name` already recorded. `--taus` sweeps TRGL's tau (the tau sensitivity study);
 `--render-only a.json b.json --name merged` merges the rows of several result files into one table.
@@ -80,18 +85,24 @@ def run(arm: str, mode: str, seed: int, tau: float, data: dict, options: argpars
     torch.manual_seed(seed)
     base = CifarResNetForImageClassification(CifarResNetConfig.from_depth(options.depth, num_labels=10))
     if arm == "e2e":
-        config = TRGLConfig(num_modules=1, use_transport=False, aux_head="conv")
+        config = TRGLConfig(
+            num_modules=1, use_transport=False, aux_head="conv", label_smoothing=options.label_smoothing
+        )
         mode = "sequential"
     else:
-        config = TRGLConfig(num_modules=options.modules, tau=tau or options.tau, use_transport=arm == "trgl")
+        config = TRGLConfig(
+            num_modules=options.modules, tau=tau or options.tau, use_transport=arm == "trgl",
+            label_smoothing=options.label_smoothing,
+        )  # fmt: skip
     model = TRGLModel.from_base(base, config)
     epochs = options.epochs * (options.modules if arm == "e2e" and options.e2e_total_epochs else 1)
     args = TRGLTrainingArguments(
         output_dir=str(output / f"{arm}-{mode}-{seed}-{tau}"), trgl_mode=mode, num_train_epochs=epochs,
         per_device_train_batch_size=128, per_device_eval_batch_size=500, learning_rate=options.lr, optim="sgd",
-        optim_args="momentum=0.9", weight_decay=5e-4, lr_scheduler_type="cosine", report_to="none",
+        optim_args="momentum=0.9", weight_decay=options.weight_decay, lr_scheduler_type="cosine", report_to="none",
         save_strategy="no", eval_strategy="no", disable_tqdm=True, use_cpu=True, seed=seed, trgl_save_stages=False,
         remove_unused_columns=False, trgl_laps=options.laps, dataloader_num_workers=0,
+        dataloader_drop_last=options.drop_last,
     )  # fmt: skip
     trainer = TRGLTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"])
     started = time.time()
@@ -174,6 +185,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per module")
     parser.add_argument("--e2e-total-epochs", action="store_true", help="E2E trains K x epochs (same total budget)")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--drop-last", action="store_true", help="drop the last partial batch of each epoch")
     parser.add_argument("--tau", type=float, default=10.0)
     parser.add_argument("--taus", nargs="+", type=float, help="TRGL arms for each of these taus (overrides --tau)")
     parser.add_argument("--laps", type=int, default=2)
