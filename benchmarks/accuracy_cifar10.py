@@ -23,6 +23,7 @@ import glob
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -97,7 +98,7 @@ def run(arm: str, mode: str, seed: int, tau: float, data: dict, options: argpars
     model = TRGLModel.from_base(base, config)
     epochs = options.epochs * (options.modules if arm == "e2e" and options.e2e_total_epochs else 1)
     args = TRGLTrainingArguments(
-        output_dir=str(output / f"{arm}-{mode}-{seed}-{tau}"), trgl_mode=mode, num_train_epochs=epochs,
+        output_dir=str(output), trgl_mode=mode, num_train_epochs=epochs,
         per_device_train_batch_size=128, per_device_eval_batch_size=500, learning_rate=options.lr, optim="sgd",
         optim_args="momentum=0.9", weight_decay=options.weight_decay, lr_scheduler_type="cosine", report_to="none",
         save_strategy="no", eval_strategy="no", disable_tqdm=True, use_cpu=True, seed=seed, trgl_save_stages=False,
@@ -234,7 +235,9 @@ def main() -> None:
                 for tau in (options.taus or [options.tau]) if arm == "trgl" else [None]:
                     if (arm, "sequential" if arm == "e2e" else mode, seed, tau) in done:
                         continue
-                    rows.append(run(arm, mode, seed, tau, data, options, scratch))
+                    output = scratch / options.name / f"{arm}-{mode}-{seed}-{tau}"
+                    shutil.rmtree(output, ignore_errors=True)  # scratch: nothing of a run is kept but its row
+                    rows.append(run(arm, mode, seed, tau, data, options, output))
                     render(payload, results)
 
 
