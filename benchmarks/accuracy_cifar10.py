@@ -127,6 +127,14 @@ def run(arm: str, mode: str, seed: int, tau: float, data: dict, options: argpars
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 
 
+def mean_and_interval(values: list[float]) -> dict:
+    """Mean, half-width of the t-based 95% interval (nan for one value) and count."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    half = T_975[min(n - 2, len(T_975) - 1)] * values.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+    return {"mean": float(values.mean()), "ci95": float(half), "n": n}
+
+
 def group_name(row: dict, several_taus: bool) -> str:
     name = f"{row['arm']}/{row['mode']}"
     return f"{name} tau={row['tau']:g}" if several_taus and row["arm"] == "trgl" else name
@@ -141,11 +149,7 @@ def summarise(rows: list[dict]) -> dict:
     for name, group in groups.items():
         entry = {}
         for key in ("last_test", "best_by_validation_test"):
-            values = np.array([r[key] for r in group]) * 100
-            n = len(values)
-            t = T_975[min(n - 2, len(T_975) - 1)] if n > 1 else float("nan")
-            half = t * values.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
-            entry[key] = {"mean": float(values.mean()), "ci95": float(half), "n": len(values)}
+            entry[key] = mean_and_interval([r[key] * 100 for r in group])
         entry["per_module_test_mean"] = list(np.mean([r["test"] for r in group], axis=0) * 100)
         entry["last_validation_mean"] = float(np.mean([r["validation"][-1] for r in group]) * 100)
         entry["seconds_mean"] = float(np.mean([r["seconds"] for r in group]))
@@ -167,14 +171,10 @@ def paired_differences(rows: list[dict]) -> dict:
         entry = differences.setdefault(name, {"last_test": [], "best_by_validation_test": []})
         for key in entry:
             entry[key].append((trgl[key] - vangl[key]) * 100)
-    summary = {}
-    for name, entry in differences.items():
-        summary[name] = {"paired": True}
-        for key, values in entry.items():
-            n = len(values)
-            half = T_975[min(n - 2, len(T_975) - 1)] * np.std(values, ddof=1) / np.sqrt(n) if n > 1 else float("nan")
-            summary[name][key] = {"mean": float(np.mean(values)), "ci95": float(half), "n": n}
-    return summary
+    return {
+        name: {"paired": True, **{key: mean_and_interval(values) for key, values in entry.items()}}
+        for name, entry in differences.items()
+    }
 
 
 def main() -> None:
