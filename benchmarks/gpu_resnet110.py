@@ -43,7 +43,9 @@ from memory_speed import (  # noqa: E402
     e2e_step_fn,
     fmt,
     make_optimizer,
+    module_split,
     prefix_output,
+    random_batch,
     trgl_step_fn,
 )
 
@@ -81,13 +83,6 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def make_batch(batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(batch_size)
-    x = torch.randn(batch_size, 3, 32, 32, generator=generator)
-    y = torch.randint(0, 10, (batch_size,), generator=generator)
-    return x.to(device), y.to(device)
-
-
 def run_sequential(
     depth: int, k: int, policy: str, aux_head: str, batch: tuple[torch.Tensor, torch.Tensor], device, steps: int
 ) -> dict[str, Any]:
@@ -116,7 +111,7 @@ def run_sequential(
 def run_config(
     name: str, depth: int, k: int, policy: str, aux_head: str, batch_size: int, device, steps: int
 ) -> dict[str, Any]:
-    batch = make_batch(batch_size, device)
+    batch = tuple(tensor.to(device) for tensor in random_batch(batch_size))
     x, y = batch
     split = None
     if name == "sequential":
@@ -126,7 +121,7 @@ def run_config(
             model = build_base(depth, seed=0).to(device)
             step = e2e_step_fn(model, make_optimizer(model.parameters()), x, y)
         elif name == "checkpointing":
-            split = list(build_trgl(depth, k, policy, seed=0).config.split)
+            split = module_split(depth, k, policy, seed=0)
             model = build_base(depth, seed=0).to(device)
             step = checkpointed_step_fn(model, make_optimizer(model.parameters()), x, y, split)
         else:

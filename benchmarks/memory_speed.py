@@ -381,6 +381,14 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
 
 
+def random_batch(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """32x32 random images and labels, the same for a given batch size (memory does not depend on the values)."""
+    generator = torch.Generator().manual_seed(batch_size)
+    x = torch.randn(batch_size, 3, 32, 32, generator=generator)
+    y = torch.randint(0, 10, (batch_size,), generator=generator)
+    return x, y
+
+
 def build_base(depth: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     config = trgl_hf.CifarResNetConfig.from_depth(depth, num_labels=10)
@@ -597,10 +605,7 @@ class Bench:
         return summary
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(batch_size)
-        x = torch.randn(batch_size, 3, 32, 32, generator=generator)
-        y = torch.randint(0, 10, (batch_size,), generator=generator)
-        return x, y
+        return random_batch(batch_size)
 
     def run_e2e(self, batch_size: int, timed: int, cross_check: bool) -> dict[str, Any]:
         x, y = self.batch(batch_size)
