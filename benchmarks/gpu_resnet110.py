@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_speed import (  # noqa: E402
+    MIB,
     REPO_ROOT,
     StepContext,
     build_base,
@@ -48,8 +49,6 @@ from memory_speed import (  # noqa: E402
     random_batch,
     trgl_step_fn,
 )
-
-MIB = 1024 * 1024
 
 
 def synchronize(device: torch.device) -> None:
