@@ -12,3 +12,9 @@ def test_error_table_is_up_to_date():
                             text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-500:]
     assert (ROOT / "docs" / "errors.md").read_text().count("| `ValueError` |") >= 15
+
+
+def test_readme_lists_every_supported_architecture():
+    from trgl_hf.adapters.registry import support_table
+
+    assert support_table() in (ROOT / "README.md").read_text()

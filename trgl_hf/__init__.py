@@ -11,7 +11,7 @@ TRGLTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation
 ```
 """
 
-from .adapters import supported_families
+from .adapters import supported_architectures, supported_families
 from .cifar_weights import load_akamaster_resnet
 from .configuration_trgl import TRGLConfig
 from .data import load_digits_dataset
@@ -24,6 +24,7 @@ from .losses import transport_cost
 from .metrics import PerModuleMetrics, accuracy
 from .modeling_trgl import TRGLModel, TRGLOutput
 from .registration import register_auto_classes
+from .tasks import Task, get_task
 from .trainer import NonFiniteLossError, TRGLTrainer
 from .training_args import TRGLTrainingArguments
 
@@ -45,13 +46,16 @@ __all__ = [
     "TRGLStageForImageClassification",
     "TRGLTrainer",
     "TRGLTrainingArguments",
+    "Task",
     "accuracy",
     "load_akamaster_resnet",
     "load_digits_dataset",
     "push_final",
     "push_run_stages",
     "push_stage",
+    "get_task",
     "register_auto_classes",
+    "supported_architectures",
     "supported_families",
     "transport_cost",
 ]

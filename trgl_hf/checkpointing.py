@@ -14,6 +14,8 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import PreTrainedModel
 
+from .tasks import get_task, stage_loader
+
 STAGE_METADATA_FILE = "trgl_stage.json"
 
 
@@ -84,7 +86,10 @@ def stage_model_card(stage: int, num_stages: int, info: dict[str, Any], model: P
     """
     metrics = info.get("metrics") or {}
     remote = bool(getattr(model.config, "auto_map", None))
-    loader = "AutoModelForImageClassification"
+    loader, pipeline_tag = stage_loader(type(model).__name__)
+    task = getattr(model.config, "problem_type", None) or (
+        "causal_lm" if pipeline_tag == "text-generation" else "single_label_classification"
+    )
     location = info.get("repo_id") or f"path/to/{stage_dirname(stage)}"
     extra = []
     if info.get("revision"):
@@ -98,7 +103,8 @@ def stage_model_card(stage: int, num_stages: int, info: dict[str, Any], model: P
         library_name="transformers",
         base_model=info.get("base_model") or None,
         datasets=[info["dataset"]] if info.get("dataset") else None,
-        metrics=["accuracy"],
+        metrics=[get_task(task).selection_metric],
+        pipeline_tag=pipeline_tag,
         tags=["trgl", "greedy-module-wise-training", "trgl_hf", stage_dirname(stage)],
     )
     metric_lines = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())) or "| - | - |"

@@ -11,7 +11,6 @@ from transformers.configuration_utils import SubConfigSpec
 SPLIT_POLICIES = ("equal", "balanced")
 TAU_SCHEDULES = ("halves", "constant", "multipliers")
 AUX_HEADS = ("conv", "linear", "native")
-TASKS = ("classification", "causal_lm")
 
 
 class TRGLConfig(PreTrainedConfig):
@@ -70,9 +69,10 @@ class TRGLConfig(PreTrainedConfig):
             has one, else 224.
         trained_modules (`int`, *optional*, defaults to 0):
             How many leading modules have finished training (written by the trainer).
-        task (`str`, *optional*, defaults to `"classification"`):
-            `"classification"` (one label per example) or `"causal_lm"` (next-token prediction); set from the base
-            model by [`TRGLModel.from_base`].
+        task (`str`, *optional*, defaults to `"single_label_classification"`):
+            What every head is trained for (see `trgl_hf.tasks`): `"single_label_classification"`,
+            `"multi_label_classification"`, `"regression"` or `"causal_lm"`; set from the base model's class and
+            `problem_type` by [`TRGLModel.from_base`].
         module_output_shapes (`list[list[int]]`, *optional*):
             Output shape (channels, then spatial sizes) of every module for one example, measured by
             [`TRGLModel.from_base`]; used to rebuild the heads.
@@ -100,7 +100,7 @@ class TRGLConfig(PreTrainedConfig):
     label_smoothing: float = 0.0
     image_size: int | None = None
     trained_modules: int = 0
-    task: Literal["classification", "causal_lm"] = "classification"
+    task: str = "single_label_classification"
     module_output_shapes: list[list[int]] | None = None
 
     def __post_init__(self, **kwargs):

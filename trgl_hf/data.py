@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from .tasks import Task, get_task
+
 LABEL_COLUMNS = ("labels", "label", "label_ids")
 
 
@@ -81,19 +83,19 @@ def find_label_column(dataset: Any) -> str | None:
 
 
 def check_labels(
-    dataset: Any, num_labels: int, name: str = "train_dataset", what: str = "num_labels", ignore_index: int = -100
+    dataset: Any, num_labels: int, name: str = "train_dataset", task: Task | str = "single_label_classification"
 ) -> None:
-    """Raise a `ValueError` when a dataset is empty, has no label column, or holds labels outside `[0, num_labels)`.
+    """Raise a `ValueError` when a dataset is empty, has no label column, or holds labels its task cannot train on.
 
     Args:
         dataset: a `datasets.Dataset` or a map-style torch dataset of dicts.
-        num_labels (`int`): number of classes of the model.
+        num_labels (`int`): number of classes of the model (`vocab_size` for language models).
         name (`str`, *optional*): how to call the dataset in the message.
-        what (`str`, *optional*): what `num_labels` is called in the message (`vocab_size` for language models).
-        ignore_index (`int`, *optional*, defaults to -100): label value that marks positions without a target.
+        task ([`Task`] or `str`, *optional*): the model's task (see `trgl_hf.tasks`), which decides what labels are.
     """
     if dataset is None:
         return
+    task = get_task(task) if isinstance(task, str) else task
     if len(dataset) == 0:
         raise ValueError(f"`{name}` is empty: pass a dataset with at least one example.")
     column = find_label_column(dataset)
@@ -102,18 +104,4 @@ def check_labels(
             f"`{name}` has no label column: add one named 'labels' or 'label' holding class indices "
             f"in [0, {num_labels})."
         )
-    if hasattr(dataset, "with_format") and hasattr(dataset, "column_names"):
-        column_values = dataset.with_format("numpy")[column]
-    else:
-        column_values = [np.asarray(dataset[i][column]) for i in range(len(dataset))]
-    values = np.concatenate([np.asarray(v).reshape(-1) for v in column_values]) if len(column_values) else []
-    values = np.asarray(values)
-    values = values[values != ignore_index]
-    if values.size == 0:
-        return
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or high >= num_labels:
-        raise ValueError(
-            f"`{name}` has labels in [{low}, {high}] but the model has {what}={num_labels}: remap the labels "
-            f"to [0, {num_labels}) or build the base model with {what}={high + 1}."
-        )
+    task.check_labels(dataset, column, num_labels, name)

@@ -412,7 +412,7 @@ def _card_model(folder: Path) -> Any:
         config = json.load(stream)
     name = (config.get("architectures") or ["PreTrainedModel"])[0]
     model = type(name, (), {})()
-    model.config = types.SimpleNamespace(auto_map=config.get("auto_map"))
+    model.config = types.SimpleNamespace(auto_map=config.get("auto_map"), problem_type=config.get("problem_type"))
     return model
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import numpy as np
 from transformers import EvalPrediction
 
+from .tasks import TASKS, Task
+
 MetricFunction = Callable[[EvalPrediction], dict[str, float]]
 
 
@@ -23,30 +25,32 @@ def accuracy(eval_prediction: EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((logits.argmax(axis=-1) == labels).mean())}
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy of logits against integer labels, computed stably in float64."""
-    logits = logits.astype(np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
-
-
 class PerModuleMetrics:
     """Turn a single-head `compute_metrics` into one that scores every module's head.
 
     Predictions arrive as `(num_examples, num_modules, num_labels)`. Each metric `name` of module k is reported as
-    `module_{k}_{name}` (1-based), with the head's cross-entropy as `module_{k}_loss`; the last module's metrics are
-    also reported under their plain names, and `best_module` is the module with the highest value of
-    `selection_metric`.
+    `module_{k}_{name}` (1-based), with the head's loss (the task's own: cross-entropy, binary cross-entropy or MSE)
+    as `module_{k}_loss`; the last module's metrics are also reported under their plain names, and `best_module` is
+    the module with the best value of `selection_metric`.
 
     Args:
-        compute_metrics (`Callable`, *optional*): metrics of one head; defaults to [`accuracy`].
-        selection_metric (`str`, *optional*, defaults to `"accuracy"`): metric used to pick `best_module`.
+        compute_metrics (`Callable`, *optional*): metrics of one head; defaults to the task's (accuracy for
+            single-label classification, micro F1 and exact match for multi-label, MSE for regression).
+        selection_metric (`str`, *optional*): metric used to pick `best_module`; defaults to the task's (falls back to
+            the loss when `compute_metrics` does not report it).
+        task ([`Task`], *optional*): the heads' task; defaults to single-label classification.
     """
 
-    def __init__(self, compute_metrics: MetricFunction | None = None, selection_metric: str = "accuracy"):
-        self.compute_metrics = compute_metrics or accuracy
-        self.selection_metric = selection_metric
+    def __init__(
+        self,
+        compute_metrics: MetricFunction | None = None,
+        selection_metric: str | None = None,
+        task: Task | None = None,
+    ):
+        self.task = task or TASKS["single_label_classification"]
+        self.compute_metrics = compute_metrics or self.task.default_metrics
+        self.selection_metric = selection_metric or self.task.selection_metric
+        self.greater_is_better = self.task.greater_is_better if selection_metric is None else True
 
     def __call__(self, eval_prediction: EvalPrediction) -> dict[str, float]:
         predictions = np.asarray(eval_prediction.predictions)
@@ -56,15 +60,20 @@ class PerModuleMetrics:
         for index in range(predictions.shape[1]):
             logits = predictions[:, index]
             metrics = dict(self.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels)))
-            metrics["loss"] = cross_entropy(logits, labels)
+            metrics["loss"] = self.task.numpy_loss(logits, labels)
             for name, value in metrics.items():
                 results[f"module_{index + 1}_{name}"] = value
-            scores.append(metrics.get(self.selection_metric, -metrics["loss"]))
+            if self.selection_metric in metrics:
+                value = metrics[self.selection_metric]
+                scores.append(value if self.greater_is_better else -value)
+            else:
+                scores.append(-metrics["loss"])
             last = metrics
         results.update({name: value for name, value in last.items() if name != "loss"})
         best = int(np.argmax(scores))
         results["best_module"] = best + 1
-        results[f"best_module_{self.selection_metric}"] = float(scores[best])
+        selected = self.selection_metric if self.selection_metric in last else "loss"
+        results[f"best_module_{selected}"] = float(results[f"module_{best + 1}_{selected}"])
         return results
 
 

@@ -15,12 +15,14 @@ from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .adapters import BlockProbe, adapter_class_for
+from .adapters import BlockProbe, architecture_named, architecture_of
 from .adapters.base import task_model_from_config
+from .adapters.registry import CAUSAL_LM
 from .configuration_trgl import TRGLConfig
 from .guards import check_weight_folder
-from .losses import causal_lm_loss, task_loss, transport_weight_from_tau, trgl_loss
+from .losses import transport_weight_from_tau, trgl_loss
 from .splitting import balanced_split, check_num_modules, check_split, equal_split
+from .tasks import get_task, task_of
 
 
 @dataclass
@@ -94,11 +96,13 @@ class TRGLModel(PreTrainedModel):
                 "A TRGLModel is built from a base model: use `TRGLModel.from_base(model, config)` or "
                 "`TRGLModel.from_pretrained(path)`."
             )
-        adapter_class = adapter_class_for(family=config.family)
+        base_config = config.base_config
+        spec = architecture_named((base_config.architectures or [""])[0], base_config.model_type)
         if backbone is None:
-            backbone, head_template = adapter_class.split_task_model(task_model_from_config(config.base_config))
+            backbone, head_template = spec.adapter.split_task_model(task_model_from_config(base_config), spec)
         self.backbone = backbone
-        self.adapter = adapter_class(self.backbone, head_template)
+        self.adapter = spec.adapter(self.backbone, head_template, spec)
+        self.task = get_task(config.task)
         self.main_input_name = self.adapter.main_input_name
         check_split(config.split, len(self.adapter.blocks))
         shapes = config.module_output_shapes
@@ -109,6 +113,7 @@ class TRGLModel(PreTrainedModel):
                 config.num_labels,
                 config.head_pool_size,
                 is_last=index == len(shapes) - 1,
+                num_blocks=sum(config.split[: index + 1]),
             )
             for index, shape in enumerate(shapes)
         )
@@ -164,8 +169,19 @@ class TRGLModel(PreTrainedModel):
         if not isinstance(base_model, nn.Module):
             raise ValueError(f"`base_model` must be a transformers model or a path, got {type(base_model).__name__}.")
         config = copy.deepcopy(config) if config is not None else TRGLConfig(**config_kwargs)
-        adapter_class = adapter_class_for(base_model, config.family)
-        backbone, head_template = adapter_class.split_task_model(base_model)
+        spec = architecture_of(base_model)
+        adapter_class = spec.adapter
+        if config.family is not None and config.family != adapter_class.family:
+            raise ValueError(
+                f"`family={config.family!r}` but {type(base_model).__name__} is cut by the "
+                f"{adapter_class.family!r} adapter: leave `family` unset."
+            )
+        task = task_of(base_model, spec.classes[type(base_model).__name__] == CAUSAL_LM)
+        if config.label_smoothing and task.name not in ("single_label_classification", "causal_lm"):
+            raise ValueError(
+                f"`label_smoothing` applies to cross-entropy; the {task.name} task has none: set it to 0."
+            )
+        backbone, head_template = adapter_class.split_task_model(base_model, spec)
         base_config = copy.deepcopy(base_model.config)
         base_config.architectures = [type(base_model).__name__]
         config.family = adapter_class.family
@@ -182,8 +198,8 @@ class TRGLModel(PreTrainedModel):
         if config.image_size is None:
             config.image_size = getattr(base_config, "image_size", None)
 
-        adapter = adapter_class(backbone, head_template)
-        config.task = adapter.task
+        adapter = adapter_class(backbone, head_template, spec)
+        config.task = task.name
         num_blocks = len(adapter.blocks)
         probes = adapter.probe_blocks(adapter.probe_inputs(config.image_size))
         if config.split is not None:
@@ -197,7 +213,7 @@ class TRGLModel(PreTrainedModel):
         config.validate_trgl()
         ends = [sum(config.split[: k + 1]) - 1 for k in range(config.num_modules)]
         for end in ends:
-            adapter.build_head(config.aux_head, probes[end], config.num_labels, config.head_pool_size, False)
+            adapter.build_head(config.aux_head, probes[end], config.num_labels, config.head_pool_size, False, end + 1)
         config.module_output_shapes = [[probes[end].channels, *probes[end].spatial_size] for end in ends]
         return cls(config, backbone=backbone, head_template=head_template)
 
@@ -346,7 +362,6 @@ class TRGLModel(PreTrainedModel):
             first_module = self.cached_input_module
         else:
             first_module, state = 0, None
-        loss_function = causal_lm_loss if self.config.task == "causal_lm" else task_loss
         for index in range(first_module, last_module + 1):
             trainable = index in self.trainable_modules and torch.is_grad_enabled()
             self.adapter.energy_requires_grad = trainable and self.transport_weight(index) > 0
@@ -363,9 +378,9 @@ class TRGLModel(PreTrainedModel):
                 transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
                 module_task_loss = loss = logits = None
                 if trainable or frozen_heads:
-                    logits = self.adapter.head_logits(self.heads[index], state)
+                    logits = self.adapter.head_logits(self.heads[index], state, inputs)
                 if labels is not None and logits is not None:
-                    module_task_loss = loss_function(logits, labels, self.config.label_smoothing)
+                    module_task_loss = self.task.loss(logits, labels, self.config.label_smoothing)
                     loss = trgl_loss(module_task_loss, transport, self.transport_weight(index))
             yield ModuleStep(index, hidden, logits, transport, module_task_loss, loss, trainable)
 
@@ -407,7 +422,7 @@ class TRGLModel(PreTrainedModel):
             loss=loss,
             logits=steps[-1].logits,
             module_logits=torch.stack([step.logits for step in steps], dim=1)
-            if self.config.task != "causal_lm"
+            if not self.task.is_language_model
             else None,
             module_losses=torch.stack([step.task_loss for step in steps]) if labels is not None else None,
             transport=torch.stack([step.transport.detach() for step in steps]),

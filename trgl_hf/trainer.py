@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -73,17 +74,26 @@ class PrefixCacheDataset(Dataset):
         return self.rows[index]
 
 
-PAD_VALUES = {"labels": -100}
+TOKEN_COLUMNS = ("trgl_hidden_states", "input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
-def collate_cached_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack cached rows, right-padding token rows to the longest row of the batch."""
+def collate_cached_rows(
+    rows: list[dict[str, torch.Tensor]], pad_values: dict[str, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Stack cached rows, right-padding token rows to the longest row of the batch.
+
+    Args:
+        rows (`list[dict]`): cached rows (see `split_into_rows`).
+        pad_values (`dict[str, int]`, *optional*): padding value per column, e.g. `{"input_ids": pad_token_id,
+            "labels": -100}` (a decoder classifier finds the last token by the pad id); 0 for the others.
+    """
+    pad_values = {"labels": -100, **(pad_values or {})}
     batch = {}
     for name in rows[0]:
         tensors = [row[name] for row in rows]
         if tensors[0].dim() >= 1 and len({t.shape[0] for t in tensors}) > 1:
             length = max(t.shape[0] for t in tensors)
-            pad = PAD_VALUES.get(name, 0)
+            pad = pad_values.get(name, 0)
             tensors = [
                 torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - t.shape[0]), value=pad)
                 for t in tensors
@@ -92,8 +102,11 @@ def collate_cached_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.
     return batch
 
 
-def split_into_rows(columns: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """Cut a batch into per-example rows, dropping the right padding of token rows (per the attention mask)."""
+def split_into_rows(
+    columns: dict[str, torch.Tensor], token_columns: tuple[str, ...] = (*TOKEN_COLUMNS, "labels")
+) -> list[dict[str, torch.Tensor]]:
+    """Cut a batch into per-example rows, dropping the right padding of the `token_columns` (per the attention
+    mask); other columns (a classifier's labels, multi-hot rows) are kept whole."""
     mask = columns.get("attention_mask")
     rows = []
     for index in range(len(columns["labels"])):
@@ -104,7 +117,7 @@ def split_into_rows(columns: dict[str, torch.Tensor]) -> list[dict[str, torch.Te
         row = {}
         for name, column in columns.items():
             value = column[index]
-            if length is not None and value.dim() >= 1 and value.shape[0] == mask.shape[1]:
+            if length is not None and name in token_columns and value.dim() >= 1 and value.shape[0] == mask.shape[1]:
                 value = value[:length]
             row[name] = value.clone()
         rows.append(row)
@@ -177,10 +190,10 @@ class TRGLTrainer(Trainer):
             raise ValueError("TRGLTrainer needs `TRGLTrainingArguments` (they add `trgl_mode` and friends).")
         self.hub_api = hub_api
         compute_metrics = kwargs.pop("compute_metrics", None)
-        if model.config.task == "causal_lm":
+        if model.task.is_language_model:
             metrics = PerModuleLanguageModelMetrics()
         else:
-            metrics = PerModuleMetrics(compute_metrics)
+            metrics = PerModuleMetrics(compute_metrics, task=model.task)
         super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
         self.loss_is_scaled_for_ga = False
         self.trgl_log_history: list[dict[str, Any]] = []
@@ -258,16 +271,13 @@ class TRGLTrainer(Trainer):
                 from its last checkpoint. A path to a `checkpoint-*` folder of a phase resumes from it.
         """
         model: TRGLModel = self.model
-        if model.config.task == "causal_lm":
-            num_labels, what = model.backbone.config.vocab_size, "vocab_size"
-        else:
-            num_labels, what = model.config.num_labels, "num_labels"
+        num_labels = model.backbone.config.vocab_size if model.task.is_language_model else model.config.num_labels
         eval_sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
         for name, dataset in {
             "train_dataset": self.train_dataset,
             **{f"eval_dataset[{key!r}]" if key else "eval_dataset": value for key, value in eval_sets.items()},
         }.items():
-            check_labels(dataset, num_labels, name, what)
+            check_labels(dataset, num_labels, name, model.task)
             check_sequence_lengths(dataset, model, name)
         check_hub_credentials(self.args, self.hub_api)
         phases = self.plan_phases()
@@ -295,7 +305,10 @@ class TRGLTrainer(Trainer):
                     if use_cache:
                         logger.info("%s: caching the frozen prefix's outputs once (%s).", phase.name, cache_reason)
                         self.train_dataset = self._build_prefix_cache(first)
-                        self._cache_collator = collate_cached_rows
+                        pad_id = getattr(model.backbone.config, "pad_token_id", None)
+                        self._cache_collator = functools.partial(
+                            collate_cached_rows, pad_values={"input_ids": pad_id if pad_id is not None else 0}
+                        )
                         model.cached_input_module = first
                     else:
                         logger.info("%s: recomputing the frozen prefix every step (%s).", phase.name, cache_reason)
@@ -372,7 +385,8 @@ class TRGLTrainer(Trainer):
                     hidden = step.hidden_state
                 context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
                 columns = {"trgl_hidden_states": hidden, "labels": labels, **context}
-                rows += split_into_rows({name: value.cpu() for name, value in columns.items()})
+                token_columns = (*TOKEN_COLUMNS, "labels") if model.task.is_language_model else TOKEN_COLUMNS
+                rows += split_into_rows({name: value.cpu() for name, value in columns.items()}, token_columns)
         return PrefixCacheDataset(rows)
 
     def training_step(

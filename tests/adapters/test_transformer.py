@@ -131,9 +131,9 @@ def test_decoder_heads_are_untied_lm_heads():
     base = build("gpt2")
     model = TRGLModel.from_base(base, TRGLConfig(num_modules=2))
     assert model.config.task == "causal_lm"
-    lm_head = model.heads[0].named_parts()["lm_head"]
+    lm_head = model.heads[0].lm_head
     assert lm_head.weight.data_ptr() != model.backbone.wte.weight.data_ptr()
-    assert "transformer.ln_f" in model.heads[0].named_parts()
+    assert "transformer.ln_f.weight" in model.heads[0].state_dict()
 
 
 def test_bare_backbone_and_bad_head_are_refused():

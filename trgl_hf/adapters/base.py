@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import transformers
@@ -13,28 +14,45 @@ from transformers import AutoModelForImageClassification, PreTrainedConfig, PreT
 
 from ..losses import DifferenceEnergy, branch_energy
 
+if TYPE_CHECKING:
+    from .registry import ArchitectureSpec
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple) and any(isinstance(v, torch.Tensor) for v in value):
+        return tuple(_detach(v) for v in value)
+    return value
+
 
 @dataclass
 class BlockState:
-    """What flows from block to block: the hidden state and the extra arguments every block is called with.
+    """What flows from block to block: the hidden state, and the exact arguments each block is called with.
 
     Args:
         hidden (`torch.Tensor`): the residual stream (feature map or token states).
-        args (`tuple`): positional arguments after the hidden state (masks, ...), the same for every block.
-        kwargs (`dict`): keyword arguments (position embeddings, masks, ...), the same for every block.
+        calls (`list[tuple[tuple, dict]]`): per block, the positional arguments after the hidden state and the
+            keyword arguments the base model passes it (masks, rotary embeddings, ...); empty for blocks that take
+            only the hidden state.
     """
 
     hidden: torch.Tensor
-    args: tuple = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    calls: list[tuple[tuple, dict[str, Any]]] = field(default_factory=list)
 
     def detach(self) -> BlockState:
-        """The same state with the hidden state cut from the autograd graph."""
-        return replace(self, hidden=self.hidden.detach())
+        """The same state cut from the autograd graph, context included (a later module must not train the stem
+        through a shared context tensor, e.g. DeBERTa's relative position embeddings)."""
+        calls = [(_detach(args), {k: _detach(v) for k, v in kwargs.items()}) for args, kwargs in self.calls]
+        return replace(self, hidden=self.hidden.detach(), calls=calls)
 
     def with_hidden(self, hidden: torch.Tensor) -> BlockState:
         """The same state with another hidden state."""
         return replace(self, hidden=hidden)
+
+    def call(self, index: int) -> tuple[tuple, dict[str, Any]]:
+        """Positional (after the hidden state) and keyword arguments of block `index`."""
+        return self.calls[index] if self.calls else ((), {})
 
 
 def truncate_depths(depths: list[int], num_blocks: int) -> list[int]:
@@ -46,6 +64,20 @@ def truncate_depths(depths: list[int], num_blocks: int) -> list[int]:
         truncated.append(min(depth, remaining))
         remaining -= truncated[-1]
     return truncated
+
+
+def reset_backbone_outputs(config: PreTrainedConfig, num_stages: int) -> None:
+    """Give a truncated configuration that doubles as a backbone configuration (`stage_names`, `out_features`)
+    stage names for its `num_stages` stages and the default output (the last stage)."""
+    if getattr(config, "stage_names", None) is None:
+        return
+    config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, num_stages + 1)]
+    with contextlib.suppress(AttributeError, ValueError, TypeError):
+        config.set_output_features_output_indices(out_features=None, out_indices=None)
+    for name in ("out_features", "out_indices", "_out_features", "_out_indices"):
+        if hasattr(config, name):
+            with contextlib.suppress(AttributeError, ValueError, TypeError):
+                setattr(config, name, None)
 
 
 def task_model_from_config(config: PreTrainedConfig) -> PreTrainedModel:
@@ -100,7 +132,8 @@ class ModelAdapter(ABC):
     task: str = "classification"
     main_input_name: str = "pixel_values"
 
-    def __init__(self, backbone: nn.Module, head_template: nn.Module | None = None):
+    def __init__(self, backbone: nn.Module, head_template: nn.Module | None, spec: ArchitectureSpec):
+        self.spec = spec
         self.backbone = backbone
         self.head_template = head_template
         self.blocks: list[nn.Module] = self.find_blocks(backbone)
@@ -127,20 +160,14 @@ class ModelAdapter(ABC):
                 return branch_energy(after - before)
         return DifferenceEnergy.apply(after, before)
 
-    @classmethod
     @abstractmethod
-    def can_cut(cls, model: nn.Module) -> bool:
-        """Whether `model` (a task model or its backbone) belongs to this family."""
+    def find_blocks(self, backbone: nn.Module) -> list[nn.Module]:
+        """The residual blocks of `backbone` in execution order, where the registry entry says they are."""
 
     @classmethod
     @abstractmethod
-    def find_blocks(cls, backbone: nn.Module) -> list[nn.Module]:
-        """The residual blocks of `backbone` in execution order, found by probing its modules."""
-
-    @classmethod
-    @abstractmethod
-    def split_task_model(cls, model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
-        """Return the backbone of a task model and a template of its head (None for a bare backbone)."""
+    def split_task_model(cls, model: nn.Module, spec: ArchitectureSpec) -> tuple[nn.Module, nn.Module | None]:
+        """Return the backbone of a task model and a template of its head."""
 
     @abstractmethod
     def embed(self, **inputs: Any) -> BlockState:
@@ -155,8 +182,11 @@ class ModelAdapter(ABC):
         """Run block `index` and return its output and the kinetic energy mean(r ** 2) of each residual branch."""
 
     @abstractmethod
-    def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool) -> nn.Module:
-        """Build an auxiliary head reading a block output described by `probe` (`is_last`: the classifier)."""
+    def build_head(
+        self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool, num_blocks: int
+    ) -> nn.Module:
+        """Build an auxiliary head reading the output of block `num_blocks - 1`, described by `probe` (`is_last`:
+        the classifier)."""
 
     def unused_backbone_modules(self) -> list[nn.Module]:
         """Backbone modules that never run in a cut model (their role is played by each module's head copy)."""
@@ -166,8 +196,8 @@ class ModelAdapter(ABC):
         """Modules outside block `index` that run (and train) with it, e.g. Swin's patch merging before a stage."""
         return []
 
-    def head_logits(self, head: nn.Module, state: BlockState) -> torch.Tensor:
-        """Apply a head to a block state."""
+    def head_logits(self, head: nn.Module, state: BlockState, inputs: dict[str, Any]) -> torch.Tensor:
+        """Apply a head to a block state (`inputs`: the model inputs, for heads whose pooling reads them)."""
         return head(state.hidden)
 
     @abstractmethod

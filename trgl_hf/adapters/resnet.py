@@ -37,17 +37,14 @@ class ResNetAdapter(ModelAdapter):
     head_kinds = ("conv", "linear")
     default_head = "conv"
 
-    @classmethod
-    def can_cut(cls, model: nn.Module) -> bool:
-        backbone = getattr(model, "base_model", model)
-        return hasattr(backbone, "embedder") and any(_is_residual_block(m) for m in backbone.modules())
+    def find_blocks(self, backbone: nn.Module) -> list[nn.Module]:
+        blocks = [module for module in backbone.modules() if _is_residual_block(module)]
+        if not hasattr(backbone, "embedder") or not blocks:
+            raise ValueError(f"{type(backbone).__name__} has no `embedder` stem or no `layer`/`shortcut` blocks.")
+        return blocks
 
     @classmethod
-    def find_blocks(cls, backbone: nn.Module) -> list[nn.Module]:
-        return [module for module in backbone.modules() if _is_residual_block(module)]
-
-    @classmethod
-    def split_task_model(cls, model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    def split_task_model(cls, model: nn.Module, spec: Any) -> tuple[nn.Module, nn.Module | None]:
         backbone = getattr(model, "base_model", model)
         if backbone is model:
             return model, None
@@ -100,7 +97,9 @@ class ResNetAdapter(ModelAdapter):
             return None
         return last
 
-    def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool) -> nn.Module:
+    def build_head(
+        self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool, num_blocks: int
+    ) -> nn.Module:
         kind = "linear" if kind == "native" else kind
         if kind == "conv" and min(probe.spatial_size) < pool_size:
             raise ValueError(

@@ -1,219 +1,248 @@
-"""Transformers: encoders (BERT, RoBERTa), decoders (GPT-2, Llama-like) and ViT.
+"""Transformers: encoders, decoders and vision transformers whose blocks sit in one `nn.ModuleList`.
 
-Blocks are found by probing: the longest `nn.ModuleList` of identical modules inside the backbone. Their exact inputs
-(attention masks, rotary embeddings, position ids) are captured with a forward pre-hook on the first block that stops
-the base model's forward, so no mask or position code is re-implemented.
+Where the blocks are, how each block adds its branches to the residual stream, and what runs after the last block
+all come from the model's registry entry ([`ArchitectureSpec`]); nothing is guessed.
 
-Residual branches come from the block's normalisation layers, recorded in call order:
-
-- pre-LN blocks (GPT-2, Llama, ViT): the stream is `s0 = x`, `s1 = s0 + r1` (the input of the second norm),
-  `out = s1 + r2`, so `r_j = s_j - s_(j-1)` — exactly the attention and MLP branch outputs;
-- post-LN blocks (BERT, RoBERTa): `h1 = LN1(x + r1)`, `out = LN2(h1 + r2)`; what is penalised is each branch before its
-  LayerNorm, `r1 = (input of LN1) - x` and `r2 = (input of LN2) - h1`, the residual functions added to the stream.
+- **Exact block inputs.** The base model's own forward computes every block's arguments (attention masks, including
+  per-layer sliding-window masks, rotary embeddings, relative positions): `embed` runs it with each block replaced by a
+  recorder that keeps its arguments and passes the hidden state through, and stops at the last block.
+- **Exact branches.** [`StreamPoints`]: the block updates the stream in sequence (`s1 = x + r1`, `out = s1 + r2`);
+  the named submodules read `s1, ...`, so `r_j = s_j - s_(j-1)` is exactly what each branch adds — after any
+  post-branch norm, layer scale or drop path. [`PostNorm`] (BERT): `h1 = LN1(x + r1)`, `out = LN2(h1 + r2)`; what is
+  penalised is `r1 = (input of LN1) - x` and `r2 = (input of LN2) - h1`, the residual functions added to the stream.
+  Both are checked at every call (each named submodule runs once per block on a stream-shaped tensor).
+- **Native heads.** Each module's head is a [`NativeHead`]: the task model's own head run by its own `forward`.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 
-from .base import BlockProbe, BlockState, ModelAdapter
+from .base import BlockProbe, BlockState, ModelAdapter, reset_backbone_outputs
+from .native_head import NativeHead
 
-FINAL_NORM_NAMES = ("ln_f", "norm", "layernorm", "final_layernorm", "final_layer_norm")
+if TYPE_CHECKING:
+    from .registry import ArchitectureSpec
+
+
+@dataclass(frozen=True)
+class StreamPoints:
+    """A block that adds its branches to the stream one after another.
+
+    Args:
+        names (`tuple[str, ...]`): submodules (relative to the block) whose first input is the stream between two
+            branches, in call order; empty for a block with a single stream update (one branch, or parallel
+            attention + MLP added together).
+    """
+
+    names: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """What is penalised, for docs and error messages."""
+        if not self.names:
+            return "the block's single stream update (out - x)"
+        return "each stream update: x -> input of " + " -> input of ".join(self.names) + " -> out"
+
+
+@dataclass(frozen=True)
+class PostNorm:
+    """A post-LN block: each branch is added to the stream and the sum normalised (BERT).
+
+    Args:
+        names (`tuple[str, ...]`): the normalisations that close each branch (relative to the block), in call order.
+    """
+
+    names: tuple[str, ...]
+
+    def describe(self) -> str:
+        """What is penalised, for docs and error messages."""
+        return "each branch before its norm: input of " + " / input of ".join(self.names) + " minus the stream"
+
+
+BLOCK_RETURNS: dict[type, int] = {}
+"""Per block class: 0 when a block returns a tensor, n when it returns a tuple of n (learned on first use)."""
+CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "cache")
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook to stop the base model's forward at the first block."""
+    """Raised by the last block's recorder to stop the base model's forward."""
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return "norm" in type(module).__name__.lower()
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    value = kwargs.get("hidden_states")
+    return value if isinstance(value, torch.Tensor) else None
 
 
-def _block_list(backbone: nn.Module) -> nn.ModuleList | None:
-    candidates = [
-        module
-        for module in backbone.modules()
-        if isinstance(module, nn.ModuleList)
-        and len(module) > 0
-        and len({type(child) for child in module}) == 1
-        and any(_is_norm(m) for m in module[0].modules())
-    ]
-    return max(candidates, key=len) if candidates else None
+def _as_stream(point: torch.Tensor | None, stream: torch.Tensor) -> torch.Tensor | None:
+    """A recorded tensor in the stream's shape (OPT flattens the stream to `(batch * length, hidden)` mid-block)."""
+    if point is not None and point.shape != stream.shape and point.numel() == stream.numel():
+        return point.reshape(stream.shape)
+    return point
 
 
-class HeadParts(nn.Module):
-    """The task model's own head (final norm / pooler and classifier or LM head), copied for one module.
+class _Recorder(nn.Module):
+    """Stands in for a block while the base model's forward computes the blocks' arguments."""
 
-    Parts are stored under their path in the task model (dots replaced by `__`) so that a stage can be exported into
-    the native truncated model by path.
-    """
-
-    def __init__(self, parts: dict[str, nn.Module], kind: str, task: str, architecture: str):
+    def __init__(self, record: Any, block: nn.Module):
         super().__init__()
-        self.kind, self.task, self.architecture = kind, task, architecture
-        self.parts = nn.ModuleDict({path.replace(".", "__"): module for path, module in parts.items()})
+        self.record = record
+        self._block = [block]  # not a submodule
 
-    def named_parts(self) -> dict[str, nn.Module]:
-        """Parts keyed by their path in the task model."""
-        return {key.replace("__", "."): module for key, module in self.parts.items()}
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.record(*args, **kwargs)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        modules = list(self.parts.values())
-        if self.kind == "pooled":  # final norm?, pooler, dropout?, classifier
-            for module in modules:
-                hidden = module(hidden)
-                if isinstance(hidden, tuple):
-                    hidden = hidden[0]
-            return hidden
-        if self.kind == "first_token":  # final norm, classifier on the first token
-            *norms, classifier = modules
-            for norm in norms:
-                hidden = norm(hidden)
-            return classifier(hidden[:, 0])
-        for module in modules:  # "sequence": final norm?, then a head applied to the whole sequence
-            hidden = module(hidden)
-        return hidden
+    def __getattr__(self, name: str) -> Any:  # the base model may read block attributes (ModernBERT: attention_type)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_block"][0], name)
 
 
 class TransformerAdapter(ModelAdapter):
-    """Adapter for transformers encoders, decoders and ViT (blocks in a `ModuleList`, normalisation layers inside)."""
+    """Adapter for models whose residual blocks are one `nn.ModuleList` (see the module docstring)."""
 
     family = "transformer"
     head_kinds = ("native",)
     default_head = "native"
     context_input_names = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
 
-    def __init__(self, backbone: nn.Module, head_template: nn.Module | None = None):
-        super().__init__(backbone, head_template)
-        self.task = getattr(head_template, "task", "classification")
-        self.architecture = getattr(head_template, "architecture", None)
+    def __init__(self, backbone: nn.Module, head_template: nn.Module | None, spec: ArchitectureSpec):
+        super().__init__(backbone, head_template, spec)
+        self.layout = spec.layout_for(backbone.config)
         self.main_input_name = getattr(backbone, "main_input_name", "input_ids")
+        self.architecture = getattr(head_template, "architecture", None)
+
+    def find_blocks(self, backbone: nn.Module) -> list[nn.Module]:
+        return list(backbone.get_submodule(self.spec.blocks))
 
     @classmethod
-    def can_cut(cls, model: nn.Module) -> bool:
-        backbone = getattr(model, "base_model", model)
-        return isinstance(backbone, PreTrainedModel) and _block_list(backbone) is not None
-
-    @classmethod
-    def find_blocks(cls, backbone: nn.Module) -> list[nn.Module]:
-        blocks = _block_list(backbone)
-        return list(blocks) if blocks is not None else []
-
-    @classmethod
-    def split_task_model(cls, model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
-        backbone = getattr(model, "base_model", model)
-        if backbone is model:
-            return model, None
-        prefix = model.base_model_prefix
-        parts: dict[str, nn.Module] = {}
-        final_norm = next((n for n in FINAL_NORM_NAMES if isinstance(getattr(backbone, n, None), nn.Module)), None)
-        if final_norm is not None:
-            parts[f"{prefix}.{final_norm}"] = getattr(backbone, final_norm)
-        pooler = getattr(backbone, "pooler", None)
-        if isinstance(pooler, nn.Module) and any(True for _ in pooler.parameters()):
-            parts[f"{prefix}.pooler"] = pooler
-        for name, child in model.named_children():
-            if child is not backbone:
-                parts[name] = child
-        is_lm = isinstance(model, GenerationMixin) and model.get_output_embeddings() is not None
-        if is_lm:
-            kind = "sequence"
-        elif f"{prefix}.pooler" in parts:
-            kind = "pooled"
-        elif final_norm is not None:
-            kind = "first_token"
-        else:
-            kind = "sequence"
-        template = HeadParts(
-            {path: copy.deepcopy(module) for path, module in parts.items()},
-            kind,
-            "causal_lm" if is_lm else "classification",
-            type(model).__name__,
-        )
-        return backbone, template
+    def split_task_model(cls, model: nn.Module, spec: ArchitectureSpec) -> tuple[nn.Module, nn.Module | None]:
+        return model.base_model, NativeHead(model, spec.tail_modules(model.base_model), spec.tail)
 
     def unused_backbone_modules(self) -> list[nn.Module]:
-        names = (*FINAL_NORM_NAMES, "pooler")
-        return [getattr(self.backbone, n) for n in names if isinstance(getattr(self.backbone, n, None), nn.Module)]
+        return [self.backbone.get_submodule(name) for name in self.spec.tail_modules(self.backbone)]
 
     # ------------------------------------------------------------------ forward
 
     def embed(self, **inputs: Any) -> BlockState:
-        captured: dict[str, Any] = {}
-
-        def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            captured["args"], captured["kwargs"] = args, kwargs
-            raise _StopForward
-
         inputs = {k: v for k, v in inputs.items() if v is not None}
         if self.main_input_name not in inputs:
             raise ValueError(f"This model needs `{self.main_input_name}` in its inputs.")
-        handle = self.blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
+        calls: list[tuple[tuple, dict] | None] = [None] * len(self.blocks)
+        first_hidden: list[torch.Tensor] = []
+        last = len(self.blocks) - 1
+
+        def recorder(index: int, original: Any):
+            def record(*args: Any, **kwargs: Any) -> Any:
+                hidden = _first_tensor(args, kwargs)
+                if hidden is None:
+                    raise ValueError(f"Block {index} of {self.spec.name} was called without a hidden state.")
+                if index == 0:
+                    first_hidden.append(hidden)
+                rest = args[1:] if args and args[0] is hidden else args
+                context = {k: v for k, v in kwargs.items() if v is not hidden and k not in CACHE_ARGUMENTS}
+                if "use_cache" in context:
+                    context["use_cache"] = False
+                calls[index] = (tuple(rest), context)
+                if index == last:
+                    raise _StopForward
+                block_class = type(self.blocks[index])
+                if block_class not in BLOCK_RETURNS:  # learn once what a block returns, to pass the stream through
+                    with torch.no_grad():
+                        output = original(*args, **kwargs)
+                    BLOCK_RETURNS[block_class] = len(output) if isinstance(output, tuple) else 0
+                length = BLOCK_RETURNS[block_class]
+                return (hidden,) + (None,) * (length - 1) if length else hidden
+
+            return record
+
+        slots = self._block_slots()
+        for index, (parent, key) in enumerate(slots):
+            parent._modules[key] = _Recorder(recorder(index, self.blocks[index].forward), self.blocks[index])
         try:
             self.backbone(**inputs, use_cache=False)
         except _StopForward:
             pass
         finally:
-            handle.remove()
-        if "args" not in captured:
-            raise ValueError("The base model's forward never reached its first block: cannot cut it.")
-        args, kwargs = captured["args"], dict(captured["kwargs"])
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        for name in ("past_key_values", "past_key_value"):
-            kwargs.pop(name, None)
-        if "use_cache" in kwargs:
-            kwargs["use_cache"] = False
-        return BlockState(hidden, rest, kwargs)
+            for block, (parent, key) in zip(self.blocks, slots):
+                parent._modules[key] = block
+        if any(call is None for call in calls):
+            raise ValueError(f"The forward of {self.spec.name} did not call every block once: it cannot be cut.")
+        return BlockState(first_hidden[0], calls)
+
+    def _block_slots(self) -> list[tuple[nn.Module, str]]:
+        """Where each block sits in the backbone (parent module, key), to swap it for a recorder."""
+        where = {id(child): (parent, key) for parent in self.backbone.modules()
+                 for key, child in parent._modules.items() if child is not None}  # fmt: skip
+        return [where[id(block)] for block in self.blocks]
 
     def state_from_cache(self, hidden: torch.Tensor, **inputs: Any) -> BlockState:
         return self.embed(**inputs).with_hidden(hidden)
 
     def run_block(self, index: int, state: BlockState) -> tuple[BlockState, list[torch.Tensor]]:
         block = self.blocks[index]
-        calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        args, kwargs = state.call(index)
+        records: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
+        handles = []
 
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            calls.append((args[0], output))
+        def after_norm(name: str):  # post-LN: the norm's input (stream + branch) and output (the new stream)
+            return lambda module, args, output: records.append((name, args[0], output))
 
-        handles = [m.register_forward_hook(record) for m in block.modules() if _is_norm(m)]
+        def before_point(name: str):  # stream points: the stream the submodule reads
+            return lambda module, args, kwargs: records.append((name, _first_tensor(args, kwargs), None))
+
+        for name in self.layout.names:
+            module = block.get_submodule(name)
+            if isinstance(self.layout, PostNorm):
+                handles.append(module.register_forward_hook(after_norm(name)))
+            else:
+                handles.append(module.register_forward_pre_hook(before_point(name), with_kwargs=True))
         try:
-            output = block(state.hidden, *state.args, **state.kwargs)
+            output = block(state.hidden, *args, **kwargs)
         finally:
             for handle in handles:
                 handle.remove()
         if isinstance(output, tuple):
             output = output[0]
-        return state.with_hidden(output), self._branch_energies(state.hidden, output, calls)
-
-    def _branch_energies(self, block_input: torch.Tensor, output: torch.Tensor, calls: list) -> list[torch.Tensor]:
-        calls = [(norm_input, norm_output) for norm_input, norm_output in calls if norm_input.shape == output.shape]
+        records = [(name, _as_stream(point, output), after) for name, point, after in records]
+        self._check_records(index, records, output)
         energy = self.difference_energy
-        if not calls:
-            return [energy(output, block_input)]
-        if calls[0][0] is block_input:  # pre-LN: the first norm reads the block input itself
-            stream = [block_input] + [norm_input for norm_input, _ in calls[1:]] + [output]
-            return [energy(after, before) for before, after in zip(stream, stream[1:])]
-        energies, residual = [], block_input
-        for norm_input, norm_output in calls:
-            if norm_input.shape == residual.shape:
-                energies.append(energy(norm_input, residual))
-                residual = norm_output
-        return energies
+        if isinstance(self.layout, PostNorm):
+            energies, stream = [], state.hidden
+            for _, norm_input, norm_output in records:
+                energies.append(energy(norm_input, stream))
+                stream = norm_output
+            return state.with_hidden(output), energies
+        stream = [state.hidden] + [point for _, point, _ in records] + [output]
+        return state.with_hidden(output), [energy(after, before) for before, after in zip(stream, stream[1:])]
 
-    def build_head(self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool) -> nn.Module:
-        if self.head_template is None:
+    def _check_records(self, index: int, records: list, output: torch.Tensor) -> None:
+        names = tuple(name for name, _, _ in records)
+        shapes_ok = all(point is not None and point.shape == output.shape for _, point, _ in records)
+        closes = not isinstance(self.layout, PostNorm) or (records and records[-1][2] is output)
+        if names != self.layout.names or not shapes_ok or not closes:
             raise ValueError(
-                "A bare transformers backbone has no head to copy: pass the task model (e.g. "
-                "`BertForSequenceClassification`, `GPT2LMHeadModel`, `ViTForImageClassification`)."
+                f"Block {index} of {self.spec.name} does not have the registered residual layout "
+                f"({self.layout.describe()}; saw calls {names}): its transport term cannot be computed exactly. "
+                "Was the model modified after loading? Otherwise please report it with the model's config."
             )
+
+    def head_logits(self, head: nn.Module, state: BlockState, inputs: dict[str, Any]) -> torch.Tensor:
+        return head(state.hidden, **inputs)
+
+    def build_head(
+        self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool, num_blocks: int
+    ) -> nn.Module:
+        if self.head_template is None:
+            raise ValueError("The model was built without its head: cut it with `TRGLModel.from_base(task_model)`.")
         return copy.deepcopy(self.head_template)
 
     def probe_inputs(self, image_size: int | None, batch_size: int = 2) -> dict[str, torch.Tensor]:
@@ -230,20 +259,33 @@ class TransformerAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ export
 
-    def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
-        from .base import task_model_from_config
-
+    def stage_config(self, num_blocks: int) -> Any:
+        """The task model's configuration truncated to its first `num_blocks` blocks."""
         config = copy.deepcopy(self.backbone.config)
         config.architectures = [self.architecture]
         config.num_hidden_layers = num_blocks
+        if isinstance(getattr(config, "layer_types", None), (list, tuple)):
+            config.layer_types = list(config.layer_types)[:num_blocks]
+        reset_backbone_outputs(config, num_blocks)
         if hasattr(config, "tie_word_embeddings"):
             config.tie_word_embeddings = False
-        if getattr(config, "layer_types", None) is not None:
-            config.layer_types = list(config.layer_types[:num_blocks])
-        model = task_model_from_config(config)
+        return config
+
+    def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
+        model = self.spec.task_class(self.architecture)(self.stage_config(num_blocks))
+        prefix = model.base_model_prefix
         source = self.backbone.state_dict()
-        target = model.base_model
-        target.load_state_dict({name: source[name] for name in target.state_dict()}, strict=True)
-        for path, module in head.named_parts().items():
-            model.get_submodule(path).load_state_dict(module.state_dict())
+        head_state = head.state_dict()
+        state = {}
+        for key in model.state_dict():
+            if key in head_state:
+                state[key] = head_state[key]
+            elif key.startswith(prefix + ".") and key[len(prefix) + 1 :] in source:
+                state[key] = source[key[len(prefix) + 1 :]]
+            else:
+                raise ValueError(f"Cannot export {self.architecture}: no weights for {key}.")
+        model.load_state_dict(state, strict=True)
         return model.eval()
+
+
+__all__ = ["PostNorm", "StreamPoints", "TransformerAdapter"]
