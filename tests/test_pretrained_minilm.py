@@ -24,7 +24,9 @@ def test_minilm_is_cut_trained_and_every_stage_exports_natively(num_modules, tmp
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     pretrained_layer = base.bert.encoder.layer[0].attention.self.query.weight.clone()
     model = TRGLModel.from_base(base, TRGLConfig(num_modules=num_modules, tau=10.0))
-    assert model.config.split == [6 // num_modules] * num_modules and model.config.task == "single_label_classification"
+    assert (
+        model.config.split == [6 // num_modules] * num_modules and model.config.task == "single_label_classification"
+    )
     torch.testing.assert_close(model.adapter.blocks[0].attention.self.query.weight, pretrained_layer)
 
     encoded = tokenizer([s for s, _ in SENTENCES], truncation=True, max_length=32)

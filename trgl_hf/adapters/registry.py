@@ -363,9 +363,6 @@ def architecture_named(class_name: str, model_type: str) -> ArchitectureSpec:
     return spec
 
 
-
-
-
 def support_table() -> str:
     """The README's table of supported architectures (a test keeps the README equal to it)."""
     rows = ["| architecture | task classes | what the transport term penalises |", "| --- | --- | --- |"]
@@ -374,4 +371,12 @@ def support_table() -> str:
         rows.append(f"| {spec.name} | {classes} | {spec.penalised} |")
     return "\n".join(rows)
 
-__all__ = ["REGISTRY", "ArchitectureSpec", "architecture_named", "architecture_of", "support_table", "supported_architectures"]
+
+__all__ = [
+    "REGISTRY",
+    "ArchitectureSpec",
+    "architecture_named",
+    "architecture_of",
+    "support_table",
+    "supported_architectures",
+]
