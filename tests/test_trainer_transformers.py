@@ -11,6 +11,7 @@ from transformers import (
     BertForSequenceClassification,
     DataCollatorWithPadding,
     GPT2Config,
+    GPT2ForSequenceClassification,
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
 )
@@ -70,7 +71,20 @@ def test_causal_lm_reports_perplexity_per_module_and_learns(tmp_path):
     assert (tmp_path / "stage-02" / "config.json").exists()
 
 
-def test_prefix_cache_on_padded_text_batches_matches_recomputing(tmp_path):
+def padded_classifier(kind):
+    """A BERT classifier, or a GPT-2 classifier (last non-padding token) whose pad id is not 0."""
+    small = dict(vocab_size=40, num_labels=2, pad_token_id=3)
+    if kind == "gpt2":
+        config = GPT2Config(n_embd=16, n_layer=3, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **small)
+        return GPT2ForSequenceClassification(config)
+    return BertForSequenceClassification(
+        BertConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **small)  # fmt: skip
+    )
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_prefix_cache_on_padded_text_batches_matches_recomputing(kind, tmp_path):
     torch.manual_seed(0)
     lengths = torch.randint(3, 12, (48,)).tolist()
     rows = {
@@ -80,7 +94,7 @@ def test_prefix_cache_on_padded_text_batches_matches_recomputing(tmp_path):
     dataset = Dataset.from_dict(rows)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=__import__("tokenizers").Tokenizer(
-            __import__("tokenizers").models.WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]")
+            __import__("tokenizers").models.WordLevel({"[PAD]": 3, "[UNK]": 1}, unk_token="[UNK]")
         ),
         pad_token="[PAD]",
     )
@@ -88,19 +102,7 @@ def test_prefix_cache_on_padded_text_batches_matches_recomputing(tmp_path):
     finals = {}
     for cache in ("always", "never"):
         torch.manual_seed(0)
-        base = BertForSequenceClassification(
-            BertConfig(
-                vocab_size=40,
-                hidden_size=16,
-                num_hidden_layers=3,
-                num_attention_heads=2,
-                intermediate_size=32,
-                num_labels=2,
-                hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0,
-            )
-        )
-        model = TRGLModel.from_base(base, TRGLConfig(num_modules=3))
+        model = TRGLModel.from_base(padded_classifier(kind), TRGLConfig(num_modules=3))
         run_args = args(
             tmp_path / cache,
             trgl_mode="sequential",
