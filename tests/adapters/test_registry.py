@@ -2,7 +2,8 @@
 
 For each supported task class (tiny config): the transport term equals an independent ground truth (hooks on the
 uncut model's branch modules, i.e. what each branch adds to the residual stream), one training step runs, and every
-stage loads with the plain Auto class and reproduces the TRGL model's head-k logits.
+stage loads with the plain Auto class and reproduces the TRGL model's head-k logits, and the whole TRGL model
+round-trips through `save_pretrained` / `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -179,6 +180,11 @@ def test_transport_is_exact_training_runs_and_stages_reproduce_the_heads(class_n
     model.eval()
     with torch.no_grad():
         steps = list(model.iter_modules(**inputs))
+    model.save_pretrained(tmp_path / "whole")  # the whole TRGL model round-trips too
+    with torch.no_grad():
+        reloaded = [step.logits for step in TRGLModel.from_pretrained(tmp_path / "whole").eval().iter_modules(**inputs)]
+    for step, logits in zip(steps, reloaded):
+        torch.testing.assert_close(logits, step.logits)
     auto = next(auto for suffix, auto in AUTO.items() if class_name.endswith(suffix))
     for stage in (1, 2):
         model.export_stage(stage).save_pretrained(tmp_path / str(stage))
