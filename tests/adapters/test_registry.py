@@ -188,6 +188,7 @@ def test_transport_is_exact_training_runs_and_stages_reproduce_the_heads(class_n
     auto = next(auto for suffix, auto in AUTO.items() if class_name.endswith(suffix))
     for stage in (1, 2):
         model.export_stage(stage).save_pretrained(tmp_path / str(stage))
+        assert ("auto_map" in (tmp_path / str(stage) / "config.json").read_text()) == class_name.startswith("Cifar")
         loaded = auto.from_pretrained(tmp_path / str(stage)).eval()
         assert type(loaded).__name__ == class_name or class_name.startswith(("ResNet", "Cifar"))
         with torch.no_grad():
