@@ -4,9 +4,7 @@ import torch
 from trgl_hf.losses import (
     BatchNormBranchEnergy,
     branch_energy,
-    task_loss,
     transport_cost,
-    transport_weight_from_tau,
     trgl_loss,
 )
 
@@ -22,19 +20,10 @@ def test_branch_energy_is_float32_under_low_precision():
     assert branch_energy(residual).dtype == torch.float32
 
 
-def test_transport_weight_and_vangl():
-    assert transport_weight_from_tau(2.0) == 0.25
-    assert transport_weight_from_tau(float("inf")) == 0.0
+def test_trgl_loss_adds_the_weighted_transport_and_vangl_leaves_it_out():
     task = torch.tensor(1.0)
     assert trgl_loss(task, torch.tensor(8.0), 0.25).item() == 3.0
     assert trgl_loss(task, torch.tensor(8.0), 0.0) is task
-
-
-def test_task_loss_label_smoothing():
-    logits, labels = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
-    torch.testing.assert_close(
-        task_loss(logits, labels, 0.1), torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
-    )
 
 
 @pytest.mark.parametrize("affine", [True, False])

@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments, get_task
 from trgl_hf.data import check_labels
 
 SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
@@ -119,3 +119,11 @@ def test_a_run_reports_the_tasks_metrics_and_loss_per_module(task, tmp_path):
     if task == "regression":
         best = min((1, 2), key=lambda k: metrics[f"eval_module_{k}_mse"])
         assert metrics["eval_best_module"] == best
+
+
+def test_single_label_loss_applies_label_smoothing():
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    torch.testing.assert_close(
+        get_task("single_label_classification").loss(logits, labels, 0.1),
+        torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1),
+    )

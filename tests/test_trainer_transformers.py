@@ -119,7 +119,7 @@ def test_prefix_cache_on_padded_text_batches_matches_recomputing(kind, tmp_path)
 
 
 def test_prefix_cache_keeps_dynamic_padding():
-    from trgl_hf.trainer import collate_cached_rows, split_into_rows
+    from trgl_hf.prefix_cache import collate_cached_rows, split_into_rows
 
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     columns = {"trgl_hidden_states": torch.randn(2, 4, 3), "input_ids": torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]),

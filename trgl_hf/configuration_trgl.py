@@ -129,6 +129,11 @@ class TRGLConfig(PreTrainedConfig):
                     f"`tau` must be a positive number (or a list of them, one per module), got {self.tau!r}; "
                     "use `use_transport=False` for training without the transport term."
                 )
+        if isinstance(self.tau, (list, tuple)) and self.tau_schedule == "multipliers":
+            raise ValueError(
+                "`tau` lists one tau per module, but `tau_schedule='multipliers'` replaces tau by learned "
+                "multipliers: give a single `tau` or another `tau_schedule`."
+            )
         if isinstance(self.tau, (list, tuple)) and len(self.tau) != self.num_modules:
             raise ValueError(
                 f"`tau` lists {len(self.tau)} values but the model has {self.num_modules} modules: "
@@ -145,20 +150,14 @@ class TRGLConfig(PreTrainedConfig):
             raise ValueError(f"`head_pool_size` must be at least 1, got {self.head_pool_size}.")
 
     def module_taus(self) -> list[float]:
-        """Return tau_k for every module (`inf` when the transport term is off).
+        """Return tau_k for every module (`inf` when the transport term is off), see [`TransportSchedule`].
 
         Returns:
             `list[float]`: one value per module, following `tau` and `tau_schedule`.
         """
-        num_modules = int(self.num_modules)
-        if not self.use_transport:
-            return [math.inf] * num_modules
-        if isinstance(self.tau, (list, tuple)):
-            return [float(t) for t in self.tau]
-        if self.tau_schedule == "halves":
-            first_half = num_modules // 2
-            return [self.tau / 2] * first_half + [float(self.tau)] * (num_modules - first_half)
-        return [float(self.tau)] * num_modules
+        from .transport import TransportSchedule
+
+        return TransportSchedule(self).taus()
 
 
 __all__ = ["TRGLConfig"]

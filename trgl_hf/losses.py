@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -94,41 +93,20 @@ def transport_cost(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([branch_energy(r) for r in residuals]).sum()
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of an auxiliary head, averaged over the batch, computed in float32."""
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Next-token cross-entropy: position t predicts token t + 1; labels equal to -100 are ignored."""
-    shifted_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    shifted_labels = labels[:, 1:].reshape(-1)
-    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100, label_smoothing=label_smoothing)
-
-
 def trgl_loss(task: torch.Tensor, transport: torch.Tensor, transport_weight: float) -> torch.Tensor:
     """Combine a module's task loss and transport cost: `task + transport_weight * transport`.
 
-    `transport_weight` is 1 / (2 tau_k), 1 / lambda_k under the method of multipliers, and 0 for VanGL (in which
-    case the transport cost is not part of the graph at all).
+    `transport_weight` comes from [`TransportSchedule.weight`]; 0 (VanGL) leaves the transport cost out of the graph.
     """
     if transport_weight == 0.0:
         return task
     return task + transport_weight * transport.to(task.device)
 
 
-def transport_weight_from_tau(tau: float) -> float:
-    """1 / (2 tau), and 0 for tau = infinity (no transport term)."""
-    return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
-
-
 __all__ = [
     "BatchNormBranchEnergy",
     "DifferenceEnergy",
     "branch_energy",
-    "causal_lm_loss",
-    "task_loss",
     "transport_cost",
-    "transport_weight_from_tau",
     "trgl_loss",
 ]

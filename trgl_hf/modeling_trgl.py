@@ -6,6 +6,7 @@ import copy
 import json
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from .adapters.base import task_model_from_config
 from .adapters.registry import CAUSAL_LM
 from .configuration_trgl import TRGLConfig
 from .guards import check_weight_folder
-from .losses import transport_weight_from_tau, trgl_loss
+from .losses import trgl_loss
 from .splitting import balanced_split, check_num_modules, check_split, equal_split
 from .tasks import get_task, task_of
+from .transport import TransportSchedule
 
 
 @dataclass
@@ -307,19 +309,31 @@ class TRGLModel(PreTrainedModel):
                         module.training = False
         return self
 
-    def transport_weight(self, index: int) -> float:
-        """Weight of module `index`'s transport cost: 1 / (2 tau_k), 1 / lambda_k (multipliers), or 0 (VanGL)."""
-        if not self.config.use_transport:
-            return 0.0
-        if self.config.tau_schedule == "multipliers" and not isinstance(self.config.tau, (list, tuple)):
-            return 1.0 / float(self.multipliers[index])
-        return transport_weight_from_tau(self.config.module_taus()[index])
+    @property
+    def transport_schedule(self) -> TransportSchedule:
+        """How much each module's transport cost weighs (the config's rule and the multiplier state)."""
+        return TransportSchedule(self.config, self.multipliers)
 
-    @torch.no_grad()
-    def update_multipliers(self, task_losses: dict[int, float]) -> None:
-        """Method-of-multipliers step (paper App. D): lambda_k += h * task loss of module k."""
-        for index, value in task_losses.items():
-            self.multipliers[index] += self.config.multiplier_step * float(value)
+    @contextmanager
+    def phase(
+        self, trainable: Iterable[int], cached_from: int | None = None, evaluated: int | None = None
+    ) -> Iterator[TRGLModel]:
+        """Train one phase: only `trainable` modules train, and everything is restored on exit.
+
+        Args:
+            trainable (`Iterable[int]`): 0-based modules that train (the others are frozen, in eval mode).
+            cached_from (`int`, *optional*): the first module runs on cached prefix outputs (`trgl_hidden_states`)
+                instead of the raw inputs (sequential mode with a prefix cache).
+            evaluated (`int`, *optional*): how many leading modules `forward` evaluates (the trained ones).
+        """
+        previous = (self.trainable_modules, self.cached_input_module, self.evaluated_modules)
+        self.set_trainable_modules(trainable)
+        self.cached_input_module, self.evaluated_modules = cached_from, evaluated
+        try:
+            yield self
+        finally:
+            self.set_trainable_modules(previous[0])
+            self.cached_input_module, self.evaluated_modules = previous[1:]
 
     # ------------------------------------------------------------------ forward
 
@@ -362,9 +376,10 @@ class TRGLModel(PreTrainedModel):
             first_module = self.cached_input_module
         else:
             first_module, state = 0, None
+        schedule = self.transport_schedule
         for index in range(first_module, last_module + 1):
             trainable = index in self.trainable_modules and torch.is_grad_enabled()
-            self.adapter.energy_requires_grad = trainable and self.transport_weight(index) > 0
+            weight = schedule.weight(index)
             with torch.set_grad_enabled(trainable):
                 if state is None:
                     state = self.adapter.embed(**inputs)
@@ -372,7 +387,7 @@ class TRGLModel(PreTrainedModel):
                     state = state.detach()
                 energies = []
                 for block_index in self.module_block_range(index):
-                    state, block_energies = self.adapter.run_block(block_index, state)
+                    state, block_energies = self.adapter.run_block(block_index, state, trainable and weight > 0)
                     energies.extend(block_energies)
                 hidden = state.hidden
                 transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
@@ -381,7 +396,7 @@ class TRGLModel(PreTrainedModel):
                     logits = self.adapter.head_logits(self.heads[index], state, inputs)
                 if labels is not None and logits is not None:
                     module_task_loss = self.task.loss(logits, labels, self.config.label_smoothing)
-                    loss = trgl_loss(module_task_loss, transport, self.transport_weight(index))
+                    loss = trgl_loss(module_task_loss, transport, weight)
             yield ModuleStep(index, hidden, logits, transport, module_task_loss, loss, trainable)
 
     def forward(

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-import math
 import os
-import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,110 +14,34 @@ import torch
 import torch.distributed as dist
 from huggingface_hub import HfApi
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
-from transformers import DataCollatorWithPadding, DefaultDataCollator, Trainer, default_data_collator
+from torch.utils.data import DataLoader
+from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import TrainOutput
 
-from .checkpointing import atomic_directory, save_stage, stage_dirname, write_json
+from .checkpointing import save_stage, stage_dirname
 from .data import check_labels
 from .guards import (
     check_hub_credentials,
     check_output_dir,
     check_sequence_lengths,
-    check_weight_folder,
     latest_complete_checkpoint,
     run_fingerprint,
 )
+from .hf_internals import collator_without_unused_columns, prepare_inputs, remove_unused_columns, reset_accelerator
 from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .modeling_trgl import TRGLModel
+from .phases import Phase, plan_phases
+from .prefix_cache import build_prefix_cache, cache_collator, prefix_cache_decision
+from .run_state import load_run_state, save_run_state
 from .training_args import TRGLTrainingArguments
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "trgl_state.json"
-PROGRESS_DIR = "trgl-progress"
-PHASES_DIR = "phases"
-
 
 class NonFiniteLossError(ValueError):
     """A module's loss became NaN or infinite during training."""
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One call of the underlying training loop: which modules train, for how long, and which become final."""
-
-    name: str
-    modules: tuple[int, ...]
-    num_train_epochs: float
-    max_steps: int
-    final_modules: tuple[int, ...]
-
-
-class PrefixCacheDataset(Dataset):
-    """Outputs of the frozen prefix, computed once, with their labels and the inputs that blocks need as context
-    (attention masks, ...) — sequential and multi-lap modes. Token rows are stored without their padding."""
-
-    def __init__(self, rows: list[dict[str, torch.Tensor]]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.rows[index]
-
-
-TOKEN_COLUMNS = ("trgl_hidden_states", "input_ids", "attention_mask", "token_type_ids", "position_ids")
-
-
-def collate_cached_rows(
-    rows: list[dict[str, torch.Tensor]], pad_values: dict[str, int] | None = None
-) -> dict[str, torch.Tensor]:
-    """Stack cached rows, right-padding token rows to the longest row of the batch.
-
-    Args:
-        rows (`list[dict]`): cached rows (see `split_into_rows`).
-        pad_values (`dict[str, int]`, *optional*): padding value per column, e.g. `{"input_ids": pad_token_id,
-            "labels": -100}` (a decoder classifier finds the last token by the pad id); 0 for the others.
-    """
-    pad_values = {"labels": -100, **(pad_values or {})}
-    batch = {}
-    for name in rows[0]:
-        tensors = [row[name] for row in rows]
-        if tensors[0].dim() >= 1 and len({t.shape[0] for t in tensors}) > 1:
-            length = max(t.shape[0] for t in tensors)
-            pad = pad_values.get(name, 0)
-            tensors = [
-                torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - t.shape[0]), value=pad)
-                for t in tensors
-            ]
-        batch[name] = torch.stack(tensors)
-    return batch
-
-
-def split_into_rows(
-    columns: dict[str, torch.Tensor], token_columns: tuple[str, ...] = (*TOKEN_COLUMNS, "labels")
-) -> list[dict[str, torch.Tensor]]:
-    """Cut a batch into per-example rows, dropping the right padding of the `token_columns` (per the attention
-    mask); other columns (a classifier's labels, multi-hot rows) are kept whole."""
-    mask = columns.get("attention_mask")
-    rows = []
-    for index in range(len(columns["labels"])):
-        length = None
-        if mask is not None and mask.dim() == 2:
-            positions = mask[index].nonzero()
-            length = int(positions.max()) + 1 if len(positions) else mask.shape[1]
-        row = {}
-        for name, column in columns.items():
-            value = column[index]
-            if length is not None and name in token_columns and value.dim() >= 1 and value.shape[0] == mask.shape[1]:
-                value = value[:length]
-            row[name] = value.clone()
-        rows.append(row)
-    return rows
 
 
 class PhaseProgressCallback(ProgressCallback):
@@ -210,49 +130,17 @@ class TRGLTrainer(Trainer):
         """A short label of the phase being trained, for progress bars."""
         if self._phase is None:
             return ""
-        phases = self.plan_phases()
-        position = [p.name for p in phases].index(self._phase.name) + 1
-        modules = ",".join(str(index + 1) for index in self._phase.modules)
-        label = "modules" if len(self._phase.modules) > 1 else "module"
-        return f"{label} {modules}/{self.model.num_modules} (phase {position}/{len(phases)})"
+        return self._phase.describe(self._phases, self.model.num_modules)
 
     def plan_phases(self) -> list[Phase]:
-        """The phases of `args.trgl_mode`, in order."""
-        num_modules = self.model.num_modules
-        epochs, max_steps = self.args.num_train_epochs, self.args.max_steps
-        if self.args.trgl_mode == "parallel":
-            modules = tuple(range(num_modules))
-            return [Phase("parallel", modules, epochs, max_steps, modules)]
-        laps = self.args.trgl_laps if self.args.trgl_mode == "multilap" else 1
-        phases = []
-        for lap in range(1, laps + 1):
-            for index in range(num_modules):
-                name = f"module-{index + 1:02d}" if laps == 1 else f"lap-{lap}-module-{index + 1:02d}"
-                phases.append(
-                    Phase(
-                        name,
-                        (index,),
-                        epochs / laps,
-                        max(1, max_steps // laps) if max_steps > 0 else -1,
-                        (index,) if lap == laps else (),
-                    )
-                )
-        return phases
+        """The phases of `args.trgl_mode`, in order (planned once per `train()` call)."""
+        use_cache, _ = self.prefix_cache_decision()
+        return plan_phases(self.model.num_modules, self.args.trgl_mode, self.args.trgl_laps,
+                           self.args.num_train_epochs, self.args.max_steps, use_cache)  # fmt: skip
 
     def prefix_cache_decision(self) -> tuple[bool, str]:
         """Whether sequential phases train on cached prefix outputs, and why."""
-        choice = self.args.trgl_prefix_cache
-        if choice != "auto":
-            return choice == "always", f"trgl_prefix_cache={choice!r}"
-        dataset, collator = self.train_dataset, self.data_collator
-        has_transform = getattr(dataset, "_format_type", None) == "custom"
-        known_dataset = hasattr(dataset, "column_names") or isinstance(dataset, TensorDataset)
-        known_collator = collator is default_data_collator or isinstance(
-            collator, (DefaultDataCollator, DataCollatorWithPadding)
-        )
-        if known_dataset and not has_transform and known_collator:
-            return True, "the input pipeline is deterministic (no dataset transform, standard collator)"
-        return False, "the input pipeline may be random (dataset transform or custom collator)"
+        return prefix_cache_decision(self.args.trgl_prefix_cache, self.train_dataset, self.data_collator)
 
     # ------------------------------------------------------------------ training
 
@@ -280,57 +168,32 @@ class TRGLTrainer(Trainer):
             check_labels(dataset, num_labels, name, model.task)
             check_sequence_lengths(dataset, model, name)
         check_hub_credentials(self.args, self.hub_api)
-        phases = self.plan_phases()
+        self._phases = phases = self.plan_phases()
         root = Path(self.args.output_dir)
         self.fingerprint = run_fingerprint(model.config, self.args, [p.name for p in phases])
         check_output_dir(root, self.fingerprint, bool(resume_from_checkpoint))
-        state = self._load_state(root, phases) if resume_from_checkpoint else {"completed_phases": []}
+        state = {"completed_phases": []}
+        if resume_from_checkpoint:
+            state = load_run_state(root, phases, model)
+            self.stage_metrics = {int(k): v for k, v in state.get("stage_metrics", {}).items()}
         explicit_checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
-        original = (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps)
-        original_dataset = self.train_dataset
-        use_cache, cache_reason = self.prefix_cache_decision()
+        _, cache_reason = self.prefix_cache_decision()
         total_steps, total_loss, runtime, output = 0, 0.0, 0.0, None
         started = time.time()
-        try:
-            for phase in phases:
-                if phase.name in state["completed_phases"]:
-                    continue
-                self._phase = phase
-                model.set_trainable_modules(phase.modules)
-                model.evaluated_modules = max(max(phase.modules) + 1, self._modules_trained_so_far(state, phases))
-                self.train_dataset, self._cache_collator = original_dataset, None
-                model.cached_input_module = None
-                first = min(phase.modules)
-                if self.args.trgl_mode != "parallel" and first > 0:
-                    if use_cache:
-                        logger.info("%s: caching the frozen prefix's outputs once (%s).", phase.name, cache_reason)
-                        self.train_dataset = self._build_prefix_cache(first)
-                        pad_id = getattr(model.backbone.config, "pad_token_id", None)
-                        self._cache_collator = functools.partial(
-                            collate_cached_rows, pad_values={"input_ids": pad_id if pad_id is not None else 0}
-                        )
-                        model.cached_input_module = first
-                    else:
-                        logger.info("%s: recomputing the frozen prefix every step (%s).", phase.name, cache_reason)
-                self._reset_for_phase()
-                self.args.output_dir = str(root / PHASES_DIR / phase.name)
-                self.args.num_train_epochs, self.args.max_steps = phase.num_train_epochs, phase.max_steps
+        for phase in phases:
+            if phase.name in state["completed_phases"]:
+                continue
+            with self._phase_scope(phase, root, cache_reason):
                 checkpoint = self._phase_checkpoint(phase, explicit_checkpoint) if resume_from_checkpoint else None
                 output = super().train(
                     resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
                 )
-                total_steps += output.global_step
-                total_loss += output.training_loss * output.global_step
-                runtime += output.metrics.get("train_runtime", 0.0)
                 self.trgl_log_history.extend({**entry, "trgl_phase": phase.name} for entry in self.state.log_history)
-                self.args.output_dir = str(root)
+            total_steps += output.global_step
+            total_loss += output.training_loss * output.global_step
+            runtime += output.metrics.get("train_runtime", 0.0)
+            with model.phase(phase.modules, evaluated=phase.evaluated_modules):
                 self._finish_phase(phase, state, root)
-        finally:
-            self.args.output_dir, self.args.num_train_epochs, self.args.max_steps = original
-            self.train_dataset, self._cache_collator = original_dataset, None
-            model.cached_input_module = None
-            model.evaluated_modules = None
-            self._phase = None
         model.set_trainable_modules(range(model.num_modules))
         model.config.trained_modules = model.num_modules
         metrics = {"train_runtime": runtime, "train_wall_time": time.time() - started}
@@ -339,17 +202,36 @@ class TRGLTrainer(Trainer):
         self.state.log_history = list(self.trgl_log_history)
         return TrainOutput(total_steps, total_loss / max(total_steps, 1), metrics)
 
-    def _modules_trained_so_far(self, state: dict[str, Any], phases: list[Phase]) -> int:
-        done = [index for phase in phases if phase.name in state["completed_phases"] for index in phase.modules]
-        return max(done) + 1 if done else 0
+    @contextmanager
+    def _phase_scope(self, phase: Phase, root: Path, cache_reason: str) -> Iterator[None]:
+        """Everything a phase changes, applied for the duration of the phase's training loop and then undone: the
+        trained modules, the training data (the prefix cache), the folder, epochs and steps of the Trainer."""
+        model: TRGLModel = self.model
+        saved = (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset)
+        self._phase = phase
+        try:
+            with model.phase(phase.modules, evaluated=phase.evaluated_modules):
+                if phase.cached_from is not None:
+                    logger.info("%s: caching the frozen prefix's outputs once (%s).", phase.name, cache_reason)
+                    self.train_dataset = self._build_prefix_cache(phase.cached_from)
+                    self._cache_collator = cache_collator(getattr(model.backbone.config, "pad_token_id", None))
+                elif min(phase.modules) > 0 and self.args.trgl_mode != "parallel":
+                    logger.info("%s: recomputing the frozen prefix every step (%s).", phase.name, cache_reason)
+                model.cached_input_module = phase.cached_from
+                self._reset_for_phase()
+                self.args.output_dir = str(phase.output_dir(root))
+                self.args.num_train_epochs, self.args.max_steps = phase.num_train_epochs, phase.max_steps
+                yield
+        finally:
+            self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset = saved
+            self._cache_collator = None
+            self._phase = None
 
     def _reset_for_phase(self) -> None:
         """Fresh optimizer, scheduler and distributed wrapper for the next phase."""
         self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model
-        self.accelerator._optimizers.clear()
-        self.accelerator._schedulers.clear()
-        self.accelerator._models.clear()
+        reset_accelerator(self.accelerator)
         self._module_sums = {}
 
     def get_train_dataloader(self) -> DataLoader:
@@ -362,12 +244,12 @@ class TRGLTrainer(Trainer):
         finally:
             self.data_collator = collator
 
-    def _build_prefix_cache(self, first_module: int) -> PrefixCacheDataset:
+    def _build_prefix_cache(self, first_module: int):
         model: TRGLModel = self.model
         dataset = self.train_dataset
         if hasattr(dataset, "column_names"):
-            dataset = self._remove_unused_columns(dataset, description="prefix cache")
-        collator = self._get_collator_with_removed_columns(self.data_collator, description="prefix cache")
+            dataset = remove_unused_columns(self, dataset, description="prefix cache")
+        collator = collator_without_unused_columns(self, self.data_collator, description="prefix cache")
         loader = DataLoader(
             dataset,
             batch_size=self.args.per_device_eval_batch_size,
@@ -375,19 +257,8 @@ class TRGLTrainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
         )
         model.to(self.args.device)
-        model.train()
-        rows: list[dict[str, torch.Tensor]] = []
-        with torch.no_grad(), self.accelerator.autocast():
-            for batch in loader:
-                batch = self._prepare_inputs(batch)
-                labels = batch.pop("labels")
-                for step in model.iter_modules(last_module=first_module - 1, frozen_heads=False, **batch):
-                    hidden = step.hidden_state
-                context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
-                columns = {"trgl_hidden_states": hidden, "labels": labels, **context}
-                token_columns = (*TOKEN_COLUMNS, "labels") if model.task.is_language_model else TOKEN_COLUMNS
-                rows += split_into_rows({name: value.cpu() for name, value in columns.items()}, token_columns)
-        return PrefixCacheDataset(rows)
+        batches = (prepare_inputs(self, batch) for batch in loader)
+        return build_prefix_cache(model, batches, first_module, self.accelerator.autocast())
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -395,7 +266,7 @@ class TRGLTrainer(Trainer):
         """Forward every module; backpropagate each trainable module's loss as soon as it exists."""
         model.train()
         net: TRGLModel = self.accelerator.unwrap_model(model)
-        inputs = self._prepare_inputs(inputs)
+        inputs = prepare_inputs(self, inputs)
         accumulation = self.current_gradient_accumulation_steps
         total = torch.zeros((), device=self.args.device)
         task_losses = {}
@@ -423,11 +294,6 @@ class TRGLTrainer(Trainer):
     def _synchronise(self, net: TRGLModel, task_losses: dict[int, torch.Tensor]) -> None:
         """Average gradients (and the multiplier updates' losses) over processes; update multipliers."""
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        update_multipliers = (
-            net.config.use_transport
-            and net.config.tau_schedule == "multipliers"
-            and (self.state.global_step + 1) % net.config.multiplier_period == 0
-        )
         if distributed:
             params = [p for p in net.parameters() if p.requires_grad]
             for param in params:
@@ -443,8 +309,7 @@ class TRGLTrainer(Trainer):
                 param.grad.copy_(flat[offset : offset + param.numel()].view_as(param.grad))
                 offset += param.numel()
             task_losses = {k: flat[offset + i] for i, k in enumerate(task_losses)}
-        if update_multipliers:
-            net.update_multipliers({k: float(v) for k, v in task_losses.items()})
+        net.transport_schedule.after_step(self.state.global_step + 1, task_losses)
 
     def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
         """Clip each trainable module's gradients separately to `max_grad_norm`; return the global norm."""
@@ -481,7 +346,7 @@ class TRGLTrainer(Trainer):
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Return the last evaluated module's loss and every evaluated module's logits `(batch, modules, labels)`."""
-        inputs = self._prepare_inputs(inputs)
+        inputs = prepare_inputs(self, inputs)
         labels = inputs.get("labels")
         with torch.no_grad(), self.compute_loss_context_manager():
             outputs = model(**inputs)
@@ -507,29 +372,17 @@ class TRGLTrainer(Trainer):
                 for name, value in metrics.items()
                 if name.startswith(f"eval_module_{stage}_")
             }
-        model.config.trained_modules = self._modules_trained_so_far(
-            {"completed_phases": [*state["completed_phases"], phase.name]}, self.plan_phases()
-        )
+        model.config.trained_modules = phase.evaluated_modules
         state["completed_phases"].append(phase.name)
         state["stage_metrics"] = {str(k): v for k, v in self.stage_metrics.items()}
+        phases = self._phases
         if self.args.should_save:
-            phases = self.plan_phases()
             if self.args.trgl_save_stages:
                 for index in phase.final_modules:
                     self.save_stage(index + 1, root / stage_dirname(index + 1))
                     if self.args.push_to_hub:
                         self._push_stage(index + 1, root / stage_dirname(index + 1), final=phase == phases[-1])
-            if phase != phases[-1]:
-                with atomic_directory(root / PROGRESS_DIR) as staging:
-                    model.save_pretrained(staging)
-            else:
-                shutil.rmtree(root / PROGRESS_DIR, ignore_errors=True)
-            write_json(
-                root / STATE_FILE, {**state, "phases": [p.name for p in phases], "fingerprint": self.fingerprint}
-            )
-            shutil.rmtree(root / PHASES_DIR / phase.name, ignore_errors=True)
-            if root.joinpath(PHASES_DIR).exists() and not any(root.joinpath(PHASES_DIR).iterdir()):
-                root.joinpath(PHASES_DIR).rmdir()
+            save_run_state(root, state, phases, phase, model, self.fingerprint)
         self.accelerator.wait_for_everyone()
 
     def save_stage(self, stage: int, directory: str | os.PathLike) -> Path:
@@ -540,15 +393,12 @@ class TRGLTrainer(Trainer):
             "base_model": model.config.base_model_name_or_path,
             "dataset": _dataset_name(self.train_dataset),
             "trgl_mode": self.args.trgl_mode,
-            "taus": model.config.module_taus() if model.config.tau_schedule != "multipliers" else "multipliers",
+            "taus": model.transport_schedule.describe(),
             "use_transport": model.config.use_transport,
             "metrics": self.stage_metrics.get(stage, {}),
             "module_table": self.module_table(),
             "run_fingerprint": getattr(self, "fingerprint", None),
         }
-        info["taus"] = (
-            [None if math.isinf(t) else t for t in info["taus"]] if isinstance(info["taus"], list) else (info["taus"])
-        )
         return save_stage(exported, directory, stage, model.num_modules, info)
 
     @property
@@ -594,24 +444,6 @@ class TRGLTrainer(Trainer):
             values = [f"{metrics[n]:.4f}" if n in metrics else "" for n in names]
             lines.append(f"| {stage} | " + " | ".join(values) + " |")
         return "\n".join(lines)
-
-    def _load_state(self, root: Path, phases: list[Phase]) -> dict[str, Any]:
-        state_path = root / STATE_FILE
-        if not state_path.exists():
-            return {"completed_phases": []}
-        state = json.loads(state_path.read_text())
-        expected = [p.name for p in phases]
-        if state.get("phases") != expected:
-            raise ValueError(
-                f"{state_path} belongs to a run with phases {state.get('phases')}, not {expected}: resume with the "
-                "same `trgl_mode`, `trgl_laps` and number of modules, or use a new `output_dir`."
-            )
-        if state["completed_phases"] and (root / PROGRESS_DIR).exists():
-            check_weight_folder(root / PROGRESS_DIR)
-            restored = TRGLModel.from_pretrained(root / PROGRESS_DIR)
-            self.model.load_state_dict(restored.state_dict())
-        self.stage_metrics = {int(k): v for k, v in state.get("stage_metrics", {}).items()}
-        return state
 
     def _phase_checkpoint(self, phase: Phase, explicit: str | None) -> str | None:
         if explicit is not None:

@@ -137,9 +137,8 @@ class ModelAdapter(ABC):
         self.backbone = backbone
         self.head_template = head_template
         self.blocks: list[nn.Module] = self.find_blocks(backbone)
-        self.energy_requires_grad = True
 
-    def energy(self, residual: torch.Tensor, needs_copy: bool = False) -> torch.Tensor:
+    def energy(self, residual: torch.Tensor, differentiable: bool, needs_copy: bool = False) -> torch.Tensor:
         """mean(r ** 2) of a residual branch: differentiable when the transport term is trained, else a detached
         value for logging that keeps nothing alive (VanGL pays no memory for it).
 
@@ -147,15 +146,15 @@ class ModelAdapter(ABC):
             residual (`torch.Tensor`): the branch output.
             needs_copy (`bool`): the tensor is modified in place later (copy it before autograd saves it).
         """
-        if not self.energy_requires_grad or not torch.is_grad_enabled():
+        if not differentiable or not torch.is_grad_enabled():
             with torch.no_grad():
                 return branch_energy(residual)
         return branch_energy(residual.clone() if needs_copy else residual)
 
-    def difference_energy(self, after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    def difference_energy(self, after: torch.Tensor, before: torch.Tensor, differentiable: bool) -> torch.Tensor:
         """mean((after - before) ** 2) of a branch given by the residual stream around it, like `energy` (detached
         when the transport term is not trained); the difference is recomputed in backward rather than kept."""
-        if not self.energy_requires_grad or not torch.is_grad_enabled():
+        if not differentiable or not torch.is_grad_enabled():
             with torch.no_grad():
                 return branch_energy(after - before)
         return DifferenceEnergy.apply(after, before)
@@ -178,8 +177,15 @@ class ModelAdapter(ABC):
         return BlockState(hidden)
 
     @abstractmethod
-    def run_block(self, index: int, state: BlockState) -> tuple[BlockState, list[torch.Tensor]]:
-        """Run block `index` and return its output and the kinetic energy mean(r ** 2) of each residual branch."""
+    def run_block(self, index: int, state: BlockState, energy: bool = False) -> tuple[BlockState, list[torch.Tensor]]:
+        """Run block `index` and return its output and the kinetic energy mean(r ** 2) of each residual branch.
+
+        Args:
+            index (`int`): the block.
+            state ([`BlockState`]): its input.
+            energy (`bool`): the energies are trained (differentiable); otherwise they are detached values for
+                logging that keep nothing alive.
+        """
 
     @abstractmethod
     def build_head(
@@ -231,7 +237,7 @@ class ModelAdapter(ABC):
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
                 state = self.embed(**inputs)
                 for index in range(len(self.blocks)):
-                    state, _ = self.run_block(index, state)
+                    state, _ = self.run_block(index, state, energy=True)
                     hidden = state.hidden
                     probes.append(
                         BlockProbe(

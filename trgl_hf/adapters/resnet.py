@@ -57,7 +57,7 @@ class ResNetAdapter(ModelAdapter):
             raise ValueError("ResNet modules need `pixel_values` (batch, channels, height, width).")
         return BlockState(self.backbone.embedder(pixel_values))
 
-    def run_block(self, index: int, state: BlockState) -> tuple[BlockState, list[torch.Tensor]]:
+    def run_block(self, index: int, state: BlockState, energy: bool = False) -> tuple[BlockState, list[torch.Tensor]]:
         block = self.blocks[index]
         energies: list[torch.Tensor] = []
         fused: dict[str, torch.Tensor] = {}
@@ -72,10 +72,10 @@ class ResNetAdapter(ModelAdapter):
             if fused.get("branch") is output:
                 energies.append(fused["energy"])
             else:
-                energies.append(self.energy(output, needs_copy=True))
+                energies.append(self.energy(output, energy, needs_copy=True))
 
         handles = [block.layer.register_forward_hook(capture)]
-        normalization = self._final_normalization(block)
+        normalization = self._final_normalization(block, energy)
         if normalization is not None:
             handles.append(normalization.register_forward_hook(fuse_with_normalization))
         try:
@@ -85,11 +85,11 @@ class ResNetAdapter(ModelAdapter):
                 handle.remove()
         return state.with_hidden(output), energies
 
-    def _final_normalization(self, block: nn.Module) -> nn.BatchNorm2d | None:
+    def _final_normalization(self, block: nn.Module, energy: bool) -> nn.BatchNorm2d | None:
         """The batch normalization whose output is the branch, when the energy can be fused with it (training mode,
         plain `nn.BatchNorm2d`: `SyncBatchNorm` normalizes with statistics of other processes that a recomputation
         would not see); `None` otherwise (the branch is copied before the in-place addition)."""
-        if not (self.energy_requires_grad and torch.is_grad_enabled()):
+        if not (energy and torch.is_grad_enabled()):
             return None
         normalizations = [m for m in block.layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         last = normalizations[-1] if normalizations else None

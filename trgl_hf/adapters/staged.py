@@ -64,10 +64,10 @@ class StagedAdapter(TransformerAdapter):
         transition = self.transition(index)
         return [transition] if transition is not None else []
 
-    def run_block(self, index: int, state: BlockState) -> tuple[BlockState, list[torch.Tensor]]:
+    def run_block(self, index: int, state: BlockState, energy: bool = False) -> tuple[BlockState, list[torch.Tensor]]:
         if self.transition(index) is not None:
             state = state.with_hidden(self.apply_transition(index, state, state.hidden))
-        return super().run_block(index, state)
+        return super().run_block(index, state, energy)
 
     def stage_config(self, num_blocks: int) -> Any:
         config = copy.deepcopy(self.backbone.config)

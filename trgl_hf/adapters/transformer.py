@@ -187,7 +187,7 @@ class TransformerAdapter(ModelAdapter):
     def state_from_cache(self, hidden: torch.Tensor, **inputs: Any) -> BlockState:
         return self.embed(**inputs).with_hidden(hidden)
 
-    def run_block(self, index: int, state: BlockState) -> tuple[BlockState, list[torch.Tensor]]:
+    def run_block(self, index: int, state: BlockState, energy: bool = False) -> tuple[BlockState, list[torch.Tensor]]:
         block = self.blocks[index]
         args, kwargs = state.call(index)
         records: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
@@ -214,15 +214,15 @@ class TransformerAdapter(ModelAdapter):
             output = output[0]
         records = [(name, _as_stream(point, output), after) for name, point, after in records]
         self._check_records(index, records, output)
-        energy = self.difference_energy
         if isinstance(self.layout, PostNorm):
             energies, stream = [], state.hidden
             for _, norm_input, norm_output in records:
-                energies.append(energy(norm_input, stream))
+                energies.append(self.difference_energy(norm_input, stream, energy))
                 stream = norm_output
             return state.with_hidden(output), energies
         stream = [state.hidden] + [point for _, point, _ in records] + [output]
-        return state.with_hidden(output), [energy(after, before) for before, after in zip(stream, stream[1:])]
+        pairs = zip(stream, stream[1:])
+        return state.with_hidden(output), [self.difference_energy(after, before, energy) for before, after in pairs]
 
     def _check_records(self, index: int, records: list, output: torch.Tensor) -> None:
         names = tuple(name for name, _, _ in records)

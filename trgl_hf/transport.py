@@ -1,0 +1,89 @@
+"""The transport schedule: the one place that decides how much each module's transport cost weighs.
+
+    loss_k = task loss_k + weight(k) * transport_k
+
+- `use_transport=False` (VanGL): weight 0, and the transport cost is not part of any graph;
+- a list `tau`: weight 1 / (2 tau_k) with the given tau_k;
+- `tau_schedule="halves"` (the paper's rule): tau / 2 for the first floor(K / 2) modules, tau for the others;
+- `tau_schedule="constant"`: tau for every module;
+- `tau_schedule="multipliers"` (the paper's appendix D): weight 1 / lambda_k, with lambda_k += h * task loss_k every
+  `multiplier_period` optimizer steps; lambda lives in the model's `multipliers` buffer (saved with it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+class TransportSchedule:
+    """Weights of the transport term of every module, from a [`TRGLConfig`] and the multiplier state.
+
+    Args:
+        config (`TRGLConfig`): `use_transport`, `tau`, `tau_schedule`, `multiplier_*` and `num_modules` are read.
+        multipliers (`torch.Tensor`, *optional*): the lambda_k of the `"multipliers"` schedule (updated in place).
+
+    Example:
+    ```python
+    >>> from trgl_hf import TRGLConfig
+    >>> TransportSchedule(TRGLConfig(num_modules=4, tau=2.0)).weight(0)
+    0.5
+    ```
+    """
+
+    def __init__(self, config: Any, multipliers: torch.Tensor | None = None):
+        self.config = config
+        self.multipliers = multipliers
+
+    @property
+    def uses_multipliers(self) -> bool:
+        """Whether weights come from the method of multipliers (and change during training)."""
+        return bool(self.config.use_transport) and self.config.tau_schedule == "multipliers"
+
+    def taus(self) -> list[float]:
+        """tau_k of every module (`inf` when the transport term is off); meaningless under multipliers."""
+        num_modules = int(self.config.num_modules)
+        tau = self.config.tau
+        if not self.config.use_transport:
+            return [math.inf] * num_modules
+        if isinstance(tau, (list, tuple)):
+            return [float(t) for t in tau]
+        if self.config.tau_schedule == "halves":
+            first_half = num_modules // 2
+            return [tau / 2] * first_half + [float(tau)] * (num_modules - first_half)
+        return [float(tau)] * num_modules
+
+    def weight(self, index: int) -> float:
+        """Weight of module `index`'s transport cost: 0 (off), 1 / lambda_k (multipliers) or 1 / (2 tau_k)."""
+        if not self.config.use_transport:
+            return 0.0
+        if self.uses_multipliers:
+            if self.multipliers is None:
+                raise ValueError("The multipliers schedule needs the model's `multipliers` buffer.")
+            return 1.0 / float(self.multipliers[index])
+        tau = self.taus()[index]
+        return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
+
+    def updates_at(self, step: int) -> bool:
+        """Whether the multipliers are updated after optimizer step `step` (1-based)."""
+        return self.uses_multipliers and step % int(self.config.multiplier_period) == 0
+
+    @torch.no_grad()
+    def after_step(self, step: int, task_losses: dict[int, Any]) -> None:
+        """Method-of-multipliers update after optimizer step `step` (1-based): lambda_k += h * task loss of module k
+        (the losses already averaged over processes). Does nothing for the other schedules or between periods."""
+        if not self.updates_at(step):
+            return
+        for index, value in task_losses.items():
+            self.multipliers[index] += self.config.multiplier_step * float(value)
+
+    def describe(self) -> list[float | None] | str:
+        """For model cards and run metadata: tau per module (None when off), or `"multipliers"`."""
+        if self.uses_multipliers:
+            return "multipliers"
+        return [None if math.isinf(t) else t for t in self.taus()]
+
+
+__all__ = ["TransportSchedule"]
