@@ -1,7 +1,7 @@
 """Tiny Shakespeare, character-level GPT-2 trained from scratch: sequential TRGL vs VanGL vs end-to-end.
 
-    python benchmarks/lm_tiny_shakespeare.py            # the committed configuration (~15 min on 2 shared CPU cores)
-    python benchmarks/lm_tiny_shakespeare.py --quick    # smoke run (a minute or two), temporary outputs
+    python -m benchmarks.lm_tiny_shakespeare            # the committed configuration (~15 min on 2 shared CPU cores)
+    python -m benchmarks.lm_tiny_shakespeare --quick    # smoke run on synthetic text (seconds), temporary outputs
 
 Data (`$SHARED_DATA/tiny_shakespeare/input.txt`, default `/work/shared/data/tiny_shakespeare`): the usual 90/5/5 split
 by character of the data README (train `[:1003854]`, validation `[1003854:1059624]`, test `[1059624:]`), a character
@@ -28,78 +28,23 @@ divides the number of blocks, so that average is exactly the per-token mean.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
-import json
 import os
-import platform
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-import torch  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-START = time.perf_counter()
-CUTS = {"train": (0, 1003854), "validation": (1003854, 1059624), "test": (1059624, None)}
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - START:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def load_blocks(path: Path, block_size: int, limits: dict[str, int | None]):
-    from datasets import Dataset
-
-    text = path.read_text(encoding="utf-8")
-    vocab = sorted(set(text))
-    index = {c: i for i, c in enumerate(vocab)}
-    splits, info = {}, {}
-    for name, (start, end) in CUTS.items():
-        part = text[start:end]
-        ids = [index[c] for c in part]
-        blocks = [ids[i : i + block_size] for i in range(0, len(ids) - block_size + 1, block_size)]
-        if limits.get(name) is not None:
-            blocks = blocks[: limits[name]]
-        splits[name] = Dataset.from_dict({"input_ids": blocks, "labels": blocks}).with_format("torch")
-        info[name] = {"characters": len(part), "blocks": len(blocks)}
-    return splits, vocab, info
-
-
-def build_base(vocab_size: int, opts):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(opts.seed)
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=opts.block_size,
-        n_embd=opts.n_embd,
-        n_layer=opts.n_layer,
-        n_head=opts.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        tie_word_embeddings=False,
-    )
-    return GPT2LMHeadModel(config)
+from benchmarks.common import data, env, models, report
+from benchmarks.common.env import log
+from benchmarks.reports import lm_tiny_shakespeare as lm_report
 
 
 def run_method(
     name: str, num_modules: int, use_transport: bool, data, vocab_size: int, opts, work_dir: Path
 ) -> dict[str, Any]:
-    from transformers.utils import logging as hf_logging
-
     from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
 
-    hf_logging.set_verbosity_error()
-    base = build_base(vocab_size, opts)
+    base = models.build_gpt2(vocab_size, opts.block_size, opts.n_embd, opts.n_layer, opts.n_head, opts.seed)
     model = TRGLModel.from_base(base, TRGLConfig(num_modules=num_modules, tau=opts.tau, use_transport=use_transport))
     training_args = TRGLTrainingArguments(
         output_dir=str(work_dir / name.replace(" ", "_")),
@@ -175,132 +120,6 @@ def run_method(
     return result
 
 
-def environment(command: str) -> dict[str, Any]:
-    import datasets
-    import transformers
-
-    import trgl_hf
-
-    return {
-        "command": command,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "trgl_hf": getattr(trgl_hf, "__version__", None),
-        "torch_num_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    colors = {}
-    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
-    for ax, split in zip(axes, ("validation", "test")):
-        for r in report["results"]:
-            layers = [m["layers"] for m in r["modules"]]
-            values = [m[f"{split}_perplexity"] for m in r["modules"]]
-            if r["method"] == "E2E":
-                ax.axhline(values[0], color="black", linewidth=0.8, linestyle=":")
-                ax.plot(layers, values, "*", markersize=15, color="black", label="E2E (all layers)")
-                continue
-            kind, k = r["method"].split()
-            color = colors.setdefault(k, palette[len(colors) % len(palette)])
-            style = "-o" if kind == "TRGL" else "--s"
-            ax.plot(layers, values, style, color=color, alpha=0.9 if kind == "TRGL" else 0.6, label=r["method"])
-        ax.set_title(f"{split}")
-        ax.set_xlabel("layers below the module's head")
-        ax.set_xticks(range(1, report["config"]["n_layer"] + 1))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("perplexity per character")
-    axes[1].legend(loc="upper right", fontsize=8)
-    cfg = report["config"]
-    fig.suptitle(
-        f"Tiny Shakespeare, char-level GPT-2 ({cfg['n_layer']} layers x {cfg['n_embd']}): perplexity per "
-        f"module, {cfg['steps']} steps per module (E2E: {cfg['steps']} steps)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def markdown(report: dict[str, Any]) -> str:
-    cfg, env = report["config"], report["environment"]
-    d = report["data"]
-    lines = [
-        "# Tiny Shakespeare, character-level GPT-2 from scratch: sequential TRGL vs VanGL vs end-to-end",
-        "",
-        "```bash",
-        env["command"],
-        "```",
-        "",
-        f"Run on {env['date']} with torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['torch_num_threads']} torch thread(s) on a machine with {env['cpu_count']} CPU cores shared with other "
-        f"jobs (load average {env['load_average_at_start'][0]:.2f} at start), so wall times are indicative only. "
-        f"Total run time {report['total_wall_s']:.0f} s.",
-        "",
-        f"Data: `tiny_shakespeare/input.txt`, 90/5/5 split by character, {cfg['vocab_size']}-character vocabulary, "
-        f"non-overlapping blocks of {cfg['block_size']} characters: {d['train']['blocks']} train, "
-        f"{d['validation']['blocks']} validation, {d['test']['blocks']} test blocks. Model: GPT-2 with "
-        f"{cfg['n_layer']} layers, n_embd {cfg['n_embd']}, {cfg['n_head']} heads, no dropout, untied embeddings, "
-        f"{cfg['parameters']:,} parameters, trained from scratch (same initial weights for every method). "
-        f'Training: {cfg["steps"]} optimizer steps per module (TRGL/VanGL, `trgl_mode="sequential"`, frozen prefix '
-        f"cached) and {cfg['steps']} steps for E2E (the same code path with K = 1), batch {cfg['batch_size']}, AdamW "
-        f"(`{cfg['optim']}`) lr {cfg['lr']}, weight decay 0.01, cosine schedule with {cfg['warmup_steps']} warm-up "
-        f"steps, seed {cfg['seed']}. tau = {cfg['tau']:g} (the library default, `halves` schedule: tau / 2 for the "
-        "first half of the modules), not tuned. Loss = next-character cross-entropy in nats; perplexity = exp(loss). "
-        "These are short runs, far from convergence."
-        + (
-            ""
-            if 4 in cfg["num_modules"]
-            else " K = 4 (one layer per module, `--num-modules 2 4`) was left out to "
-            "keep the run under ~15 minutes on 2 shared CPU cores."
-        ),
-        "",
-        "## Per module",
-        "",
-        "| method | module | layers | validation loss | validation perplexity | test loss | test perplexity |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in report["results"]:
-        for m in r["modules"]:
-            lines.append(
-                f"| {r['method']} | {m['module']} | {m['layers']} | {m['validation_loss']:.4f} | "
-                f"{m['validation_perplexity']:.3f} | {m['test_loss']:.4f} | {m['test_perplexity']:.3f} |"
-            )
-    lines += [
-        "",
-        "## Summary",
-        "",
-        "| method | last module test perplexity | best module (by validation) | its test perplexity | optimizer steps"
-        " | train wall time (s) | evaluation wall time (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in report["results"]:
-        lines.append(
-            f"| {r['method']} | {r['last_module_test_perplexity']:.3f} | {r['best_module_by_validation']} | "
-            f"{r['best_module_test_perplexity']:.3f} | {r['train_steps']} | {r['train_wall_s']:.0f} | "
-            f"{r['eval_wall_s']:.0f} |"
-        )
-    lines += [
-        "",
-        "![perplexity per module](tiny_shakespeare_gpt2.png)",
-        "",
-        "Raw numbers (with training logs): `tiny_shakespeare_gpt2.json`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("SHARED_DATA", "/work/shared/data") + "/tiny_shakespeare")
@@ -326,40 +145,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, output to a temporary folder")
     opts = parser.parse_args(argv)
-    command = "python " + " ".join(
-        [os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0].endswith(".py") else sys.argv[0]]
-        + (sys.argv[1:] if argv is None else argv)
-    )
+    command = env.command_line("lm_tiny_shakespeare", argv)
     limits: dict[str, int | None] = {}
-    if opts.quick:
-        opts.steps, opts.warmup_steps, opts.n_embd, opts.eval_batch_size = 10, 2, 32, 29
-        limits = {"train": 512, "validation": 87, "test": 87}
-    torch.set_num_threads(opts.threads)
-    out_dir = (
-        Path(opts.out_dir)
-        if opts.out_dir
-        else (Path(tempfile.mkdtemp(prefix="lm_quick_")) if opts.quick else REPO_ROOT / "benchmarks" / "results")
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    data, vocab, data_info = load_blocks(Path(opts.data_dir) / "input.txt", opts.block_size, limits)
+    cuts = data.SHAKESPEARE_CUTS
+    if opts.quick:  # synthetic text: the run needs no data folder
+        opts.steps, opts.warmup_steps, opts.n_embd, opts.n_layer, opts.eval_batch_size = 4, 1, 32, 2, 8
+        opts.block_size, opts.batch_size = 32, 8
+        text, cuts = data.synthetic_text(6000), {"train": (0, 4000), "validation": (4000, 5000), "test": (5000, None)}
+    else:
+        text = (Path(opts.data_dir) / "input.txt").read_text(encoding="utf-8")
+    env.setup(opts.threads)
+    out_dir = env.out_dir(opts.out_dir, opts.quick, "lm_tiny_shakespeare")
+    splits, vocab, data_info = data.char_blocks(text, opts.block_size, cuts, limits)
     for name in ("validation", "test"):
-        if len(data[name]) % opts.eval_batch_size:
+        if len(splits[name]) % opts.eval_batch_size:
             log(
-                f"warning: {len(data[name])} {name} blocks are not a multiple of the evaluation batch "
+                f"warning: {len(splits[name])} {name} blocks are not a multiple of the evaluation batch "
                 f"{opts.eval_batch_size}: the library's per-batch average over-weights the last batch"
             )
     log(f"data: {data_info}, vocabulary {len(vocab)}")
-    parameters = sum(p.numel() for p in build_base(len(vocab), opts).parameters())
+    base = models.build_gpt2(len(vocab), opts.block_size, opts.n_embd, opts.n_layer, opts.n_head, opts.seed)
+    parameters = sum(p.numel() for p in base.parameters())
 
     results = []
     with tempfile.TemporaryDirectory(prefix="lm_trgl_") as tmp:
         work_dir = Path(tmp)
-        results.append(run_method("E2E", 1, False, data, len(vocab), opts, work_dir))
+        results.append(run_method("E2E", 1, False, splits, len(vocab), opts, work_dir))
         for k in opts.num_modules:
-            results.append(run_method(f"TRGL K={k}", k, True, data, len(vocab), opts, work_dir))
-            results.append(run_method(f"VanGL K={k}", k, False, data, len(vocab), opts, work_dir))
-    report = {
+            results.append(run_method(f"TRGL K={k}", k, True, splits, len(vocab), opts, work_dir))
+            results.append(run_method(f"VanGL K={k}", k, False, splits, len(vocab), opts, work_dir))
+    result = {
         "benchmark": "tiny_shakespeare_gpt2",
         "config": {
             "vocab_size": len(vocab),
@@ -380,18 +195,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "trgl_mode": "sequential",
             "optim": results[0]["optim"],
             "quick": opts.quick,
+            "data": "synthetic text (quick)" if opts.quick else "tiny_shakespeare/input.txt",
         },
         "data": data_info,
         "results": results,
-        "environment": environment(command),
+        "environment": env.environment(command),
     }
-    report["total_wall_s"] = round(time.perf_counter() - START, 1)
-    (out_dir / "tiny_shakespeare_gpt2.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "tiny_shakespeare_gpt2.md").write_text(markdown(report))
-    plot(report, out_dir / "tiny_shakespeare_gpt2.png")
+    result["total_wall_s"] = round(time.perf_counter() - env.START, 1)
+    report.write_json(out_dir / "tiny_shakespeare_gpt2.json", result, indent=2)
+    report.write_atomically(out_dir / "tiny_shakespeare_gpt2.md", lm_report.markdown(result))
+    lm_report.plot(result, out_dir / "tiny_shakespeare_gpt2.png")
     log(f"wrote tiny_shakespeare_gpt2.json/.md/.png to {out_dir}")
-    print(markdown(report))
-    return report
+    print(lm_report.markdown(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -210,14 +210,13 @@ class TRGLTrainer(Trainer):
         saved = (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset)
         self._phase = phase
         try:
-            with model.phase(phase.modules, evaluated=phase.evaluated_modules):
+            with model.phase(phase.modules, cached_from=phase.cached_from, evaluated=phase.evaluated_modules):
                 if phase.cached_from is not None:
                     logger.info("%s: caching the frozen prefix's outputs once (%s).", phase.name, cache_reason)
                     self.train_dataset = self._build_prefix_cache(phase.cached_from)
                     self._cache_collator = cache_collator(getattr(model.backbone.config, "pad_token_id", None))
                 elif min(phase.modules) > 0 and self.args.trgl_mode != "parallel":
                     logger.info("%s: recomputing the frozen prefix every step (%s).", phase.name, cache_reason)
-                model.cached_input_module = phase.cached_from
                 self._reset_for_phase()
                 self.args.output_dir = str(phase.output_dir(root))
                 self.args.num_train_epochs, self.args.max_steps = phase.num_train_epochs, phase.max_steps
