@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if opts.quick:  # synthetic text: the run needs no data folder
         opts.steps, opts.warmup_steps, opts.n_embd, opts.n_layer, opts.eval_batch_size = 4, 1, 32, 2, 8
         opts.block_size, opts.batch_size = 32, 8
-        text, cuts = data.synthetic_text(6000), {"train": (0, 4000), "validation": (4000, 5000), "test": (5000, None)}
+        text, cuts = data.synthetic_text(6000), {"train": (0, 4000), "validation": (4000, 5024), "test": (5024, None)}
     else:
         text = (Path(opts.data_dir) / "input.txt").read_text(encoding="utf-8")
     env.setup(opts.threads)

@@ -2,7 +2,7 @@
 multi-lap), on the same model and batch.
 
     python -m benchmarks.memory_speed            # CIFAR ResNet-110, batch 256 (+ a batch-128 subset), K = 2..16
-    python -m benchmarks.memory_speed --quick    # smoke mode: ResNet-20, batch 16, K in {2, 4}, temporary output
+    python -m benchmarks.memory_speed --quick    # smoke mode: ResNet-8, batch 8, K = 2, temporary output (seconds)
 
 Memory: one training step (driven through `TRGLModel.phase` / `iter_modules`, see `benchmarks/common/steps.py`) under
 the exact allocator trace of `benchmarks/common/memory.py`. Time: `TRGLTrainer.train()` (parallel, sequential with
@@ -307,7 +307,7 @@ class Bench:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke mode: ResNet-20, batch 16, K in {2, 4}")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: ResNet-8, batch 8, K = 2")
     parser.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results (quick: a temp dir)")
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="first = main table")
@@ -325,13 +325,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     quick = args.quick
-    args.depth = args.depth or (20 if quick else 110)
-    args.batch_sizes = args.batch_sizes or ([16] if quick else [256, 128])
-    args.ks = args.ks or ([2, 4] if quick else [2, 4, 8, 16])
+    args.depth = args.depth or (8 if quick else 110)
+    args.batch_sizes = args.batch_sizes or ([8] if quick else [256, 128])
+    args.ks = args.ks or ([2] if quick else [2, 4, 8, 16])
     args.timed = {"e2e": 1 if quick else 3, "checkpointing": 1, "parallel": 1 if quick else 2, "sequential": 1}
     args.min_sequential_samples = 2 if quick else 4
     args.multilap = [("balanced", args.ks[-1] if quick else 4)]
-    args.timing_ks, args.timing_rounds = ([4], 2) if quick else ([4, 16], 3)
+    args.timing_ks, args.timing_rounds = (args.ks[-1:], 2) if quick else ([4, 16], 3)
     return args
 
 

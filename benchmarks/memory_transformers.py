@@ -219,7 +219,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.bert_ks, args.vit_ks = args.bert_ks or [2], args.vit_ks or [2]
-        args.bert_extra_k = args.vit_extra_k = 4
+        args.bert_extra_k, args.vit_extra_k = 4, 0
         args.timed = 1
     args.bert_ks, args.vit_ks = args.bert_ks or [2, 4], args.vit_ks or [2, 4]
     return args

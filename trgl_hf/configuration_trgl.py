@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Literal
 
@@ -11,6 +12,21 @@ from transformers.configuration_utils import SubConfigSpec
 SPLIT_POLICIES = ("equal", "balanced")
 TAU_SCHEDULES = ("halves", "constant", "multipliers")
 AUX_HEADS = ("conv", "linear", "native")
+
+
+BASE_CONFIG_KEYS = {
+    "transformers_version", "model_type", "architectures", "torch_dtype", "name_or_path", "_name_or_path",
+    "_commit_hash", "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config",
+    "num_labels", "keys_to_ignore_at_inference", "auto_map", "use_cache", "tie_word_embeddings", "torchscript",
+    "pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id", "tokenizer_class",
+    "prefix", "finetuning_task", "task_specific_params", "is_decoder", "add_cross_attention", "tf_legacy_loss",
+    "pruned_heads", "output_scores", "return_dict_in_generate",
+}  # fmt: skip
+"""Keys a saved configuration may hold besides the fields (transformers writes or reads them for every config)."""
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class TRGLConfig(PreTrainedConfig):
@@ -104,13 +120,28 @@ class TRGLConfig(PreTrainedConfig):
     module_output_shapes: list[list[int]] | None = None
 
     def __post_init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - set(PreTrainedConfig.__dataclass_fields__) - BASE_CONFIG_KEYS)
+        if unknown:
+            close = {name: difflib.get_close_matches(name, self.__dataclass_fields__, n=1) for name in unknown}
+            hints = ", ".join(f"`{name}`" + (f" (did you mean `{match[0]}`?)" if match else "")
+                              for name, match in close.items())  # fmt: skip
+            raise ValueError(
+                f"TRGLConfig has no field {hints}: fix the name (the fields are listed in `TRGLConfig`'s docstring)."
+            )
         super().__post_init__(**kwargs)
         self.keys_to_ignore_at_inference = ["module_losses", "transport"]
         self.validate_trgl()
 
     def validate_trgl(self) -> None:
         """Raise a `ValueError` naming the field to change when the configuration cannot describe a TRGL model."""
+        for name in ("num_modules", "multiplier_period", "head_pool_size", "trained_modules"):
+            if not _is_integer(getattr(self, name)):
+                raise ValueError(f"`{name}` must be an integer, got {getattr(self, name)!r}.")
+        if self.image_size is not None and not _is_integer(self.image_size):
+            raise ValueError(f"`image_size` must be an integer (pixels), got {self.image_size!r}.")
         if self.split is not None:
+            if not isinstance(self.split, (list, tuple)) or not all(_is_integer(n) for n in self.split):
+                raise ValueError(f"`split` must list whole numbers of blocks per module, got {self.split!r}.")
             if len(self.split) == 0 or any(int(n) < 1 for n in self.split):
                 raise ValueError(f"`split` must list at least one block per module, got {self.split}.")
             self.num_modules = len(self.split)

@@ -161,13 +161,24 @@ class TRGLModel(PreTrainedModel):
         >>> model = TRGLModel.from_base("microsoft/resnet-18", num_modules=4, tau=10.0, num_labels=10)
         ```
         """
+        if config is not None and set(config_kwargs) - {"num_labels"}:
+            raise ValueError(
+                f"`from_base` got a `config` and also {sorted(set(config_kwargs) - {'num_labels'})}: these keywords "
+                "would be ignored; set them on the TRGLConfig instead."
+            )
+        if "num_labels" in config_kwargs and not isinstance(base_model, (str, os.PathLike)):
+            raise ValueError(
+                "`num_labels` is only used when `base_model` is a path to load; a model object keeps its classifier: "
+                "build it with the `num_labels` you need."
+            )
         if isinstance(base_model, (str, os.PathLike)):
             load_kwargs = {}
             if "num_labels" in config_kwargs:
                 load_kwargs = {"num_labels": config_kwargs.pop("num_labels"), "ignore_mismatched_sizes": True}
             name_or_path = str(base_model)
             base_model = load_task_model(name_or_path, **load_kwargs)
-            config_kwargs.setdefault("base_model_name_or_path", name_or_path)
+            if config is None:
+                config_kwargs.setdefault("base_model_name_or_path", name_or_path)
         if not isinstance(base_model, nn.Module):
             raise ValueError(f"`base_model` must be a transformers model or a path, got {type(base_model).__name__}.")
         config = copy.deepcopy(config) if config is not None else TRGLConfig(**config_kwargs)

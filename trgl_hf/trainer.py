@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -24,17 +25,22 @@ from .data import check_labels
 from .guards import (
     check_hub_credentials,
     check_output_dir,
-    check_sequence_lengths,
+    check_writable,
+    dataset_fingerprint,
+    finite_metrics,
     latest_complete_checkpoint,
     run_fingerprint,
+    run_identity,
 )
 from .hf_internals import collator_without_unused_columns, prepare_inputs, remove_unused_columns, reset_accelerator
 from .hub import HubPushError, push_final, push_run_stages, push_stage
+from .input_checks import check_batch_fits, check_model_inputs, check_sequence_lengths
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .modeling_trgl import TRGLModel
 from .phases import Phase, plan_phases
 from .prefix_cache import build_prefix_cache, cache_collator, prefix_cache_decision
-from .run_state import load_run_state, save_run_state
+from .run_lock import RunLock
+from .run_state import RunCheckpointCallback, RunState, check_checkpoint
 from .training_args import TRGLTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -109,6 +115,7 @@ class TRGLTrainer(Trainer):
         if not isinstance(args, TRGLTrainingArguments):
             raise ValueError("TRGLTrainer needs `TRGLTrainingArguments` (they add `trgl_mode` and friends).")
         self.hub_api = hub_api
+        check_writable(args.output_dir)
         compute_metrics = kwargs.pop("compute_metrics", None)
         if model.task.is_language_model:
             metrics = PerModuleLanguageModelMetrics()
@@ -161,39 +168,94 @@ class TRGLTrainer(Trainer):
         model: TRGLModel = self.model
         num_labels = model.backbone.config.vocab_size if model.task.is_language_model else model.config.num_labels
         eval_sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
-        for name, dataset in {
+        datasets = {
             "train_dataset": self.train_dataset,
             **{f"eval_dataset[{key!r}]" if key else "eval_dataset": value for key, value in eval_sets.items()},
-        }.items():
+        }
+        for name, dataset in datasets.items():
             check_labels(dataset, num_labels, name, model.task)
             check_sequence_lengths(dataset, model, name)
+            check_model_inputs(dataset, model, name)
+        check_batch_fits(self.train_dataset, self.args, "train_dataset")
         check_hub_credentials(self.args, self.hub_api)
         self._phases = phases = self.plan_phases()
         root = Path(self.args.output_dir)
-        self.fingerprint = run_fingerprint(model.config, self.args, [p.name for p in phases])
-        check_output_dir(root, self.fingerprint, bool(resume_from_checkpoint))
-        state = {"completed_phases": []}
+        data = {name: dataset_fingerprint(dataset) for name, dataset in datasets.items()}
+        identity = run_identity(model.config, self.args, [p.name for p in phases], data)
+        self.fingerprint = run_fingerprint(model.config, self.args, [p.name for p in phases], data)
+        lock = RunLock(root)
+        if self.is_world_process_zero():
+            try:
+                lock.acquire()
+            except OSError as error:
+                raise ValueError(
+                    f"`output_dir` {root} is not writable ({error}): choose a folder you can write."
+                ) from error
+        try:
+            output = self._train_phases(
+                root, phases, identity, resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs
+            )
+        finally:
+            lock.release()
+        return output
+
+    def _train_phases(
+        self, root: Path, phases: list[Phase], identity: dict, resume_from_checkpoint: Any, trial: Any,
+        ignore_keys_for_eval: Any, **kwargs: Any,
+    ) -> TrainOutput:  # fmt: skip
+        model: TRGLModel = self.model
+        check_output_dir(root, self.fingerprint, bool(resume_from_checkpoint), identity)
+        writer = self.args.should_save
         if resume_from_checkpoint:
-            state = load_run_state(root, phases, model)
-            self.stage_metrics = {int(k): v for k, v in state.get("stage_metrics", {}).items()}
-        explicit_checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+            run = RunState.load(root, phases, self.fingerprint, identity, writer)
+            explicit = None
+            if isinstance(resume_from_checkpoint, str):
+                explicit = check_checkpoint(resume_from_checkpoint, phases, root, self.fingerprint)
+                earlier = [p.name for p in phases[: phases.index(explicit)] if p.name not in run.completed]
+                if earlier:
+                    raise ValueError(
+                        f"{resume_from_checkpoint} belongs to phase {explicit.name}, but the phases before it "
+                        f"({earlier}) are not finished in {root}: resume with `True`."
+                    )
+            elif not run.completed and not any(latest_complete_checkpoint(p.output_dir(root)) for p in phases):
+                raise ValueError(f"`resume_from_checkpoint=True` but {root} holds no run to resume (no "
+                                 f"trgl_state.json, no checkpoint): train without it to start the run.")  # fmt: skip
+            run.restore(model)
+            self.stage_metrics = dict(run.stage_metrics)
+            self._repair_stages(run, phases)
+        else:
+            run = RunState(root, phases, self.fingerprint, identity, writer)
+            explicit = None
+        run.remove_stray_progress()
+        self._run = run
         _, cache_reason = self.prefix_cache_decision()
         total_steps, total_loss, runtime, output = 0, 0.0, 0.0, None
         started = time.time()
-        for phase in phases:
-            if phase.name in state["completed_phases"]:
-                continue
-            with self._phase_scope(phase, root, cache_reason):
-                checkpoint = self._phase_checkpoint(phase, explicit_checkpoint) if resume_from_checkpoint else None
-                output = super().train(
-                    resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
-                )
-                self.trgl_log_history.extend({**entry, "trgl_phase": phase.name} for entry in self.state.log_history)
-            total_steps += output.global_step
-            total_loss += output.training_loss * output.global_step
-            runtime += output.metrics.get("train_runtime", 0.0)
-            with model.phase(phase.modules, evaluated=phase.evaluated_modules):
-                self._finish_phase(phase, state, root)
+        callback = RunCheckpointCallback(self.fingerprint)
+        self.add_callback(callback)
+        try:
+            for phase in phases:
+                if phase.name in run.completed:
+                    continue
+                with self._phase_scope(phase, root, cache_reason):
+                    checkpoint = None
+                    if explicit is not None and explicit == phase:
+                        checkpoint = str(resume_from_checkpoint)
+                    elif resume_from_checkpoint:
+                        found = latest_complete_checkpoint(phase.output_dir(root))
+                        checkpoint = str(found) if found is not None else None
+                    output = self._completed_checkpoint(checkpoint) if checkpoint else None
+                    if output is None:
+                        output = super().train(resume_from_checkpoint=checkpoint, trial=trial,
+                                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)  # fmt: skip
+                    self.trgl_log_history.extend({**e, "trgl_phase": phase.name} for e in self.state.log_history)
+                total_steps += output.global_step
+                total_loss += output.training_loss * output.global_step
+                runtime += output.metrics.get("train_runtime", 0.0)
+                with model.phase(phase.modules, evaluated=phase.evaluated_modules):
+                    self._finish_phase(phase, run, root)
+        finally:
+            self.remove_callback(callback)
         model.set_trainable_modules(range(model.num_modules))
         model.config.trained_modules = model.num_modules
         metrics = {"train_runtime": runtime, "train_wall_time": time.time() - started}
@@ -201,6 +263,20 @@ class TRGLTrainer(Trainer):
             metrics.update({k: v for k, v in output.metrics.items() if k not in metrics})
         self.state.log_history = list(self.trgl_log_history)
         return TrainOutput(total_steps, total_loss / max(total_steps, 1), metrics)
+
+    def _completed_checkpoint(self, checkpoint: str) -> TrainOutput | None:
+        """The output of a phase whose last checkpoint already holds its final step (the run was killed after it),
+        with the checkpoint's weights loaded; None when the phase still has steps to train. (`Trainer.train` would
+        train one step too many when resumed from the final step.)"""
+        trainer_state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        if trainer_state.get("global_step", 0) < (trainer_state.get("max_steps") or float("inf")):
+            return None
+        model: TRGLModel = self.model
+        model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
+        self.state.log_history = trainer_state.get("log_history", [])
+        loss = next((e["train_loss"] for e in reversed(self.state.log_history) if "train_loss" in e), 0.0)
+        runtime = next((e["train_runtime"] for e in reversed(self.state.log_history) if "train_runtime" in e), 0.0)
+        return TrainOutput(trainer_state["global_step"], loss, {"train_runtime": runtime})
 
     @contextmanager
     def _phase_scope(self, phase: Phase, root: Path, cache_reason: str) -> Iterator[None]:
@@ -361,28 +437,53 @@ class TRGLTrainer(Trainer):
 
     # ------------------------------------------------------------------ stages and state
 
-    def _finish_phase(self, phase: Phase, state: dict[str, Any], root: Path) -> None:
+    def _finish_phase(self, phase: Phase, run: RunState, root: Path) -> None:
+        """Evaluate, record the phase as completed (weights first, then the state), then write its stages."""
         model: TRGLModel = self.model
         metrics = self.evaluate() if self.eval_dataset is not None and phase.final_modules else {}
         for index in phase.final_modules:
             stage = index + 1
-            self.stage_metrics[stage] = {
-                name[len(f"eval_module_{stage}_") :]: value
-                for name, value in metrics.items()
-                if name.startswith(f"eval_module_{stage}_")
-            }
+            prefix = f"eval_module_{stage}_"
+            self.stage_metrics[stage] = finite_metrics(
+                {name[len(prefix) :]: value for name, value in metrics.items() if name.startswith(prefix)}, stage
+            )
         model.config.trained_modules = phase.evaluated_modules
-        state["completed_phases"].append(phase.name)
-        state["stage_metrics"] = {str(k): v for k, v in self.stage_metrics.items()}
-        phases = self._phases
-        if self.args.should_save:
-            if self.args.trgl_save_stages:
-                for index in phase.final_modules:
-                    self.save_stage(index + 1, root / stage_dirname(index + 1))
-                    if self.args.push_to_hub:
-                        self._push_stage(index + 1, root / stage_dirname(index + 1), final=phase == phases[-1])
-            save_run_state(root, state, phases, phase, model, self.fingerprint)
+        run.stage_metrics = dict(self.stage_metrics)
+        run.complete_phase(phase, model)
+        self._write_pending_stages(run, final=phase == self._phases[-1])
         self.accelerator.wait_for_everyone()
+
+    def _write_pending_stages(self, run: RunState, final: bool) -> None:
+        """Export the stages recorded as pending (from the weights now in the model) and record their checksums."""
+        root = Path(self.args.output_dir)
+        for stage in list(run.pending):
+            if self.args.should_save and self.args.trgl_save_stages:
+                self.save_stage(stage, root / stage_dirname(stage))
+                if self.args.push_to_hub:
+                    self._push_stage(stage, root / stage_dirname(stage), final=final and stage == max(run.pending))
+            if self.args.trgl_save_stages:
+                run.record_stage(stage)
+            else:
+                run.pending.remove(stage)
+                run.save()
+
+    def _repair_stages(self, run: RunState, phases: list[Phase]) -> None:
+        """On resume: write the stages left pending by an interrupted transition, and export again any recorded stage
+        whose files were damaged (its modules are final in the restored weights); never rewrite an intact stage."""
+        if not self.args.trgl_save_stages:
+            return
+        damaged = run.damaged_stages()
+        for stage in damaged:
+            logger.warning(
+                "%s is damaged or missing: exporting it again from the run's weights.", stage_dirname(stage)
+            )
+            run.stages.pop(stage)
+        run.pending = sorted({*run.pending, *damaged})
+        if run.pending:
+            model: TRGLModel = self.model
+            done = {index for p in phases if p.name in run.completed for index in p.modules}
+            model.config.trained_modules = max(done) + 1 if done else 0
+            self._write_pending_stages(run, final=len(run.completed) == len(phases))
 
     def save_stage(self, stage: int, directory: str | os.PathLike) -> Path:
         """Export modules 1..`stage` with head `stage` and write them (with a model card) to `directory`."""
@@ -440,15 +541,9 @@ class TRGLTrainer(Trainer):
         names = sorted({name for metrics in self.stage_metrics.values() for name in metrics})
         lines = ["| module | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
         for stage, metrics in sorted(self.stage_metrics.items()):
-            values = [f"{metrics[n]:.4f}" if n in metrics else "" for n in names]
+            values = [f"{metrics[n]:.4f}" if isinstance(metrics.get(n), (int, float)) else "" for n in names]
             lines.append(f"| {stage} | " + " | ".join(values) + " |")
         return "\n".join(lines)
-
-    def _phase_checkpoint(self, phase: Phase, explicit: str | None) -> str | None:
-        if explicit is not None:
-            return explicit if Path(explicit).parent.name == phase.name else None
-        checkpoint = latest_complete_checkpoint(Path(self.args.output_dir))
-        return str(checkpoint) if checkpoint is not None else None
 
 
 def _dataset_name(dataset: Any) -> str | None:

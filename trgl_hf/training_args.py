@@ -58,6 +58,8 @@ class TRGLTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.trgl_mode not in TRGL_MODES:
             raise ValueError(f"`trgl_mode` must be one of {TRGL_MODES}, got {self.trgl_mode!r}.")
+        if not isinstance(self.trgl_laps, int) or isinstance(self.trgl_laps, bool):
+            raise ValueError(f"`trgl_laps` must be a whole number of laps, got {self.trgl_laps!r}.")
         if self.trgl_laps < 1:
             raise ValueError(f"`trgl_laps` must be at least 1, got {self.trgl_laps}.")
         if self.trgl_hub_strategy not in ("branch", "subfolder"):

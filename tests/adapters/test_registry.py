@@ -182,7 +182,9 @@ def test_transport_is_exact_training_runs_and_stages_reproduce_the_heads(class_n
         steps = list(model.iter_modules(**inputs))
     model.save_pretrained(tmp_path / "whole")  # the whole TRGL model round-trips too
     with torch.no_grad():
-        reloaded = [step.logits for step in TRGLModel.from_pretrained(tmp_path / "whole").eval().iter_modules(**inputs)]
+        reloaded = [
+            step.logits for step in TRGLModel.from_pretrained(tmp_path / "whole").eval().iter_modules(**inputs)
+        ]
     for step, logits in zip(steps, reloaded):
         torch.testing.assert_close(logits, step.logits)
     auto = next(auto for suffix, auto in AUTO.items() if class_name.endswith(suffix))

@@ -105,6 +105,7 @@ class ArchitectureSpec:
             and the last block's output.
         check (`Callable`, *optional*): returns why a configuration cannot be trained exactly, or None.
         penalised (`str`): what the transport term penalises, for the docs.
+        fixed_image_size (`bool`): the position embeddings only fit `config.image_size` (inputs are checked).
     """
 
     name: str
@@ -117,6 +118,7 @@ class ArchitectureSpec:
     tail: TailFunction = field(default=norm_then_pooler())
     check: Callable[[Any], str | None] | None = None
     penalised: str = ""
+    fixed_image_size: bool = False
 
     def layout_for(self, config: Any) -> Layout:
         """The block layout for this configuration."""
@@ -163,6 +165,7 @@ _VIT_LIKE = dict(
     tail_names=("layernorm", "pooler"),
     tail=norm_then_pooler("layernorm"),
     penalised="attention and MLP branches (the stream's change across each sub-layer)",
+    fixed_image_size=True,
 )
 
 _ENTRIES = (
