@@ -36,9 +36,12 @@ class PerModuleMetrics:
     Args:
         compute_metrics (`Callable`, *optional*): metrics of one head; defaults to the task's (accuracy for
             single-label classification, micro F1 and exact match for multi-label, MSE for regression).
-        selection_metric (`str`, *optional*): metric used to pick `best_module`; defaults to the task's (falls back to
-            the loss when `compute_metrics` does not report it).
+        selection_metric (`str`, *optional*): metric used to pick `best_module` (`metric_for_best_model` without
+            `eval_`); defaults to the task's, or to the lowest loss when a custom `compute_metrics` does not report
+            it. The result is reported as `best_module_{metric}` under the metric actually used.
         task ([`Task`], *optional*): the heads' task; defaults to single-label classification.
+        greater_is_better (`bool`, *optional*): whether a larger `selection_metric` is better (default: the task's
+            for its own metric, else False for losses / errors and True otherwise, as `TrainingArguments` decides).
     """
 
     def __init__(
@@ -46,11 +49,19 @@ class PerModuleMetrics:
         compute_metrics: MetricFunction | None = None,
         selection_metric: str | None = None,
         task: Task | None = None,
+        greater_is_better: bool | None = None,
     ):
         self.task = task or TASKS["single_label_classification"]
         self.compute_metrics = compute_metrics or self.task.default_metrics
         self.selection_metric = selection_metric or self.task.selection_metric
-        self.greater_is_better = self.task.greater_is_better if selection_metric is None else True
+        self.explicit_selection = selection_metric is not None
+        if greater_is_better is None:
+            greater_is_better = (
+                self.task.greater_is_better
+                if selection_metric is None
+                else not (self.selection_metric.endswith("loss") or self.selection_metric in ("mse", "perplexity"))
+            )
+        self.greater_is_better = greater_is_better
 
     def __call__(self, eval_prediction: EvalPrediction) -> dict[str, float]:
         predictions = np.asarray(eval_prediction.predictions)
@@ -63,17 +74,22 @@ class PerModuleMetrics:
             metrics["loss"] = self.task.numpy_loss(logits, labels)
             for name, value in metrics.items():
                 results[f"module_{index + 1}_{name}"] = value
-            if self.selection_metric in metrics:
-                value = metrics[self.selection_metric]
-                scores.append(value if self.greater_is_better else -value)
-            else:
-                scores.append(-metrics["loss"])
+            selection, greater = self.selection_metric, self.greater_is_better
+            if selection not in metrics and not self.explicit_selection:  # a custom compute_metrics: lowest loss
+                selection, greater = "loss", False
+            if selection not in metrics:
+                raise ValueError(
+                    f"The best module is chosen by {self.selection_metric!r} (`metric_for_best_model`), which the "
+                    f"metrics do not report (they report {sorted(metrics)}): set `metric_for_best_model` to one of "
+                    "them, or return it from `compute_metrics`."
+                )
+            value = metrics[selection]
+            scores.append(value if greater else -value)
             last = metrics
         results.update({name: value for name, value in last.items() if name != "loss"})
         best = int(np.argmax(scores))
         results["best_module"] = best + 1
-        selected = self.selection_metric if self.selection_metric in last else "loss"
-        results[f"best_module_{selected}"] = float(results[f"module_{best + 1}_{selected}"])
+        results[f"best_module_{selection}"] = float(results[f"module_{best + 1}_{selection}"])
         return results
 
 

@@ -71,6 +71,8 @@ class RunState:
         self.stages: dict[int, dict[str, str]] = {}
         self.pending: list[int] = []
         self.progress: str | None = None
+        self.phase_steps: dict[str, int] = {}
+        self.log_history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ reading
 
@@ -103,6 +105,8 @@ class RunState:
         state.stages = {int(k): v for k, v in recorded.get("stages", {}).items()}
         state.pending = [int(k) for k in recorded.get("pending_stages", [])]
         state.progress = recorded.get("progress")
+        state.phase_steps = dict(recorded.get("phase_steps", {}))
+        state.log_history = list(recorded.get("log_history", []))
         return state
 
     @property
@@ -147,6 +151,8 @@ class RunState:
             "stages": {str(k): v for k, v in self.stages.items()},
             "pending_stages": self.pending,
             "progress": self.progress,
+            "phase_steps": self.phase_steps,
+            "log_history": self.log_history,
             "fingerprint": self.fingerprint,
             "identity": self.identity,
         })  # fmt: skip

@@ -17,8 +17,10 @@ from huggingface_hub import HfApi
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import PredictionOutput, TrainOutput
 
 from .checkpointing import save_stage, stage_dirname
 from .data import check_labels
@@ -44,6 +46,11 @@ from .run_state import RunCheckpointCallback, RunState, check_checkpoint
 from .training_args import TRGLTrainingArguments
 
 logger = logging.getLogger(__name__)
+
+
+class TRGLPredictionOutput(PredictionOutput):
+    """`Trainer.predict`'s output (predictions, label_ids, metrics) for one module, with `module_predictions` (every
+    module's logits) and `module` (which module `predictions` come from)."""
 
 
 class NonFiniteLossError(ValueError):
@@ -120,8 +127,12 @@ class TRGLTrainer(Trainer):
         if model.task.is_language_model:
             metrics = PerModuleLanguageModelMetrics()
         else:
-            metrics = PerModuleMetrics(compute_metrics, task=model.task)
+            selection = args.metric_for_best_model
+            selection = selection[len("eval_") :] if selection and selection.startswith("eval_") else selection
+            metrics = PerModuleMetrics(compute_metrics, selection, model.task, args.greater_is_better)
         super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
+        self.best_module: int | None = None
+        self._step_offset, self._in_run = 0, False
         self.loss_is_scaled_for_ga = False
         self.trgl_log_history: list[dict[str, Any]] = []
         self.stage_metrics: dict[int, dict[str, float]] = {}
@@ -229,10 +240,13 @@ class TRGLTrainer(Trainer):
         run.remove_stray_progress()
         self._run = run
         _, cache_reason = self.prefix_cache_decision()
-        total_steps, total_loss, runtime, output = 0, 0.0, 0.0, None
-        started = time.time()
+        self.trgl_log_history = list(run.log_history)
+        self._step_offset = sum(run.phase_steps.get(name, 0) for name in run.completed)
+        totals = {"steps": self._step_offset, "loss": 0.0, "runtime": 0.0, "samples": 0.0}
+        output, started, self._in_run = None, time.time(), True
         callback = RunCheckpointCallback(self.fingerprint)
         self.add_callback(callback)
+        self._pin_log_folders(root)
         try:
             for phase in phases:
                 if phase.name in run.completed:
@@ -248,21 +262,54 @@ class TRGLTrainer(Trainer):
                     if output is None:
                         output = super().train(resume_from_checkpoint=checkpoint, trial=trial,
                                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)  # fmt: skip
-                    self.trgl_log_history.extend({**e, "trgl_phase": phase.name} for e in self.state.log_history)
-                total_steps += output.global_step
-                total_loss += output.training_loss * output.global_step
-                runtime += output.metrics.get("train_runtime", 0.0)
                 with model.phase(phase.modules, evaluated=phase.evaluated_modules):
-                    self._finish_phase(phase, run, root)
+                    self._finish_phase(phase, run, root, output.global_step)
+                self.trgl_log_history = list(run.log_history)
+                self._step_offset += output.global_step
+                runtime = output.metrics.get("train_runtime", 0.0)
+                totals["steps"] += output.global_step
+                totals["loss"] += output.training_loss * output.global_step
+                totals["runtime"] += runtime
+                totals["samples"] += output.metrics.get("train_samples_per_second", 0.0) * runtime
         finally:
             self.remove_callback(callback)
+            self._in_run = False
+        return self._end_run(root, totals, started, output)
+
+    def _pin_log_folders(self, root: Path) -> None:
+        """Loggers that write under `output_dir` (TensorBoard) write under the run's folder, not a phase's (phase
+        folders are removed as phases finish), one folder for the whole run."""
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = str(root / default_logdir())
+
+    def _end_run(self, root: Path, totals: dict[str, float], started: float, output: Any) -> TrainOutput:
+        """One run for everything around the loop: the Trainer state holds the run's global step and every phase's
+        history; `trainer_state.json`, `train_results.json` and `all_results.json` describe the whole run."""
+        model: TRGLModel = self.model
         model.set_trainable_modules(range(model.num_modules))
         model.config.trained_modules = model.num_modules
-        metrics = {"train_runtime": runtime, "train_wall_time": time.time() - started}
-        if output is not None:
-            metrics.update({k: v for k, v in output.metrics.items() if k not in metrics})
+        steps, runtime = int(totals["steps"]), totals["runtime"]
+        metrics = {
+            "train_runtime": round(runtime, 4),
+            "train_wall_time": round(time.time() - started, 4),
+            "train_loss": totals["loss"] / max(steps, 1),
+            "train_samples_per_second": round(totals["samples"] / runtime, 3) if runtime else 0.0,
+            "train_steps_per_second": round(steps / runtime, 3) if runtime else 0.0,
+            "total_flos": float(getattr(self.state, "total_flos", 0.0) or 0.0),
+        }
+        if output is not None and "epoch" in output.metrics:
+            metrics["epoch"] = output.metrics["epoch"]
+        self.state.global_step = self.state.max_steps = steps
         self.state.log_history = list(self.trgl_log_history)
-        return TrainOutput(total_steps, total_loss / max(total_steps, 1), metrics)
+        self.state.best_model_checkpoint = None  # phase checkpoints are removed once their phase is recorded
+        if self.args.should_save:
+            self.state.save_to_json(str(root / "trainer_state.json"))
+            self.save_metrics("train", metrics)
+            evaluation = next((e for e in reversed(self.trgl_log_history) if "eval_best_module" in e), None)
+            if evaluation is not None:
+                self.save_metrics("eval", {k: v for k, v in evaluation.items() if k.startswith("eval_")})
+        return TrainOutput(steps, metrics["train_loss"], metrics)
 
     def _completed_checkpoint(self, checkpoint: str) -> TrainOutput | None:
         """The output of a phase whose last checkpoint already holds its final step (the run was killed after it),
@@ -409,9 +456,38 @@ class TRGLTrainer(Trainer):
             self._module_sums = {}
         if self._phase is not None:
             logs["trgl_phase"] = self._phase.name
-        super().log(logs, start_time)
+        offset = self._step_offset if self._in_run else 0
+        self.state.global_step += offset  # integrations and the history see one monotone step for the whole run
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.state.global_step -= offset
 
     # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"):
+        """Every evaluated module's metrics (`{prefix}_module_{k}_{metric}`) and `{prefix}_best_module`, chosen by
+        `metric_for_best_model` / `greater_is_better` (default: the task's main metric). The choice is remembered
+        for [`TRGLTrainer.predict`] (selection on a validation set, never on the set being predicted)."""
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if f"{metric_key_prefix}_best_module" in metrics:
+            self.best_module = int(metrics[f"{metric_key_prefix}_best_module"])
+        return metrics
+
+    def predict(self, test_dataset: Any, ignore_keys: Any = None, metric_key_prefix: str = "test"):
+        """Predictions of one module, shaped as `Trainer.predict` returns them: the best module of the last
+        `evaluate()` (the last module if none ran). Every module's logits are in `.module_predictions`
+        `(examples, modules, labels)`; `.module` is the 1-based module whose predictions are returned.
+
+        Language models keep the per-module loss sums of evaluation as predictions (their logits are not gathered).
+        """
+        output = super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.model.task.is_language_model or output.predictions is None:
+            return output
+        module = self.best_module or output.predictions.shape[1]
+        result = TRGLPredictionOutput(output.predictions[:, module - 1], output.label_ids, output.metrics)
+        result.module_predictions, result.module = output.predictions, module
+        return result
 
     def prediction_step(
         self,
@@ -437,7 +513,7 @@ class TRGLTrainer(Trainer):
 
     # ------------------------------------------------------------------ stages and state
 
-    def _finish_phase(self, phase: Phase, run: RunState, root: Path) -> None:
+    def _finish_phase(self, phase: Phase, run: RunState, root: Path, steps: int) -> None:
         """Evaluate, record the phase as completed (weights first, then the state), then write its stages."""
         model: TRGLModel = self.model
         metrics = self.evaluate() if self.eval_dataset is not None and phase.final_modules else {}
@@ -449,6 +525,8 @@ class TRGLTrainer(Trainer):
             )
         model.config.trained_modules = phase.evaluated_modules
         run.stage_metrics = dict(self.stage_metrics)
+        run.phase_steps[phase.name] = steps
+        run.log_history = self.trgl_log_history + [{**e, "trgl_phase": phase.name} for e in self.state.log_history]
         run.complete_phase(phase, model)
         self._write_pending_stages(run, final=phase == self._phases[-1])
         self.accelerator.wait_for_everyone()

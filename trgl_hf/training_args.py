@@ -64,7 +64,33 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(f"`trgl_laps` must be at least 1, got {self.trgl_laps}.")
         if self.trgl_hub_strategy not in ("branch", "subfolder"):
             raise ValueError(f"`trgl_hub_strategy` must be 'branch' or 'subfolder', got {self.trgl_hub_strategy!r}.")
+        if self.max_steps == 0 or (self.max_steps < 0 and not self.num_train_epochs > 0):
+            raise ValueError(
+                f"Nothing to train: `max_steps={self.max_steps}`, `num_train_epochs={self.num_train_epochs}`; give a "
+                "positive `num_train_epochs` or `max_steps` (per module outside parallel mode)."
+            )
+        if self.trgl_mode == "multilap" and 0 < self.max_steps < self.trgl_laps:
+            raise ValueError(
+                f"`trgl_laps={self.trgl_laps}` laps cannot fit `max_steps={self.max_steps}` steps per module (each "
+                "lap needs at least one step): lower `trgl_laps` or raise `max_steps`."
+            )
+        if self.torch_compile:
+            raise ValueError(
+                "`torch_compile=True` is not supported by TRGLTrainer (its modules run one by one, outside the "
+                "compiled model forward): set `torch_compile=False`."
+            )
+        if self.fp16 and (self.use_cpu or not _accelerator_available()):
+            raise ValueError(
+                "`fp16=True` needs a CUDA / XPU / NPU device; on CPU it would silently train in float32: use "
+                "`bf16=True` for mixed precision on CPU, or neither."
+            )
         if self.trgl_prefix_cache not in PREFIX_CACHE_CHOICES:
             raise ValueError(
                 f"`trgl_prefix_cache` must be one of {PREFIX_CACHE_CHOICES}, got {self.trgl_prefix_cache!r}."
             )
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
