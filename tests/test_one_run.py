@@ -150,3 +150,41 @@ def test_gradient_accumulation_equals_one_larger_batch_per_module(tmp_path):
     for other in finals[1:]:
         for name, tensor in finals[0].items():
             torch.testing.assert_close(other[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("budget", [dict(max_steps=6), dict(num_train_epochs=1.5)])
+def test_multilap_laps_continue_one_data_order_and_see_every_example(budget, tmp_path):
+    from datasets import Dataset
+    from transformers import default_data_collator
+
+    from trgl_hf.phases import lap_order
+
+    size, batch = 40, 4
+    pixels = np.zeros((size, 1, 8, 8), dtype=np.float32) + np.arange(size, dtype=np.float32)[:, None, None, None]
+    data = Dataset.from_dict({"pixel_values": pixels, "labels": np.arange(size) % 10}).with_format("torch")
+    seen: list[list[int]] = []
+
+    def recording_collator(rows):
+        collated = default_data_collator(rows)
+        seen[-1].extend(collated["pixel_values"][:, 0, 0, 0].round().long().tolist())
+        return collated
+
+    class NewPhase(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append([])
+
+    model = TRGLModel.from_base(tiny_cifar_resnet(num_labels=10, num_channels=1), TRGLConfig(num_modules=2))
+    args = TRGLTrainingArguments(
+        output_dir=str(tmp_path), trgl_mode="multilap", trgl_laps=3, trgl_prefix_cache="never",
+        per_device_train_batch_size=batch, learning_rate=0.01, optim="sgd", report_to="none", save_strategy="no",
+        disable_tqdm=True, use_cpu=True, seed=7, trgl_save_stages=False, dataloader_num_workers=0, **budget,
+    )  # fmt: skip
+    TRGLTrainer(model=model, args=args, train_dataset=data, data_collator=recording_collator,
+                callbacks=[NewPhase()]).train()  # fmt: skip
+    per_lap = 6 // 3 * batch if "max_steps" in budget else round(1.5 / 3 * size)  # the budget is per module
+    assert len(seen) == 6  # 3 laps x 2 modules
+    for module in (0, 1):
+        laps = [seen[lap * 2 + module] for lap in range(3)]
+        assert sum(laps, []) == lap_order(size, 7, 0, 3 * per_lap)  # one uninterrupted order, lap after lap
+    if "num_train_epochs" in budget:
+        assert set(sum(seen[0::2], [])) == set(range(size))  # 1.5 epochs: every example seen

@@ -161,6 +161,19 @@ def check_output_dir(root: Path, fingerprint: str, resuming: bool, identity: dic
         )
 
 
+def check_one_world(args: Any) -> None:
+    """Refuse a run whose process group and training arguments disagree on the number of processes (then every rank
+    would believe it is the only one, and all of them would write the stages)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() != args.world_size:
+        raise ValueError(
+            f"The process group has {dist.get_world_size()} processes but the training arguments see "
+            f"{args.world_size} ({args.parallel_mode}): on CPU processes pass `use_cpu=True` (`--use_cpu true`, or "
+            "`ACCELERATE_USE_CPU=1`), so that one process writes and gradients are averaged over all of them."
+        )
+
+
 def check_writable(folder: str | os.PathLike) -> None:
     """Refuse an `output_dir` that cannot be created or written (found before anything is trained)."""
     folder = Path(folder)

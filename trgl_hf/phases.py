@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 PHASES_DIR = "phases"
 
 
@@ -20,6 +22,8 @@ class Phase:
         final_modules (`tuple[int, ...]`): modules whose training ends with this phase (their stages are written).
         evaluated_modules (`int`): how many leading modules are trained once this phase runs (what `evaluate` scores).
         cached_from (`int`, *optional*): the first trained module reads cached outputs of the frozen prefix.
+        lap (`int`): 1-based lap of a multilap phase (1 otherwise).
+        laps (`int`): number of laps of the run (1 outside multilap mode).
     """
 
     name: str
@@ -29,6 +33,8 @@ class Phase:
     final_modules: tuple[int, ...]
     evaluated_modules: int
     cached_from: int | None = None
+    lap: int = 1
+    laps: int = 1
 
     def output_dir(self, root: str | Path) -> Path:
         """Where the underlying Trainer writes this phase's `checkpoint-*` folders."""
@@ -74,9 +80,28 @@ def plan_phases(
                     final_modules=(index,) if lap == laps else (),
                     evaluated_modules=trained,
                     cached_from=index if use_cache and index > 0 else None,
+                    lap=lap,
+                    laps=laps,
                 )
             )
     return phases
 
 
-__all__ = ["PHASES_DIR", "Phase", "plan_phases"]
+def lap_order(size: int, seed: int, start: int, length: int) -> list[int]:
+    """Positions `start .. start + length` of one uninterrupted sequence of epochs over `size` examples (each epoch a
+    new seeded permutation): the examples of one multilap lap, so that lap 2 continues where lap 1 stopped.
+
+    Args:
+        size (`int`): examples in the dataset.
+        seed (`int`): the data seed.
+        start (`int`): examples the module's earlier laps took.
+        length (`int`): examples this lap takes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < start + length:
+        order += torch.randperm(size, generator=generator).tolist()
+    return order[start : start + length]
+
+
+__all__ = ["PHASES_DIR", "Phase", "lap_order", "plan_phases"]

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from huggingface_hub import HfApi
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
@@ -26,6 +26,7 @@ from .checkpointing import save_stage, stage_dirname
 from .data import check_labels
 from .guards import (
     check_hub_credentials,
+    check_one_world,
     check_output_dir,
     check_writable,
     dataset_fingerprint,
@@ -39,7 +40,7 @@ from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .input_checks import check_batch_fits, check_model_inputs, check_sequence_lengths
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .modeling_trgl import TRGLModel
-from .phases import Phase, plan_phases
+from .phases import Phase, lap_order, plan_phases
 from .prefix_cache import build_prefix_cache, cache_collator, prefix_cache_decision
 from .run_lock import RunLock
 from .run_state import RunCheckpointCallback, RunState, check_checkpoint
@@ -131,6 +132,7 @@ class TRGLTrainer(Trainer):
             selection = selection[len("eval_") :] if selection and selection.startswith("eval_") else selection
             metrics = PerModuleMetrics(compute_metrics, selection, model.task, args.greater_is_better)
         super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
+        check_one_world(self.args)
         self.best_module: int | None = None
         self._step_offset, self._in_run = 0, False
         self.loss_is_scaled_for_ga = False
@@ -330,7 +332,8 @@ class TRGLTrainer(Trainer):
         """Everything a phase changes, applied for the duration of the phase's training loop and then undone: the
         trained modules, the training data (the prefix cache), the folder, epochs and steps of the Trainer."""
         model: TRGLModel = self.model
-        saved = (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset)
+        saved = (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset,
+                 self.args.train_sampling_strategy)  # fmt: skip
         self._phase = phase
         try:
             with model.phase(phase.modules, cached_from=phase.cached_from, evaluated=phase.evaluated_modules):
@@ -343,11 +346,29 @@ class TRGLTrainer(Trainer):
                 self._reset_for_phase()
                 self.args.output_dir = str(phase.output_dir(root))
                 self.args.num_train_epochs, self.args.max_steps = phase.num_train_epochs, phase.max_steps
+                if phase.laps > 1:
+                    self._continue_data_order(phase)
                 yield
         finally:
-            self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset = saved
+            (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset,
+             self.args.train_sampling_strategy) = saved  # fmt: skip
             self._cache_collator = None
             self._phase = None
+
+    def _continue_data_order(self, phase: Phase) -> None:
+        """Multilap: the lap trains on the next examples of one uninterrupted sequence of seeded epochs (lap 2 starts
+        where lap 1 stopped), read in that order, instead of restarting the sampler at the first epoch every lap."""
+        dataset, args = self.train_dataset, self.args
+        if phase.max_steps > 0:
+            per_lap = phase.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
+            per_lap *= max(args.world_size, 1)
+        else:
+            per_lap = max(1, round(phase.num_train_epochs * len(dataset)))
+            args.num_train_epochs = 1
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        indices = lap_order(len(dataset), seed, (phase.lap - 1) * per_lap, per_lap)
+        self.train_dataset = dataset.select(indices) if hasattr(dataset, "select") else Subset(dataset, indices)
+        args.train_sampling_strategy = "sequential"
 
     def _reset_for_phase(self) -> None:
         """Fresh optimizer, scheduler and distributed wrapper for the next phase."""
@@ -379,6 +400,7 @@ class TRGLTrainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
         )
         model.to(self.args.device)
+        self._broadcast_buffers()
         batches = (prepare_inputs(self, batch) for batch in loader)
         return build_prefix_cache(model, batches, first_module, self.accelerator.autocast())
 
@@ -388,6 +410,7 @@ class TRGLTrainer(Trainer):
         """Forward every module; backpropagate each trainable module's loss as soon as it exists."""
         model.train()
         net: TRGLModel = self.accelerator.unwrap_model(model)
+        self._broadcast_buffers(net.trainable_modules)
         inputs = prepare_inputs(self, inputs)
         accumulation = self.current_gradient_accumulation_steps
         total = torch.zeros((), device=self.args.device)
@@ -412,6 +435,16 @@ class TRGLTrainer(Trainer):
         if self.accelerator.sync_gradients:
             self._synchronise(net, task_losses)
         return total / accumulation
+
+    def _broadcast_buffers(self, modules: Any = None) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics) of `modules` (all by default), as DDP's
+        forward does with `broadcast_buffers=True`: before each training step, before a prefix cache is built and
+        before anything is evaluated or saved, so the ranks never drift apart."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        net: TRGLModel = self.accelerator.unwrap_model(self.model)
+        for buffer in net.module_buffers(modules):
+            dist.broadcast(buffer.data, src=0)
 
     def _synchronise(self, net: TRGLModel, task_losses: dict[int, torch.Tensor]) -> None:
         """Average gradients (and the multiplier updates' losses) over processes; update multipliers."""
@@ -516,6 +549,7 @@ class TRGLTrainer(Trainer):
     def _finish_phase(self, phase: Phase, run: RunState, root: Path, steps: int) -> None:
         """Evaluate, record the phase as completed (weights first, then the state), then write its stages."""
         model: TRGLModel = self.model
+        self._broadcast_buffers()
         metrics = self.evaluate() if self.eval_dataset is not None and phase.final_modules else {}
         for index in phase.final_modules:
             stage = index + 1

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
 
 TRGL_MODES = ("parallel", "sequential", "multilap")
 PREFIX_CACHE_CHOICES = ("auto", "always", "never")
@@ -55,6 +59,11 @@ class TRGLTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _accelerator_available():
+            # Launched on several CPU processes (`accelerate launch --multi_gpu` / torchrun): without `use_cpu`,
+            # transformers would see one process while the process group has several, and every rank would write.
+            logger.info("Several processes and no accelerator: training on CPU processes (`use_cpu=True`).")
+            self.use_cpu = True
         super().__post_init__()
         if self.trgl_mode not in TRGL_MODES:
             raise ValueError(f"`trgl_mode` must be one of {TRGL_MODES}, got {self.trgl_mode!r}.")
@@ -73,6 +82,11 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"`trgl_laps={self.trgl_laps}` laps cannot fit `max_steps={self.max_steps}` steps per module (each "
                 "lap needs at least one step): lower `trgl_laps` or raise `max_steps`."
+            )
+        if self.trgl_mode == "multilap" and self.train_sampling_strategy != "random":
+            raise ValueError(
+                "multilap continues one seeded random data order across laps; `train_sampling_strategy="
+                f"{self.train_sampling_strategy!r}` cannot be continued: use 'random', or the sequential mode."
             )
         if self.torch_compile:
             raise ValueError(

@@ -95,13 +95,22 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(mode, tm
     args = ["recipes/train_image_classification.py", "--dataset_name", "digits", "--model_type", "vit",
             "--patch_size", "2", "--hidden_size", "16", "--num_hidden_layers", "2", "--num_modules", "2",
             "--trgl_mode", mode, "--max_steps", "4", "--learning_rate", "0.1", "--optim", "sgd",
-            "--max_grad_norm", "0", "--dataloader_drop_last", "true", "--eval_strategy", "no", *COMMON]  # fmt: skip
+            "--max_grad_norm", "1.0", "--dataloader_drop_last", "true", "--eval_strategy", "no", *COMMON]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     root = RECIPES.parent
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     two = subprocess.run(
-        launcher + args + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "8"],
+        launcher
+        + args
+        + [
+            "--output_dir",
+            str(tmp_path / "two"),
+            "--per_device_train_batch_size",
+            "4",
+            "--gradient_accumulation_steps",
+            "2",
+        ],
         cwd=root,
         env=env,
         capture_output=True,

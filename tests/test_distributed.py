@@ -1,0 +1,44 @@
+"""Two CPU processes launched without extra flags: one world (one writer), and BatchNorm statistics kept identical
+across ranks the way DDP's `broadcast_buffers` keeps them (rank 0's), in the prefix cache and in the saved stages."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.multiprocess
+def test_batchnorm_statistics_follow_rank_zero_and_one_process_writes(tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(launcher + [str(ROOT / "tests" / "scripts" / "ddp_buffers.py"), str(tmp_path)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = sorted(tmp_path.glob("*-rank0.pt"))
+    assert len(records) >= 6  # 3 phases begin, 3 evaluations
+    for record in records:
+        rank0 = torch.load(record)
+        rank1 = torch.load(Path(str(record).replace("rank0", "rank1")))
+        assert rank0.keys() == rank1.keys()
+        for name in rank0:
+            torch.testing.assert_close(rank1[name], rank0[name], msg=f"{record.name}: {name}")
+    running = [name for name in torch.load(records[0]) if name.endswith("running_mean")]
+    assert running, "the model has BatchNorm statistics"
+    last_evaluation = torch.load(sorted(tmp_path.glob("evaluate-*-rank0.pt"))[-1])
+    stage = load_file(tmp_path / "run" / "stage-03" / "model.safetensors")
+    compared = 0
+    for name, value in stage.items():
+        if name.endswith(("running_mean", "running_var")):
+            source = "backbone." + name.split(".", 1)[1] if not name.startswith("head") else None
+            if source in last_evaluation:
+                torch.testing.assert_close(value, last_evaluation[source], msg=name)
+                compared += 1
+    assert compared > 0
+    assert not list((tmp_path / "run").glob("**/.*.tmp-*"))  # one writer: no half-written folders left behind
