@@ -188,3 +188,50 @@ def test_multilap_laps_continue_one_data_order_and_see_every_example(budget, tmp
         assert sum(laps, []) == lap_order(size, 7, 0, 3 * per_lap)  # one uninterrupted order, lap after lap
     if "num_train_epochs" in budget:
         assert set(sum(seen[0::2], [])) == set(range(size))  # 1.5 epochs: every example seen
+
+
+class LearningRates(TrainerCallback):
+    def __init__(self):
+        self.rates = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "learning_rate" in logs:
+            self.rates.append(round(logs["learning_rate"], 6))
+
+
+@pytest.mark.parametrize("choice", ["persist", "fresh"])
+def test_multilap_keeps_one_optimizer_and_schedule_per_module_across_laps(choice, tmp_path, digits):
+    rates = LearningRates()
+    trainer = trainer_for(tmp_path, digits, callbacks=[rates], trgl_mode="multilap", trgl_laps=2, max_steps=4,
+                          logging_steps=1, optim="adamw_torch", learning_rate=0.004, lr_scheduler_type="linear",
+                          trgl_lap_optimizer=choice)  # fmt: skip
+    trainer.train()
+    one_schedule = [0.004, 0.003, 0.002, 0.001]  # the rate each of the module's 4 steps used: one linear decay
+    per_module = [
+        rates.rates[lap * 6 + module * 2 : lap * 6 + module * 2 + 2] for module in range(3) for lap in (0, 1)
+    ]
+    for module in range(3):
+        lap1, lap2 = per_module[2 * module], per_module[2 * module + 1]
+        if choice == "persist":
+            assert lap1 + lap2 == one_schedule
+        else:
+            assert lap1 == lap2 == [0.004, 0.002]
+
+
+def test_persistent_lap_optimizers_survive_a_resume_between_laps(tmp_path, digits):
+    settings = dict(trgl_mode="multilap", trgl_laps=2, max_steps=4, optim="adamw_torch", learning_rate=0.004,
+                    lr_scheduler_type="linear", save_strategy="no")  # fmt: skip
+    reference = trainer_for(tmp_path / "reference", digits, **settings)
+    reference.train()
+
+    class StopAfterLap1(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            if args.output_dir.endswith("lap-1-module-03"):
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer_for(tmp_path / "run", digits, callbacks=[StopAfterLap1()], **settings).train()
+    resumed = trainer_for(tmp_path / "run", digits, **settings)
+    resumed.train(resume_from_checkpoint=True)
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -32,6 +33,7 @@ from .phases import PHASES_DIR, Phase
 STATE_FILE = "trgl_state.json"
 PROGRESS_PREFIX = "trgl-progress"
 WEIGHTS_FILE = "model.safetensors"
+LAP_STATES_FILE = "trgl_lap_optimizers.pt"
 
 
 def file_checksum(path: Path) -> str:
@@ -72,6 +74,7 @@ class RunState:
         self.pending: list[int] = []
         self.progress: str | None = None
         self.phase_steps: dict[str, int] = {}
+        self.lap_states: dict[int, dict[str, Any]] = {}
         self.log_history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ reading
@@ -132,6 +135,8 @@ class RunState:
             )
         check_weight_folder(folder)
         model.load_state_dict(type(model).from_pretrained(folder).state_dict())
+        if (folder / LAP_STATES_FILE).exists():
+            self.lap_states = torch.load(folder / LAP_STATES_FILE, weights_only=True)
 
     def damaged_stages(self) -> list[int]:
         """Recorded stages whose files are missing or differ from the checksums taken when they were written."""
@@ -164,6 +169,8 @@ class RunState:
         if self.writer:
             with atomic_directory(self.root / self.progress) as staging:
                 model.save_pretrained(staging)
+                if self.lap_states:  # the optimizers that continue in later multilap laps
+                    torch.save(self.lap_states, staging / LAP_STATES_FILE)
         self.completed.append(phase.name)
         self.pending = sorted({*self.pending, *(index + 1 for index in phase.final_modules)})
         self.save()

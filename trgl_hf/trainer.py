@@ -134,6 +134,7 @@ class TRGLTrainer(Trainer):
         super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
         check_one_world(self.args)
         self.best_module: int | None = None
+        self._lap_states: dict[int, dict[str, Any]] = {}
         self._step_offset, self._in_run = 0, False
         self.loss_is_scaled_for_ga = False
         self.trgl_log_history: list[dict[str, Any]] = []
@@ -234,6 +235,7 @@ class TRGLTrainer(Trainer):
                 raise ValueError(f"`resume_from_checkpoint=True` but {root} holds no run to resume (no "
                                  f"trgl_state.json, no checkpoint): train without it to start the run.")  # fmt: skip
             run.restore(model)
+            self._lap_states = dict(run.lap_states)
             self.stage_metrics = dict(run.stage_metrics)
             self._repair_stages(run, phases)
         else:
@@ -322,6 +324,12 @@ class TRGLTrainer(Trainer):
             return None
         model: TRGLModel = self.model
         model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
+        phase = self._phase
+        if self._persists_laps(phase) and phase.lap < phase.laps:  # the optimizer this module's next lap continues
+            self._lap_states[phase.modules[0]] = {
+                name: torch.load(Path(checkpoint) / f"{name}.pt", weights_only=True)
+                for name in ("optimizer", "scheduler")
+            }
         self.state.log_history = trainer_state.get("log_history", [])
         loss = next((e["train_loss"] for e in reversed(self.state.log_history) if "train_loss" in e), 0.0)
         runtime = next((e["train_runtime"] for e in reversed(self.state.log_history) if "train_runtime" in e), 0.0)
@@ -354,6 +362,39 @@ class TRGLTrainer(Trainer):
              self.args.train_sampling_strategy) = saved  # fmt: skip
             self._cache_collator = None
             self._phase = None
+
+    # ------------------------------------------------------------------ one optimizer per module across laps
+
+    def _persists_laps(self, phase: Phase | None) -> bool:
+        return phase is not None and phase.laps > 1 and self.args.trgl_lap_optimizer == "persist"
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer; in a module's later multilap laps, with the state its previous lap left."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        saved = self._lap_states.get(self._phase.modules[0]) if fresh and self._persists_laps(self._phase) else None
+        if saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The Trainer's schedule; in multilap with persistent optimizers, one schedule over all of a module's laps,
+        continued from where its previous lap stopped."""
+        fresh, phase = self.lr_scheduler is None, self._phase
+        persist = fresh and self._persists_laps(phase)
+        scheduler = super().create_scheduler(num_training_steps * (phase.laps if persist else 1), optimizer)
+        saved = self._lap_states.get(phase.modules[0]) if persist else None
+        if saved is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+            for group, lr in zip((optimizer or self.optimizer).param_groups, scheduler.get_last_lr()):
+                group["lr"] = lr
+        return scheduler
+
+    def _keep_lap_state(self, phase: Phase) -> None:
+        """After a module's non-final lap: keep its optimizer and schedule for its next lap."""
+        if self._persists_laps(phase) and phase.lap < phase.laps and self.optimizer is not None:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.lr_scheduler.state_dict()}
+            self._lap_states[phase.modules[0]] = state
 
     def _continue_data_order(self, phase: Phase) -> None:
         """Multilap: the lap trains on the next examples of one uninterrupted sequence of seeded epochs (lap 2 starts
@@ -560,6 +601,8 @@ class TRGLTrainer(Trainer):
         model.config.trained_modules = phase.evaluated_modules
         run.stage_metrics = dict(self.stage_metrics)
         run.phase_steps[phase.name] = steps
+        self._keep_lap_state(phase)
+        run.lap_states = self._lap_states
         run.log_history = self.trgl_log_history + [{**e, "trgl_phase": phase.name} for e in self.state.log_history]
         run.complete_phase(phase, model)
         self._write_pending_stages(run, final=phase == self._phases[-1])

@@ -28,6 +28,10 @@ class TRGLTrainingArguments(TrainingArguments):
             `"multilap"`: sequential in `trgl_laps` laps of `num_train_epochs / trgl_laps` epochs per module.
         trgl_laps (`int`, *optional*, defaults to 2):
             Number of laps R of the `"multilap"` mode.
+        trgl_lap_optimizer (`str`, *optional*, defaults to `"persist"`):
+            Multilap: a module's optimizer state and learning-rate schedule continue across its laps, the schedule
+            spanning all of them, as the official code keeps one optimizer per module (`"persist"`); or each lap
+            starts a fresh optimizer and a schedule of its own (`"fresh"`).
         trgl_prefix_cache (`str`, *optional*, defaults to `"auto"`):
             Sequential and multi-lap modes: compute the frozen prefix's outputs once per stage and train on them
             (`"always"`), recompute them every step (`"never"`), or cache only when the input pipeline is
@@ -44,6 +48,11 @@ class TRGLTrainingArguments(TrainingArguments):
         default="parallel", metadata={"help": "Module schedule: 'parallel', 'sequential' or 'multilap'."}
     )
     trgl_laps: int = field(default=2, metadata={"help": "Number of laps of the 'multilap' mode."})
+    trgl_lap_optimizer: str = field(
+        default="persist",
+        metadata={"help": "Multilap: keep each module's optimizer and schedule across its laps ('persist') or "
+                  "start fresh ones every lap ('fresh')."},
+    )  # fmt: skip
     trgl_prefix_cache: str = field(
         default="auto", metadata={"help": "Cache the frozen prefix's outputs: 'auto', 'always' or 'never'."}
     )
@@ -71,6 +80,8 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(f"`trgl_laps` must be a whole number of laps, got {self.trgl_laps!r}.")
         if self.trgl_laps < 1:
             raise ValueError(f"`trgl_laps` must be at least 1, got {self.trgl_laps}.")
+        if self.trgl_lap_optimizer not in ("persist", "fresh"):
+            raise ValueError(f"`trgl_lap_optimizer` must be 'persist' or 'fresh', got {self.trgl_lap_optimizer!r}.")
         if self.trgl_hub_strategy not in ("branch", "subfolder"):
             raise ValueError(f"`trgl_hub_strategy` must be 'branch' or 'subfolder', got {self.trgl_hub_strategy!r}.")
         if self.max_steps == 0 or (self.max_steps < 0 and not self.num_train_epochs > 0):
