@@ -296,9 +296,11 @@ class TRGLModel(PreTrainedModel):
     def module_buffers(self, indices: Iterable[int] | None = None) -> list[torch.Tensor]:
         """Buffers (e.g. BatchNorm statistics) of the modules in `indices` (0-based; all modules by default), the
         stem's with module 0, plus the model's own (`multipliers`) when all are asked for."""
+        own = [self.multipliers] if indices is None else []
         indices = range(self.num_modules) if indices is None else indices
-        buffers = [b for index in indices for module in self._members[index][0] for b in module.buffers(recurse=False)]
-        return buffers + ([self.multipliers] if indices == range(self.num_modules) else [])
+        return [
+            b for index in indices for module in self._members[index][0] for b in module.buffers(recurse=False)
+        ] + own
 
     def set_trainable_modules(self, indices: Iterable[int]) -> None:
         """Train only the modules in `indices` (0-based): the others get `requires_grad=False` and stay in eval mode.

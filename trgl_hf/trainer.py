@@ -199,12 +199,8 @@ class TRGLTrainer(Trainer):
         self.fingerprint = run_fingerprint(model.config, self.args, [p.name for p in phases], data)
         lock = RunLock(root)
         if self.is_world_process_zero():
-            try:
-                lock.acquire()
-            except OSError as error:
-                raise ValueError(
-                    f"`output_dir` {root} is not writable ({error}): choose a folder you can write."
-                ) from error
+            check_writable(root)
+            lock.acquire()
         try:
             output = self._train_phases(
                 root, phases, identity, resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs
@@ -242,7 +238,6 @@ class TRGLTrainer(Trainer):
             run = RunState(root, phases, self.fingerprint, identity, writer)
             explicit = None
         run.remove_stray_progress()
-        self._run = run
         _, cache_reason = self.prefix_cache_decision()
         self.trgl_log_history = list(run.log_history)
         self._step_offset = sum(run.phase_steps.get(name, 0) for name in run.completed)

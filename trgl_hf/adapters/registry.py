@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import transformers
 from torch import nn
 
 from .base import ModelAdapter
@@ -127,15 +126,6 @@ class ArchitectureSpec:
     def tail_modules(self, backbone: nn.Module) -> tuple[str, ...]:
         """The `tail_names` present in this backbone (a pooler or projection may be absent)."""
         return tuple(name for name in self.tail_names if isinstance(_optional(backbone, name), nn.Module))
-
-    def task_class(self, name: str) -> type:
-        """The transformers class called `name` (or this library's own)."""
-        model_class = getattr(transformers, name, None)
-        if model_class is None:
-            import trgl_hf
-
-            model_class = getattr(trgl_hf, name)
-        return model_class
 
 
 def _lm_and_classifier(prefix: str, lm_name: str | None = None) -> dict[str, str]:

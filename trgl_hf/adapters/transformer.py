@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .base import BlockProbe, BlockState, ModelAdapter, reset_backbone_outputs
+from .base import BlockProbe, BlockState, ModelAdapter, reset_backbone_outputs, task_model_from_config
 from .native_head import NativeHead
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ class TransformerAdapter(ModelAdapter):
         return config
 
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
-        model = self.spec.task_class(self.architecture)(self.stage_config(num_blocks))
+        model = task_model_from_config(self.stage_config(num_blocks))
         prefix = model.base_model_prefix
         source = self.backbone.state_dict()
         head_state = head.state_dict()
