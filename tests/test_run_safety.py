@@ -35,7 +35,8 @@ def run(out, train, resume=False, **overrides):
 
 
 def stage_files(out):
-    return {p.relative_to(out).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+    """Every stage file's bytes (the cards' load snippets name the run's folder: written as `<out>`) and mtime."""
+    return {p.relative_to(out).as_posix(): (p.read_bytes().replace(str(out).encode(), b"<out>"), p.stat().st_mtime_ns)
             for p in sorted(Path(out).glob("stage-*/*")) if p.is_file()}  # fmt: skip
 
 
@@ -142,8 +143,10 @@ def test_non_finite_metrics_never_reach_a_card(train, tmp_path, caplog):
     assert finite_metrics({"accuracy": 0.5, "loss": float("nan")}, 1) == {"accuracy": 0.5, "loss": None}
     assert "not finite" in caplog.text
     model = TRGLModel.from_base(tiny_cifar_resnet(num_labels=10, num_channels=1), TRGLConfig(num_modules=3))
-    card = checkpointing.stage_model_card(1, 3, {"metrics": {"loss": None, "accuracy": 0.5}}, model.export_stage(1))
-    assert "| loss | not finite |" in str(card) and "nan" not in str(card).lower()
+    info = {"metrics": {"loss": None, "accuracy": 0.5}, "module_metrics": {"1": {"loss": None, "accuracy": 0.5}}}
+    checkpointing.save_stage(model.export_stage(1), tmp_path / "stage-01", 1, 3, info)
+    card = (tmp_path / "stage-01" / "README.md").read_text()
+    assert "| loss | not finite |" in card and "| 1 | 0.5000 | not finite |" in card and "nan" not in card.lower()
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(train, tmp_path):

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
 from transformers import PreTrainedModel
 
-from .tasks import get_task, stage_loader
+from .model_cards import stage_card_facts, stage_model_card
 
 STAGE_METADATA_FILE = "trgl_stage.json"
 
@@ -110,100 +109,34 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         raise
 
 
-def stage_model_card(stage: int, num_stages: int, info: dict[str, Any], model: PreTrainedModel) -> ModelCard:
-    """Model card of one stage: what it is, its metrics, and how to load it.
-
-    Args:
-        stage (`int`): 1-based stage index.
-        num_stages (`int`): number of modules K of the run.
-        info (`dict`): run facts (`base_model`, `dataset`, `trgl_mode`, `taus`, `use_transport`, `metrics`,
-            `module_table`, `repo_id`, `revision`, `subfolder`).
-        model (`PreTrainedModel`): the exported stage model.
-    """
-    metrics = info.get("metrics") or {}
-    remote = bool(getattr(model.config, "auto_map", None))
-    loader, pipeline_tag = stage_loader(type(model).__name__)
-    task = getattr(model.config, "problem_type", None) or (
-        "causal_lm" if pipeline_tag == "text-generation" else "single_label_classification"
-    )
-    location = info.get("repo_id") or f"path/to/{stage_dirname(stage)}"
-    extra = []
-    if info.get("revision"):
-        extra.append(f'revision="{info["revision"]}"')
-    if info.get("subfolder"):
-        extra.append(f'subfolder="{info["subfolder"]}"')
-    if remote:
-        extra.append("trust_remote_code=True")
-    arguments = ", ".join([f'"{location}"', *extra])
-    card_data = ModelCardData(
-        library_name="transformers",
-        base_model=info.get("base_model") or None,
-        datasets=[info["dataset"]] if info.get("dataset") else None,
-        metrics=[get_task(task).selection_metric],
-        pipeline_tag=pipeline_tag,
-        tags=["trgl", "greedy-module-wise-training", "trgl_hf", stage_dirname(stage)],
-    )
-    metric_lines = (
-        "\n".join(
-            f"| {name} | {value:.4f} |" if isinstance(value, (int, float)) else f"| {name} | not finite |"
-            for name, value in sorted(metrics.items())
-        )
-        or "| - | - |"
-    )
-    table = info.get("module_table") or ""
-    content = f"""---
-{card_data.to_yaml()}
----
-
-# Stage {stage} of {num_stages} of a TRGL run
-
-Modules 1..{stage} of a network cut into {num_stages} modules and trained module-wise with
-[TRGL](https://arxiv.org/abs/2309.17357) (transport-regularised greedy learning) by `trgl_hf`, followed by the
-auxiliary head of module {stage}: a standalone `{type(model).__name__}`.
-
-- base model: `{info.get("base_model") or "built from a config"}`
-- dataset: `{info.get("dataset") or "not recorded"}`
-- mode: `{info.get("trgl_mode")}`, modules K = {num_stages}, transport term: `{info.get("use_transport")}`,
-  tau per module: `{info.get("taus")}`
-
-## Metrics of this stage
-
-| metric | value |
-| --- | --- |
-{metric_lines}
-
-{table}
-
-## Load it
-
-```python
-from transformers import {loader}
-model = {loader}.from_pretrained({arguments})
-```
-"""
-    return ModelCard(content)
-
-
 def save_stage(
-    model: PreTrainedModel, directory: str | os.PathLike, stage: int, num_stages: int, info: dict[str, Any]
+    model: PreTrainedModel,
+    directory: str | os.PathLike,
+    stage: int,
+    num_stages: int,
+    info: dict[str, Any],
+    processor: Any = None,
 ) -> Path:
-    """Save an exported stage (weights, config, remote code if any, model card, metrics) atomically.
+    """Save an exported stage atomically: weights, config (and generation config), remote code if any, the processor
+    the model was trained with, `trgl_stage.json` and the model card: the files `Trainer.save_model` writes, plus the
+    run facts.
 
     Args:
         model (`PreTrainedModel`): the stage model from [`TRGLModel.export_stage`].
         directory (`str` or `os.PathLike`): destination folder, e.g. `output_dir/stage-02`.
         stage (`int`): 1-based stage index.
         num_stages (`int`): number of modules K.
-        info (`dict`): run facts for the model card (see [`stage_model_card`]).
+        info (`dict`): run facts for `trgl_stage.json` and the model card (see [`stage_model_card`]).
+        processor (*optional*): the tokenizer, image processor, feature extractor or processor given to the trainer
+            as `processing_class`; saved with its own `save_pretrained`.
 
     Returns:
         `Path`: the written folder.
     """
     with atomic_directory(directory) as staging:
         model.save_pretrained(staging)
-        stage_model_card(stage, num_stages, info, model).save(staging / "README.md")
-        write_json(
-            staging / STAGE_METADATA_FILE,
-            {"stage": stage, "num_stages": num_stages, **info},
-        )
+        if processor is not None:
+            processor.save_pretrained(staging)
+        write_json(staging / STAGE_METADATA_FILE, {"stage": stage, "num_stages": num_stages, **info})
+        stage_model_card(stage_card_facts(staging), str(directory)).save(staging / "README.md")
     return Path(directory)

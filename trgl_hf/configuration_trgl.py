@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -131,6 +131,11 @@ class TRGLConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.keys_to_ignore_at_inference = ["module_losses", "transport"]
         self.validate_trgl()
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: Any = "AutoConfig") -> None:
+        """Does nothing: [`TRGLModel.save_pretrained`] writes the remote code of the whole model itself (transformers
+        calls this on classes loaded through remote code, and would then copy this file alone into saved folders)."""
 
     def validate_trgl(self) -> None:
         """Raise a `ValueError` naming the field to change when the configuration cannot describe a TRGL model."""

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import tempfile
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +30,9 @@ from typing import Any, Literal
 from huggingface_hub import HfApi
 from huggingface_hub.utils import validate_repo_id
 
-from .checkpointing import STAGE_METADATA_FILE, stage_dirname, stage_model_card
+from .checkpointing import STAGE_METADATA_FILE, stage_dirname
+from .model_cards import stage_card_facts, stage_model_card
+from .tasks import stage_loader
 
 try:  # the HTTP client of huggingface_hub 2.x; its transport errors (connection refused, timeouts) are not OSErrors
     from httpx2 import HTTPError as _TransportError
@@ -85,13 +86,14 @@ class HubPushError(RuntimeError):
         self.error = error
         what = f"stage {stage} ({stage_dirname(stage)})" if stage is not None else "the final model"
         if not retry:
-            retry = [f"push_run_stages({str(self.local_dir.parent)!r}, {repo_id!r})"]
+            is_run_dir = stage is None and not _is_model_folder(self.local_dir)
+            run_dir = self.local_dir if is_run_dir else self.local_dir.parent
+            retry = [f"push_run_stages({str(run_dir)!r}, {repo_id!r})"]
         calls = " or ".join(f"`trgl_hf.hub.{call}`" for call in retry)
         message = (
             f"Pushing {what} to the Hub repo '{repo_id}' ({target}) failed: {type(error).__name__}: {error}\n"
-            f"The local folder {self.local_dir} is intact and loadable, e.g. with "
-            f"`AutoModelForImageClassification.from_pretrained({str(self.local_dir)!r})` after `import trgl_hf`. "
-            f"Retry once the Hub is reachable with {calls}: a push replaces the remote tree, so retrying is safe."
+            f"{_local_state(self.local_dir)} Retry once the Hub is reachable with {calls}: a push replaces the "
+            "remote tree, so retrying is safe."
         )
         super().__init__(message)
 
@@ -301,6 +303,37 @@ def push_final(
     return "main"
 
 
+def push_run_card(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    api: HfApi | None = None,
+    token: str | None = None,
+) -> str:
+    """Upload a run's card (`README.md` and the per-module plot written by [`TRGLTrainer`]) to the root of `main`.
+
+    Used with the `"subfolder"` strategy, where `main` holds `stages/stage-XX/` and the run card is its front page.
+    Other files of `main` are kept.
+
+    Args:
+        folder (`str` or `os.PathLike`): a folder holding the card files (only they are uploaded).
+        repo_id (`str`): the model repository.
+        api (`HfApi`, *optional*): the client to use; defaults to `HfApi(token=token)`.
+        token (`str`, *optional*): a Hub token.
+
+    Returns:
+        `str`: `"main"`.
+    """
+    validate_repo_id(repo_id)
+    api = api if api is not None else HfApi(token=token)
+    try:
+        api.create_repo(repo_id, token=token, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload TRGL run card", token=token)
+    except _HUB_ERRORS as error:
+        raise HubPushError(None, repo_id, "README.md of main", folder, error) from error
+    return "main"
+
+
 def find_stage_folders(output_dir: str | os.PathLike) -> dict[int, Path]:
     """The complete stage folders of a run, by stage index.
 
@@ -406,16 +439,6 @@ def _check_stage_folder(stage_dir: Path) -> dict[str, Any]:
     return metadata
 
 
-def _card_model(folder: Path) -> Any:
-    """The little of a stage model that [`stage_model_card`] reads: `config.auto_map` and the class name."""
-    with open(folder / "config.json", encoding="utf-8") as stream:
-        config = json.load(stream)
-    name = (config.get("architectures") or ["PreTrainedModel"])[0]
-    model = type(name, (), {})()
-    model.config = types.SimpleNamespace(auto_map=config.get("auto_map"), problem_type=config.get("problem_type"))
-    return model
-
-
 @contextmanager
 def _hub_copy(folder: Path, repo_id: str, revision: str | None, subfolder: str | None) -> Iterator[Path]:
     """A temporary copy of `folder` whose model card names `repo_id` and `revision` or `subfolder`.
@@ -426,10 +449,7 @@ def _hub_copy(folder: Path, repo_id: str, revision: str | None, subfolder: str |
     if not (folder / STAGE_METADATA_FILE).is_file():
         yield folder
         return
-    metadata = read_stage_metadata(folder)
-    info = {key: value for key, value in metadata.items() if key not in ("stage", "num_stages")}
-    info.update(repo_id=repo_id, revision=revision, subfolder=subfolder)
-    card = stage_model_card(int(metadata["stage"]), int(metadata["num_stages"]), info, _card_model(folder))
+    card = stage_model_card(stage_card_facts(folder), repo_id, revision=revision, subfolder=subfolder)
     with tempfile.TemporaryDirectory(prefix="trgl-hub-") as temporary:
         copy = Path(temporary) / folder.name
         for source in sorted(folder.rglob("*")):
@@ -448,11 +468,26 @@ def _hub_copy(folder: Path, repo_id: str, revision: str | None, subfolder: str |
         yield copy
 
 
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _local_state(folder: Path) -> str:
+    """What is on disk and how to load it, for a [`HubPushError`] message."""
+    if not _is_model_folder(folder):
+        return f"Nothing local is affected: the run's stages stay in {folder}."
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    loader = stage_loader((config.get("architectures") or [""])[0])[0]
+    remote = ", trust_remote_code=True" if config.get("auto_map") else ""
+    return f"The local folder {folder} is intact: load it with `{loader}.from_pretrained({str(folder)!r}{remote})`."
+
+
 __all__ = [
     "HubPushError",
     "PUSH_STRATEGIES",
     "find_stage_folders",
     "push_final",
+    "push_run_card",
     "push_run_stages",
     "push_stage",
     "read_stage_metadata",

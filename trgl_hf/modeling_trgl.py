@@ -22,6 +22,8 @@ from .adapters.registry import CAUSAL_LM
 from .configuration_trgl import TRGLConfig
 from .guards import check_weight_folder
 from .losses import trgl_loss
+from .remote_code import REMOTE_CODE_FILES, write_remote_code
+from .remote_code import auto_map as remote_auto_map
 from .splitting import balanced_split, check_num_modules, check_split, equal_split
 from .tasks import get_task, task_of
 from .transport import TransportSchedule
@@ -250,6 +252,52 @@ class TRGLModel(PreTrainedModel):
                     )
             check_weight_folder(folder / kwargs.get("subfolder", ""))
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, is_main_process: bool = True, *args: Any, **kwargs: Any
+    ) -> None:
+        """Save like `PreTrainedModel.save_pretrained`, plus the remote code that loads the folder with
+        `AutoModel.from_pretrained(folder, trust_remote_code=True)`, trgl_hf installed or not.
+
+        Writes `configuration_trgl_remote.py`, `modeling_trgl_remote.py` and `trgl_hf_bundle.py` (the trgl_hf sources
+        the model needs, see `trgl_hf.remote_code`) and an `auto_map` naming them in `config.json`; with
+        `push_to_hub=True` they are uploaded too. Where trgl_hf is imported, the folder loads with `AutoModel` and
+        `TRGLModel.from_pretrained` without `trust_remote_code`, as before.
+        """
+        should_save = getattr(self, "should_save_on_this_rank", lambda is_main: is_main)(is_main_process)
+        if not should_save or os.path.isfile(save_directory):
+            return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        write_remote_code(save_directory)
+        config = self.config
+        had_auto_map, previous_auto_map = "auto_map" in config.__dict__, getattr(config, "auto_map", None)
+        had_auto_class = "_auto_class" in config.__dict__
+        config.auto_map = {**(previous_auto_map or {}), **remote_auto_map()}
+        # A config class loaded through remote code is registered for `AutoConfig`; transformers would then copy
+        # `configuration_trgl.py` alone into the folder and point `auto_map` at it.
+        config._auto_class = None
+        try:
+            return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        finally:
+            if had_auto_map:
+                config.auto_map = previous_auto_map
+            else:
+                del config.auto_map
+            if not had_auto_class:
+                del config._auto_class
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: Any = "AutoModel") -> None:
+        """Does nothing: `save_pretrained` writes this model's remote code itself.
+
+        transformers calls it on classes loaded through remote code; its `custom_object_save` would then copy
+        `modeling_trgl.py` alone (not the modules it imports) into every saved folder.
+        """
+
+    def _get_files_timestamps(self, working_dir: str | os.PathLike) -> dict[str, float]:
+        """`save_pretrained(push_to_hub=True)` uploads the files changed since this snapshot: leaving the remote-code
+        files (written before it) out of it uploads them too."""
+        timestamps = super()._get_files_timestamps(working_dir)
+        return {name: time for name, time in timestamps.items() if name not in REMOTE_CODE_FILES}
 
     def _init_weights(self, module: nn.Module) -> None:
         """The backbone keeps its own (pretrained or initialised) weights; heads use PyTorch's default init."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,9 +38,11 @@ from .guards import (
     run_identity,
 )
 from .hf_internals import collator_without_unused_columns, prepare_inputs, remove_unused_columns, reset_accelerator
-from .hub import HubPushError, push_final, push_run_stages, push_stage
+from .hub import HubPushError, find_stage_folders, push_run_card, push_run_stages
+from .hub_pusher import BackgroundPusher
 from .input_checks import check_batch_fits, check_model_inputs, check_sequence_lengths
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
+from .model_cards import PLOT_FILE, load_arguments, module_plot_svg, module_table, run_model_card
 from .modeling_trgl import TRGLModel
 from .phases import Phase, lap_order, plan_phases
 from .prefix_cache import build_prefix_cache, cache_collator, prefix_cache_decision
@@ -142,6 +146,13 @@ class TRGLTrainer(Trainer):
         self._module_sums: dict[int, list] = {}  # module -> [task loss sum, transport sum, count], kept on device
         self._phase: Phase | None = None
         self._cache_collator = None
+        self._pusher: BackgroundPusher | None = None
+        self.hub_push_failures: list[HubPushError] = []
+        if self.processing_class is None and self.args.trgl_save_stages:
+            logger.warning(
+                "No `processing_class` (tokenizer / image processor) was given to TRGLTrainer: the stage folders will "
+                "hold none, and `pipeline(model=stage_dir)` cannot run them. Pass the one used to prepare the data."
+            )
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(PhaseProgressCallback(self.describe_phase))
 
@@ -201,12 +212,20 @@ class TRGLTrainer(Trainer):
         if self.is_world_process_zero():
             check_writable(root)
             lock.acquire()
+        if self.args.push_to_hub and self.args.should_save:
+            self._pusher = BackgroundPusher(
+                root, self.hub_repo_id, self.args.trgl_hub_strategy, api=self.hub_api, token=self.args.hub_token,
+                private=self.args.hub_private_repo,
+            )  # fmt: skip
         try:
             output = self._train_phases(
                 root, phases, identity, resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs
             )
         finally:
             lock.release()
+            if self._pusher is not None:
+                self.hub_push_failures = self._pusher.finish()
+                self._pusher = None
         return output
 
     def _train_phases(
@@ -234,6 +253,9 @@ class TRGLTrainer(Trainer):
             self._lap_states = dict(run.lap_states)
             self.stage_metrics = dict(run.stage_metrics)
             self._repair_stages(run, phases)
+            if self._pusher is not None:  # pushes the killed run may not have finished; unchanged files are no-ops
+                for stage in sorted(set(run.stages) - set(run.pending)):
+                    self._pusher.submit_stage(stage, root / stage_dirname(stage), final=stage == model.num_modules)
         else:
             run = RunState(root, phases, self.fingerprint, identity, writer)
             explicit = None
@@ -308,6 +330,9 @@ class TRGLTrainer(Trainer):
             evaluation = next((e for e in reversed(self.trgl_log_history) if "eval_best_module" in e), None)
             if evaluation is not None:
                 self.save_metrics("eval", {k: v for k, v in evaluation.items() if k.startswith("eval_")})
+            card = self.create_model_card()
+            if self._pusher is not None and self.args.trgl_hub_strategy == "subfolder":
+                self._pusher.submit_run_card([card, *[p for p in [root / PLOT_FILE] if p.is_file()]])
         return TrainOutput(steps, metrics["train_loss"], metrics)
 
     def _completed_checkpoint(self, checkpoint: str) -> TrainOutput | None:
@@ -609,8 +634,8 @@ class TRGLTrainer(Trainer):
         for stage in list(run.pending):
             if self.args.should_save and self.args.trgl_save_stages:
                 self.save_stage(stage, root / stage_dirname(stage))
-                if self.args.push_to_hub:
-                    self._push_stage(stage, root / stage_dirname(stage), final=final and stage == max(run.pending))
+                if self._pusher is not None:
+                    self._pusher.submit_stage(stage, root / stage_dirname(stage), final and stage == max(run.pending))
             if self.args.trgl_save_stages:
                 run.record_stage(stage)
             else:
@@ -636,20 +661,48 @@ class TRGLTrainer(Trainer):
             self._write_pending_stages(run, final=len(run.completed) == len(phases))
 
     def save_stage(self, stage: int, directory: str | os.PathLike) -> Path:
-        """Export modules 1..`stage` with head `stage` and write them (with a model card) to `directory`."""
+        """Export modules 1..`stage` with head `stage` and write them, with the processor given to the trainer and a
+        model card, to `directory`."""
         model: TRGLModel = self.model
         exported = model.export_stage(stage)
-        info = {
+        info = {**self.run_facts(), "metrics": self.stage_metrics.get(stage, {})}
+        return save_stage(exported, directory, stage, model.num_modules, info, processor=self.processing_class)
+
+    def run_facts(self) -> dict[str, Any]:
+        """What the stages' `trgl_stage.json` and the model cards record about the run."""
+        model: TRGLModel = self.model
+        return {
+            "task": model.task.name,
             "base_model": model.config.base_model_name_or_path,
-            "dataset": _dataset_name(self.train_dataset),
+            "dataset": self.args.trgl_dataset_name or dataset_name(self.train_dataset),
             "trgl_mode": self.args.trgl_mode,
             "taus": model.transport_schedule.describe(),
             "use_transport": model.config.use_transport,
-            "metrics": self.stage_metrics.get(stage, {}),
-            "module_table": self.module_table(),
+            "module_metrics": {str(stage): metrics for stage, metrics in sorted(self.stage_metrics.items())},
             "run_fingerprint": getattr(self, "fingerprint", None),
         }
-        return save_stage(exported, directory, stage, model.num_modules, info)
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> Path | None:
+        """Write the run's card, `output_dir/README.md`: settings, every module's metrics with a plot
+        (`module_metrics.svg`) and how to load each stage (main process only; Trainer's arguments are ignored)."""
+        if not self.is_world_process_zero():
+            return None
+        model: TRGLModel = self.model
+        root = Path(self.args.output_dir)
+        facts = {**self.run_facts(), "num_stages": model.num_modules, "global_step": self.state.global_step}
+        facts["training"] = {name: getattr(self.args, name) for name in (
+            "trgl_mode", "num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "weight_decay", "seed")}  # fmt: skip
+        plot = module_plot_svg(self.stage_metrics, model.task.selection_metric,
+                               f"{model.task.selection_metric} per module ({self.args.trgl_mode})")  # fmt: skip
+        if plot is not None:
+            (root / PLOT_FILE).write_text(plot, encoding="utf-8")
+        stages = {}
+        for stage, folder in find_stage_folders(root).items():
+            remote = bool(json.loads((folder / "config.json").read_text()).get("auto_map"))
+            stages[stage] = load_arguments(str(folder), None, None, remote)
+        run_model_card(facts, stages, PLOT_FILE if plot is not None else None).save(root / "README.md")
+        return root / "README.md"
 
     @property
     def hub_repo_id(self) -> str:
@@ -670,32 +723,38 @@ class TRGLTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """Intermediate Trainer checkpoints are not pushed: finished stages are."""
 
-    def _push_stage(self, stage: int, directory: Path, final: bool) -> None:
-        model: TRGLModel = self.model
-        kwargs = dict(api=self.hub_api, token=self.args.hub_token, private=self.args.hub_private_repo)
-        push_stage(directory, self.hub_repo_id, stage, strategy=self.args.trgl_hub_strategy, **kwargs)
-        if final and self.args.trgl_hub_strategy == "branch":
-            push_final(Path(self.args.output_dir) / stage_dirname(model.num_modules), self.hub_repo_id, **kwargs)
-
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs: Any):
-        """Push every finished stage of the run in `output_dir` (see `trgl_hub_strategy`); returns {stage: target}."""
-        return push_run_stages(
+        """Push every finished stage of the run in `output_dir` (see `trgl_hub_strategy`) now, and with the
+        `"subfolder"` strategy the run's card to the root of `main`; returns {stage: target}.
+
+        Raises:
+            [`HubPushError`]: if a push fails (the local run is untouched; calling again is safe).
+        """
+        token = kwargs.get("token") or self.args.hub_token
+        pushed = push_run_stages(
             self.args.output_dir, self.hub_repo_id, strategy=self.args.trgl_hub_strategy, api=self.hub_api,
-            token=kwargs.get("token") or self.args.hub_token, private=self.args.hub_private_repo,
+            token=token, private=self.args.hub_private_repo,
         )  # fmt: skip
+        card = self.create_model_card()
+        if card is not None and self.args.trgl_hub_strategy == "subfolder":
+            files = [card, *[p for p in [card.parent / PLOT_FILE] if p.is_file()]]
+            with tempfile.TemporaryDirectory(prefix="trgl-card-") as folder:
+                for path in files:
+                    shutil.copy2(path, Path(folder) / path.name)
+                push_run_card(folder, self.hub_repo_id, api=self.hub_api, token=token)
+        return pushed
 
     def module_table(self) -> str:
         """Markdown table of the evaluation metrics of every finished stage."""
-        if not any(self.stage_metrics.values()):
-            return ""
-        names = sorted({name for metrics in self.stage_metrics.values() for name in metrics})
-        lines = ["| module | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
-        for stage, metrics in sorted(self.stage_metrics.items()):
-            values = [f"{metrics[n]:.4f}" if isinstance(metrics.get(n), (int, float)) else "" for n in names]
-            lines.append(f"| {stage} | " + " | ".join(values) + " |")
-        return "\n".join(lines)
+        return module_table(self.stage_metrics)
 
 
-def _dataset_name(dataset: Any) -> str | None:
+PACKAGED_BUILDERS = frozenset({"arrow", "audiofolder", "cache", "csv", "generator", "imagefolder", "json", "pandas",
+                               "parquet", "sql", "text", "videofolder", "webdataset", "xml"})  # fmt: skip
+
+
+def dataset_name(dataset: Any) -> str | None:
+    """The name a dataset carries (`info.dataset_name`), unless it only names a file format or a generator."""
     info = getattr(dataset, "info", None)
-    return getattr(info, "dataset_name", None) or getattr(info, "builder_name", None) if info else None
+    name = (getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)) if info else None
+    return None if not name or name in PACKAGED_BUILDERS else name

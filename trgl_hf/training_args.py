@@ -41,7 +41,12 @@ class TRGLTrainingArguments(TrainingArguments):
         trgl_hub_strategy (`str`, *optional*, defaults to `"branch"`):
             With `push_to_hub=True`, push each stage as soon as it is final to the branch `stage-XX` of
             `hub_model_id` (`"branch"`, the last stage also to `main`) or to its folder `stages/stage-XX` on `main`
-            (`"subfolder"`). `hub_token` and `hub_private_repo` are honoured; the endpoint is `HF_ENDPOINT`.
+            (`"subfolder"`). `hub_token` and `hub_private_repo` are honoured; the endpoint is `HF_ENDPOINT`. Pushes run
+            in the background while training goes on; a failed push is retried with backoff, and what still fails is
+            reported at the end of `train()` with the call that pushes it again (training never stops for the Hub).
+        trgl_dataset_name (`str`, *optional*):
+            The dataset's Hub id (e.g. `"stanfordnlp/sst2"`), recorded in the stages' model cards. Defaults to the
+            training dataset's own name when it has one (a dataset loaded from local files has none).
     """
 
     trgl_mode: str = field(
@@ -62,6 +67,9 @@ class TRGLTrainingArguments(TrainingArguments):
     trgl_hub_strategy: str = field(
         default="branch",
         metadata={"help": "Push stages to one branch each ('branch') or to subfolders ('subfolder')."},
+    )
+    trgl_dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub id of the dataset, for the model cards (default: the dataset's name)."}
     )
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "TRGL synchronises gradients itself; DDP never needs to search for them."}

@@ -1,0 +1,251 @@
+"""A whole TRGL model's folder loads with `AutoModel.from_pretrained(folder, trust_remote_code=True)` in a fresh
+process: with the installed trgl_hf when its version saved the folder, else with the trgl_hf sources bundled in it."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, BertConfig, BertForSequenceClassification
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+from transformers.utils import hub as transformers_hub
+
+import trgl_hf
+from trgl_hf import TRGLConfig, TRGLModel, remote_code
+
+SAVED_FILES = ["config.json", "configuration_trgl_remote.py", "model.safetensors", "modeling_trgl_remote.py",
+               "trgl_hf_bundle.py"]  # fmt: skip
+CORE_DEPENDENCIES = {"torch", "transformers", "huggingface_hub", "numpy", "safetensors"}
+
+# trgl_hf is installed in editable mode: a `.pth` file puts a meta-path finder mapping `trgl_hf` to the repository.
+# Drop that finder and any sys.path entry holding a trgl_hf folder, then refuse trgl_hf and its submodules outright.
+WITHOUT_TRGL_HF = """
+import os, sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path[:] = [p for p in sys.path if "__editable__" not in p and not os.path.isdir(os.path.join(p or ".", "trgl_hf"))]
+class RefuseTrglHf:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "trgl_hf" or name.startswith("trgl_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, RefuseTrglHf)
+try:
+    import trgl_hf
+except ModuleNotFoundError:
+    pass
+else:
+    raise AssertionError("trgl_hf is still importable")
+"""
+
+
+def tiny_bert() -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=16, num_labels=3)  # fmt: skip
+    return BertForSequenceClassification(config)
+
+
+def saved_model(kind: str, folder: Path, make_cifar_resnet) -> dict[str, torch.Tensor]:
+    """Save a small whole TRGL model into `folder`; return its inputs and module logits (eval mode)."""
+    if kind == "cifar":
+        model = TRGLModel.from_base(make_cifar_resnet(num_channels=1), TRGLConfig(num_modules=3, aux_head="conv"))
+        inputs = {"pixel_values": torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))}
+        model.train()
+        model(**inputs)  # move BatchNorm statistics away from their initial values
+    else:
+        model = TRGLModel.from_base(tiny_bert(), TRGLConfig(num_modules=2))
+        inputs = {"input_ids": torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))}
+    model.eval().save_pretrained(folder)
+    with torch.no_grad():
+        return {**inputs, "expected": model(**inputs).module_logits}
+
+
+def run_fresh_python(tmp_path: Path, script: str) -> str:
+    """Run `script` in a fresh interpreter (cwd `tmp_path`, offline, own HF cache); return its stdout."""
+    env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0 and "remote-code-ok" in result.stdout, result.stderr[-3000:]
+    return result.stdout
+
+
+def load_script(folder: Path, io_file: Path, prelude: str = "") -> str:
+    """Load `folder` with remote code, check its logits exactly, save it again into `<folder>-again` and load that."""
+    return prelude + textwrap.dedent(
+        f"""
+        import filecmp, json, os, sys
+        import torch
+        from transformers import AutoModel
+        torch.set_num_threads(1)
+        io = torch.load(r"{io_file}", weights_only=True)
+        expected = io.pop("expected")
+        model = AutoModel.from_pretrained(r"{folder}", trust_remote_code=True)
+        with torch.no_grad():
+            assert torch.equal(model(**io).module_logits, expected)
+        again = r"{folder}-again"
+        model.save_pretrained(again)
+        assert sorted(os.listdir(again)) == {SAVED_FILES!r}, os.listdir(again)
+        assert filecmp.cmp(os.path.join(again, "trgl_hf_bundle.py"), r"{folder / "trgl_hf_bundle.py"}", shallow=False)
+        saved = json.load(open(os.path.join(again, "config.json")))
+        assert saved["auto_map"] == json.load(open(r"{folder / "config.json"}"))["auto_map"], saved["auto_map"]
+        reloaded = AutoModel.from_pretrained(again, trust_remote_code=True)
+        assert type(reloaded) is type(model)
+        with torch.no_grad():
+            assert torch.equal(reloaded(**io).module_logits, expected)
+        print("class", type(model).__module__, type(model).__name__)
+        print("package", sys.modules[type(model).__module__.rpartition(".")[0]].__version__)
+        print("imported trgl_hf", "trgl_hf" in sys.modules)
+        print("remote-code-ok")
+        """
+    )
+
+
+def test_saved_folder_carries_auto_map_and_remote_code_and_loads_as_before(tmp_path, make_cifar_resnet):
+    io = saved_model("cifar", tmp_path / "model", make_cifar_resnet)
+    folder = tmp_path / "model"
+    assert sorted(p.name for p in folder.iterdir()) == SAVED_FILES
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_trgl_remote.TRGLConfig",
+                                  "AutoModel": "modeling_trgl_remote.TRGLModel"}  # fmt: skip
+    # transformers copies the entry point and the bundle only, and finds nothing but the standard library (and
+    # transformers, imported lazily) to check in them: the bundled sources are data.
+    for entry in ("configuration_trgl_remote.py", "modeling_trgl_remote.py"):
+        assert get_relative_import_files(folder / entry) == [str(folder / "trgl_hf_bundle.py")]
+        assert get_imports(folder / entry) == []
+    assert set(get_imports(folder / "trgl_hf_bundle.py")) <= set(sys.stdlib_module_names) | {"transformers"}
+    # Where trgl_hf is imported the folder loads without remote code, with the installed classes.
+    assert type(AutoConfig.from_pretrained(folder)) is TRGLConfig
+    expected = io.pop("expected")
+    for loaded in (AutoModel.from_pretrained(folder), TRGLModel.from_pretrained(folder),
+                   AutoModel.from_pretrained(folder, trust_remote_code=True)):  # fmt: skip
+        assert type(loaded) is TRGLModel
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(**io).module_logits, expected)
+    assert loaded.config.auto_map == config["auto_map"]
+
+
+def test_model_config_is_left_as_it_was_after_saving(tmp_path, make_cifar_resnet):
+    model = TRGLModel.from_base(make_cifar_resnet(num_channels=1), TRGLConfig(num_modules=3))
+    model.save_pretrained(tmp_path / "model")
+    assert "auto_map" not in model.config.__dict__ and "_auto_class" not in model.config.__dict__
+    model.config.auto_map = {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}
+    model.save_pretrained(tmp_path / "model")
+    assert model.config.auto_map == {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["auto_map"] == {
+        "AutoTokenizer": ["tokenization_x.XTokenizer", None],
+        **remote_code.auto_map(),
+    }
+
+
+def test_loads_in_a_fresh_process_with_the_installed_trgl_hf(tmp_path, make_cifar_resnet):
+    torch.save(saved_model("cifar", tmp_path / "model", make_cifar_resnet), tmp_path / "io.pt")
+    stdout = run_fresh_python(tmp_path, load_script(tmp_path / "model", tmp_path / "io.pt") + textwrap.dedent(
+        """
+        import trgl_hf
+        assert type(model) is trgl_hf.TRGLModel and type(model.config) is trgl_hf.TRGLConfig
+        """
+    ))  # fmt: skip
+    assert "class trgl_hf.modeling_trgl TRGLModel" in stdout
+
+
+@pytest.mark.parametrize("kind", ["cifar", "bert"])
+def test_loads_in_a_fresh_process_without_trgl_hf(tmp_path, make_cifar_resnet, kind):
+    torch.save(saved_model(kind, tmp_path / "model", make_cifar_resnet), tmp_path / "io.pt")
+    stdout = run_fresh_python(tmp_path, load_script(tmp_path / "model", tmp_path / "io.pt", WITHOUT_TRGL_HF))
+    assert "class _trgl_hf_bundle_" in stdout and f"package {trgl_hf.__version__}\n" in stdout
+    assert "imported trgl_hf False" in stdout
+
+
+def test_a_folder_saved_by_another_version_uses_its_bundle_even_where_trgl_hf_is_installed(
+    tmp_path, make_cifar_resnet, monkeypatch
+):
+    monkeypatch.setattr(trgl_hf, "__version__", "0.0.1.dev-other")
+    torch.save(saved_model("bert", tmp_path / "model", make_cifar_resnet), tmp_path / "io.pt")
+    assert "BUNDLE_VERSION = '0.0.1.dev-other'" in (tmp_path / "model" / "trgl_hf_bundle.py").read_text()
+    stdout = run_fresh_python(tmp_path, load_script(tmp_path / "model", tmp_path / "io.pt"))
+    assert "class _trgl_hf_bundle_" in stdout and "package 0.0.1.dev-other\n" in stdout
+    assert "imported trgl_hf False" in stdout  # its `__version__` literal differs: it is not even imported
+
+
+def module_level_imports(source: str) -> set[str]:
+    """Top-level packages a module imports when it is imported (not in functions, `try` or `TYPE_CHECKING`)."""
+    found, pending = set(), list(ast.parse(source).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            pending.extend(node.orelse)
+        elif isinstance(node, (ast.If, ast.With, ast.ClassDef)):
+            pending.extend(node.body + getattr(node, "orelse", []))
+    return found - {"__future__"}
+
+
+def test_bundle_needs_only_core_dependencies():
+    _, sha256, data, _ = remote_code.encode_bundle("trgl_hf")
+    modules = remote_code.decode_bundle(data, sha256)["modules"]
+    assert {"modeling_trgl", "configuration_trgl", "remote_code", "adapters", "adapters.registry"} <= set(modules)
+    assert not {"trainer", "training_args", "data", "hub", "registration"} & set(modules)
+    needs = {name: module_level_imports(entry["source"]) - set(sys.stdlib_module_names) - CORE_DEPENDENCIES
+             for name, entry in modules.items()}  # fmt: skip
+    assert not {name: extra for name, extra in needs.items() if extra}, (
+        "trgl_hf modules bundled for remote code import packages a bare torch/transformers install lacks: import "
+        "them lazily, or keep the model code from depending on those modules"
+    )
+
+
+def test_bundle_registers_the_auto_classes_of_registration():
+    from transformers.models.auto import modeling_auto
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    registered = {model_type: config_class for model_type, config_class in CONFIG_MAPPING._extra_content.items()
+                  if config_class.__module__.startswith("trgl_hf.") and model_type != "trgl"}  # fmt: skip
+    assert set(registered) == set(remote_code.AUTO_CLASSES)
+    for model_type, (config_module, config_name, models) in remote_code.AUTO_CLASSES.items():
+        config_class = registered[model_type]
+        assert (config_class.__module__, config_class.__name__) == (f"trgl_hf.{config_module}", config_name)
+        expected = {}
+        for auto_name in dir(modeling_auto):
+            auto_class = getattr(modeling_auto, auto_name)
+            model_class = getattr(getattr(auto_class, "_model_mapping", None), "_extra_content", {}).get(config_class)
+            if auto_name.startswith("Auto") and model_class is not None:
+                expected[auto_name] = (model_class.__module__.removeprefix("trgl_hf."), model_class.__name__)
+        assert models == expected
+
+
+def test_corrupted_bundle_is_refused(tmp_path):
+    version, sha256, data, _ = remote_code.encode_bundle("trgl_hf")
+    with pytest.raises(ImportError, match="corrupted"):
+        remote_code.load_bundle(data, "0" * 64, version)
+    assert remote_code.decode_bundle(data, sha256)["version"] == version
+
+
+def _load_fakehub():
+    # pytest runs with --import-mode=importlib, so tests/ is not on sys.path: load the helper module by file.
+    name = "trgl_hf_tests_fakehub"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fakehub.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_save_pretrained_push_to_hub_uploads_the_remote_code(tmp_path, make_cifar_resnet, monkeypatch):
+    fakehub = _load_fakehub()
+    model = TRGLModel.from_base(make_cifar_resnet(num_channels=1), TRGLConfig(num_modules=3))
+    model.save_pretrained(tmp_path / "model")  # the remote-code files exist before the push and have not changed
+    with fakehub.start_fake_hub() as fake, fakehub.fake_hub_session():
+        monkeypatch.setattr(transformers_hub, "_hf_api", fake.api())  # what `save_pretrained(push_to_hub=True)` uses
+        model.save_pretrained(tmp_path / "model", push_to_hub=True, repo_id="fake-user/trgl")
+        assert not fake.unhandled
+    assert sorted(fake.store["fake-user/trgl"]["main"]) == sorted(SAVED_FILES + ["README.md"])
