@@ -42,3 +42,24 @@ def test_batchnorm_statistics_follow_rank_zero_and_one_process_writes(tmp_path):
                 compared += 1
     assert compared > 0
     assert not list((tmp_path / "run").glob("**/.*.tmp-*"))  # one writer: no half-written folders left behind
+
+
+@pytest.mark.multiprocess
+def test_two_processes_build_one_shared_prefix_cache(tmp_path):
+    import json
+
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(launcher + [str(ROOT / "tests" / "scripts" / "shared_cache.py"), str(tmp_path)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for phase in ("module-02", "module-03"):
+        records = [json.loads((tmp_path / f"{phase}-rank{rank}.json").read_text()) for rank in (0, 1)]
+        assert records[0] == records[1]  # both processes map the same files
+        rows = records[0]["rows"]
+        by_rank = {rank: sum(n for name, n in rows.items() if name.startswith(f"rank-00{rank}")) for rank in (0, 1)}
+        assert by_rank == {0: 50, 1: 50} and records[0]["length"] == 100 and records[0]["on_disk"]
+        cache = torch.load(tmp_path / f"{phase}-cache.pt")
+        torch.testing.assert_close(cache["shared"], cache["alone"], rtol=1e-5, atol=1e-6)
+    assert not list((tmp_path / "run" / ".trgl-prefix-cache").rglob("*.safetensors"))

@@ -125,20 +125,6 @@ def test_prefix_cache_on_padded_text_batches_matches_recomputing(kind, tmp_path)
         torch.testing.assert_close(finals["never"][name], tensor, rtol=1e-4, atol=5e-5, msg=name)
 
 
-def test_prefix_cache_keeps_dynamic_padding():
-    from trgl_hf.prefix_cache import collate_cached_rows, split_into_rows
-
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    columns = {"trgl_hidden_states": torch.randn(2, 4, 3), "input_ids": torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]),
-               "attention_mask": mask, "labels": torch.tensor([1, 0])}  # fmt: skip
-    rows = split_into_rows(columns)
-    assert [row["trgl_hidden_states"].shape[0] for row in rows] == [3, 2]
-    batch = collate_cached_rows(rows[1:])
-    assert batch["input_ids"].shape == (1, 2) and batch["trgl_hidden_states"].shape == (1, 2, 3)
-    batch = collate_cached_rows(rows)
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-
-
 @pytest.mark.parametrize("mode", ["parallel", "multilap"])
 def test_lm_modes_run(mode, tmp_path):
     dataset, vocab_size = char_blocks()

@@ -34,7 +34,8 @@ def _stable(value: Any) -> Any:
 
 
 TRAINING_FIELDS = ("trgl_mode", "trgl_laps", "num_train_epochs", "max_steps", "learning_rate", "seed",
-                   "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay")  # fmt: skip
+                   "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
+                   "trgl_prefix_cache_dtype")  # fmt: skip
 DATA_SAMPLE_ROWS = 64
 
 

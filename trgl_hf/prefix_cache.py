@@ -1,84 +1,55 @@
 """The prefix cache of sequential training: the frozen modules' outputs, computed once per phase instead of every
-epoch, with the inputs later blocks and heads read (attention masks, token ids) and the labels."""
+epoch, with the inputs later blocks and heads read (attention masks, token ids) and the labels.
+
+Rows are stored column-wise in shards: each shard holds, per column, one contiguous tensor (`[rows, ...]`) or, for
+token columns, the tokens of its rows without their padding (`[tokens, ...]`) and the rows' offsets. A shard lives
+in memory, or on disk as a safetensors file that is memory-mapped (one copy in the page cache for every process of
+a machine). A batch is gathered with one indexing operation per shard it touches, already collated and padded: no
+per-row Python work and no per-row tensor (whose overhead cost 8x the activations it held).
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from safetensors.torch import save_file
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 from transformers import DataCollatorWithPadding, DefaultDataCollator, default_data_collator
 
-
-class PrefixCacheDataset(Dataset):
-    """Outputs of the frozen prefix, computed once, with their labels and the inputs that blocks need as context
-    (attention masks, ...) — sequential and multi-lap modes. Token rows are stored without their padding."""
-
-    def __init__(self, rows: list[dict[str, torch.Tensor]]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.rows[index]
-
+logger = logging.getLogger(__name__)
 
 TOKEN_COLUMNS = ("trgl_hidden_states", "input_ids", "attention_mask", "token_type_ids", "position_ids")
+HIDDEN = "trgl_hidden_states"
+SHARD_BYTES = 64 * 1024**2
+"""Rows are flushed to a new shard once this many bytes are buffered (host memory stays bounded by it)."""
+DEFAULT_MEMORY_FRACTION = 0.25
+"""Without `trgl_prefix_cache_max_memory`, a cache may take this fraction of the memory available when it is built."""
+_OFFSETS = ".offsets"
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None, "I64": np.int64,
+                       "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}  # fmt: skip
 
 
-def collate_cached_rows(
-    rows: list[dict[str, torch.Tensor]], pad_values: dict[str, int] | None = None
-) -> dict[str, torch.Tensor]:
-    """Stack cached rows, right-padding token rows to the longest row of the batch.
-
-    Args:
-        rows (`list[dict]`): cached rows (see `split_into_rows`).
-        pad_values (`dict[str, int]`, *optional*): padding value per column, e.g. `{"input_ids": pad_token_id,
-            "labels": -100}` (a decoder classifier finds the last token by the pad id); 0 for the others.
-    """
-    pad_values = {"labels": -100, **(pad_values or {})}
-    batch = {}
-    for name in rows[0]:
-        tensors = [row[name] for row in rows]
-        if tensors[0].dim() >= 1 and len({t.shape[0] for t in tensors}) > 1:
-            length = max(t.shape[0] for t in tensors)
-            pad = pad_values.get(name, 0)
-            tensors = [
-                torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - t.shape[0]), value=pad)
-                for t in tensors
-            ]
-        batch[name] = torch.stack(tensors)
-    return batch
-
-
-def split_into_rows(
-    columns: dict[str, torch.Tensor], token_columns: tuple[str, ...] = (*TOKEN_COLUMNS, "labels")
-) -> list[dict[str, torch.Tensor]]:
-    """Cut a batch into per-example rows, dropping the right padding of the `token_columns` (per the attention
-    mask); other columns (a classifier's labels, multi-hot rows) are kept whole."""
-    mask = columns.get("attention_mask")
-    rows = []
-    for index in range(len(columns["labels"])):
-        length = None
-        if mask is not None and mask.dim() == 2:
-            positions = mask[index].nonzero()
-            length = int(positions.max()) + 1 if len(positions) else mask.shape[1]
-        row = {}
-        for name, column in columns.items():
-            value = column[index]
-            if length is not None and name in token_columns and value.dim() >= 1 and value.shape[0] == mask.shape[1]:
-                value = value[:length]
-            row[name] = value.clone()
-        rows.append(row)
-    return rows
+# ---------------------------------------------------------------------------------------------------- the decision
 
 
 def prefix_cache_decision(choice: str, dataset: Any, collator: Any) -> tuple[bool, str]:
     """Whether sequential phases train on cached prefix outputs, and why.
+
+    Anything that may give other inputs on another pass counts as random unless `choice` is `"always"`: a dataset
+    transform, a lazily mapped or iterable (streaming) dataset, a dataset of unknown kind, a custom collator.
 
     Args:
         choice (`str`): `TRGLTrainingArguments.trgl_prefix_cache` (`"auto"`, `"always"` or `"never"`).
@@ -87,53 +58,385 @@ def prefix_cache_decision(choice: str, dataset: Any, collator: Any) -> tuple[boo
     """
     if choice != "auto":
         return choice == "always", f"trgl_prefix_cache={choice!r}"
-    has_transform = getattr(dataset, "_format_type", None) == "custom"
-    known_dataset = hasattr(dataset, "column_names") or isinstance(dataset, TensorDataset)
-    known_collator = collator is default_data_collator or isinstance(
-        collator, (DefaultDataCollator, DataCollatorWithPadding)
-    )
-    if known_dataset and not has_transform and known_collator:
-        return True, "the input pipeline is deterministic (no dataset transform, standard collator)"
-    return False, "the input pipeline may be random (dataset transform or custom collator)"
+    if isinstance(dataset, IterableDataset) or _is_hf_iterable(dataset):
+        return False, "an iterable (streaming) dataset may give other examples on every pass; say 'always' to cache"
+    if getattr(dataset, "_format_type", None) == "custom":
+        return False, "the dataset has a transform (set_transform / with_transform), which may be random"
+    if not (hasattr(dataset, "column_names") or isinstance(dataset, TensorDataset)):
+        return False, f"a {type(dataset).__name__} may compute its examples randomly; say 'always' to cache"
+    if not (collator is default_data_collator or isinstance(collator, (DefaultDataCollator, DataCollatorWithPadding))):
+        return False, f"the collator {type(collator).__name__} may be random; say 'always' to cache"
+    return True, "the input pipeline is deterministic (a stored dataset, no transform, a standard collator)"
 
 
-def cache_collator(pad_token_id: int | None) -> Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]]:
-    """The collator of cached rows: token ids are re-padded with the model's pad id (a decoder classifier finds its
-    last token by it)."""
-    return functools.partial(
-        collate_cached_rows, pad_values={"input_ids": pad_token_id if pad_token_id is not None else 0}
-    )
+def _is_hf_iterable(dataset: Any) -> bool:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(dataset, datasets.IterableDataset)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (`MemAvailable`), or the physical memory where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """`1073741824`, `"1GiB"`, `"512MB"`, `"0.5GB"` -> bytes; `None` stays `None`."""
+    if value is None or isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?)B?\s*", str(value), flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"Cannot read {value!r} as a size: write bytes, or e.g. '8GiB' / '500MB'.")
+    number, unit, binary = float(match.group(1)), match.group(2).upper(), match.group(3)
+    return int(number * (1024 if binary else 1000) ** " KMGT".index(unit or " "))
+
+
+# ---------------------------------------------------------------------------------------------------- storage
+
+
+@dataclass
+class Shard:
+    """Some consecutive rows of a cache: per column a tensor, or for token columns tokens + `.offsets`."""
+
+    rows: int
+    tensors: dict[str, torch.Tensor]
+    path: Path | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def _flatten_tokens(column: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid tokens of each row (`[B, L, ...]` -> `[sum(lengths), ...]`) and the rows' token counts."""
+    valid = torch.arange(column.shape[1])[None, :] < lengths[:, None]
+    return column[valid], lengths
+
+
+def _memory_map(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as zero-copy views of a read-only memory map."""
+    with open(path, "rb") as stream:
+        header_size = int.from_bytes(stream.read(8), "little")
+        header = json.loads(stream.read(header_size))
+    whole = np.memmap(path, dtype=np.uint8, mode="r")
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        raw = whole[8 + header_size + start : 8 + header_size + end]
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        with warnings.catch_warnings():  # read-only on purpose: batches are gathered into new tensors
+            warnings.simplefilter("ignore", UserWarning)
+            if dtype is None:  # bfloat16: numpy has none, reinterpret 16-bit words
+                array = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+            else:
+                array = torch.from_numpy(raw.view(dtype))
+        tensors[name] = array.reshape(info["shape"])
+    return tensors
+
+
+class ShardWriter:
+    """Accumulates batches of prefix outputs and writes them as shards (in memory or safetensors files).
+
+    Args:
+        folder (`Path`, *optional*): where shard files go; `None` keeps shards in memory.
+        prefix (`str`): file name prefix of this writer's shards (e.g. `"rank-00"`), sorted in row order.
+        token_columns (`tuple[str, ...]`): columns stored without padding when the batch has a 2-d attention mask.
+        dtype (`torch.dtype`, *optional*): storage dtype of the floating hidden states (default: as computed).
+    """
+
+    def __init__(self, folder: Path | None, prefix: str, token_columns: tuple[str, ...], dtype: torch.dtype | None):
+        self.folder, self.prefix, self.token_columns, self.dtype = folder, prefix, token_columns, dtype
+        self.shards: list[Shard] = []
+        self._buffer: dict[str, list[torch.Tensor]] = {}
+        self._buffered_rows = self._buffered_bytes = 0
+
+    def add(self, columns: dict[str, torch.Tensor]) -> None:
+        """Add a batch (`[B, ...]` per column, on any device)."""
+        columns = {name: value.detach().cpu() for name, value in columns.items()}
+        if self.dtype is not None and columns[HIDDEN].is_floating_point():
+            columns[HIDDEN] = columns[HIDDEN].to(self.dtype)
+        mask = columns.get("attention_mask")
+        lengths = None
+        if mask is not None and mask.dim() == 2:
+            position = torch.arange(mask.shape[1])
+            lengths = torch.where(mask.bool(), position + 1, 0).amax(dim=1)
+            lengths = torch.where(mask.bool().any(dim=1), lengths, mask.shape[1])
+        for name, value in columns.items():
+            is_tokens = lengths is not None and name in self.token_columns and value.dim() >= 2
+            if is_tokens and value.shape[1] == mask.shape[1]:
+                tokens, counts = _flatten_tokens(value, lengths)
+                self._buffer.setdefault(name, []).append(tokens)
+                self._buffer.setdefault(name + _OFFSETS, []).append(counts.to(torch.int64))
+            else:
+                self._buffer.setdefault(name, []).append(value)
+        self._buffered_rows += len(columns[HIDDEN])
+        self._buffered_bytes += sum(v.numel() * v.element_size() for v in columns.values())
+        if self._buffered_bytes >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one shard."""
+        if not self._buffered_rows:
+            return
+        tensors = {}
+        for name, parts in self._buffer.items():
+            if name.endswith(_OFFSETS):
+                tensors[name] = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cat(parts).cumsum(0)])
+            else:
+                tensors[name] = torch.cat(parts)
+        shard = Shard(self._buffered_rows, tensors)
+        if self.folder is not None:
+            path = self.folder / f"{self.prefix}-shard-{len(self.shards):05d}.safetensors"
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+            shard = Shard(self._buffered_rows, _memory_map(path), path)
+        self.shards.append(shard)
+        self._buffer, self._buffered_rows, self._buffered_bytes = {}, 0, 0
+
+
+class PrefixCache(Dataset):
+    """Outputs of the frozen prefix for every training example (in dataset order), with their labels and context.
+
+    `cache[indices]` / `cache.__getitems__(indices)` gathers a whole batch at once, collated and right-padded (token
+    ids with `pad_values["input_ids"]`, labels with -100). `select(indices)` gives a view in another row order.
+
+    Args:
+        shards (`list[Shard]`): the rows, in order.
+        pad_values (`dict[str, int]`, *optional*): padding value per column (`labels`: -100, others 0 by default).
+        folder (`Path`, *optional*): the files of a disk-backed cache (removed by [`PrefixCache.remove`]).
+        first_module (`int`): the 0-based module that reads these outputs.
+    """
+
+    def __init__(self, shards: list[Shard], pad_values: dict[str, int] | None = None, folder: Path | None = None,
+                 first_module: int = 1, lap: int = 1, hidden_dtype: torch.dtype | None = None) -> None:  # fmt: skip
+        self.shards, self.folder, self.first_module, self.lap = shards, folder, first_module, lap
+        self.hidden_dtype = hidden_dtype
+        self.pad_values = {"labels": -100, **(pad_values or {})}
+        self.starts = np.cumsum([0] + [shard.rows for shard in shards])
+        self.index: np.ndarray | None = None  # row order of a `select` view
+
+    @property
+    def on_disk(self) -> bool:
+        return self.folder is not None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(shard.nbytes for shard in self.shards)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1]) if self.index is None else len(self.index)
+
+    def select(self, indices: Iterable[int]) -> PrefixCache:
+        """A view of the rows `indices` (in that order), sharing the storage."""
+        view = PrefixCache.__new__(PrefixCache)
+        view.__dict__.update(self.__dict__)
+        indices = np.asarray(list(indices), dtype=np.int64)
+        view.index = indices if self.index is None else self.index[indices]
+        return view
+
+    def __getitem__(self, index: int | list[int]) -> dict[str, torch.Tensor]:
+        if isinstance(index, (int, np.integer)):
+            batch = self.gather([int(index)])
+            return {name: value[0] for name, value in batch.items()}
+        return self.gather(index)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """The DataLoader's batched fetch: one already collated batch (see [`collate_prefix_batch`])."""
+        return [CachedBatch(self.gather(indices))]
+
+    def gather(self, indices: Iterable[int]) -> dict[str, torch.Tensor]:
+        """The rows `indices`, collated: one indexing operation per shard touched."""
+        rows = np.asarray(list(indices), dtype=np.int64)
+        if self.index is not None:
+            rows = self.index[rows]
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        lengths = self._token_lengths(rows, which)
+        longest = int(lengths.max()) if lengths is not None and len(lengths) else 0
+        batch: dict[str, torch.Tensor] = {}
+        for number in np.unique(which):
+            shard, positions = self.shards[number], np.flatnonzero(which == number)
+            local = torch.from_numpy(rows[positions] - self.starts[number])
+            target = torch.from_numpy(positions)
+            for name, tensor in shard.tensors.items():
+                if name.endswith(_OFFSETS):
+                    continue
+                offsets = shard.tensors.get(name + _OFFSETS)
+                if offsets is None:
+                    values = tensor[local]
+                else:
+                    start, count = offsets[local], offsets[local + 1] - offsets[local]
+                    step = torch.arange(longest)
+                    valid = step[None, :] < count[:, None]
+                    values = tensor[torch.where(valid, start[:, None] + step[None, :], 0)]
+                    values[~valid] = self.pad_values.get(name, 0)
+                if name not in batch:
+                    batch[name] = values.new_empty((len(rows), *values.shape[1:]))
+                batch[name][target] = values
+        hidden = batch.get(HIDDEN)
+        if self.hidden_dtype is not None and hidden is not None and hidden.dtype != self.hidden_dtype:
+            batch[HIDDEN] = hidden.to(self.hidden_dtype)
+        return batch
+
+    def _token_lengths(self, rows: np.ndarray, which: np.ndarray) -> torch.Tensor | None:
+        offsets_name = HIDDEN + _OFFSETS
+        if offsets_name not in self.shards[0].tensors:
+            return None
+        lengths = torch.zeros(len(rows), dtype=torch.int64)
+        for number in np.unique(which):
+            positions = np.flatnonzero(which == number)
+            offsets = self.shards[number].tensors[offsets_name]
+            local = torch.from_numpy(rows[positions] - self.starts[number])
+            lengths[torch.from_numpy(positions)] = offsets[local + 1] - offsets[local]
+        return lengths
+
+    def iter_batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[dict]:
+        """Rows `start..stop` in order, `batch_size` at a time (to compute the next module's cache)."""
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, batch_size):
+            yield self.gather(range(first, min(first + batch_size, stop)))
+
+    def remove(self) -> None:
+        """Drop the rows (and the files of a disk-backed cache)."""
+        self.shards = []
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class CachedBatch(dict):
+    """A batch the cache gathered itself (already collated)."""
+
+
+def collate_prefix_batch(items: list[Any]) -> dict[str, torch.Tensor]:
+    """The collator of a [`PrefixCache`]: its batches arrive collated from `__getitems__`."""
+    if len(items) == 1 and isinstance(items[0], CachedBatch):
+        return dict(items[0])
+    raise TypeError("A PrefixCache batch must come from PrefixCache.__getitems__ (use a torch DataLoader).")
+
+
+# ---------------------------------------------------------------------------------------------------- building
+
+
+@dataclass
+class CachePlan:
+    """Where a cache goes and why: `folder` is `None` for memory."""
+
+    folder: Path | None
+    reason: str
+    estimate: int = 0
+    budget: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_storage(
+    bytes_per_row: float, rows: int, budget: int | None, folder: Path, world_size: int
+) -> CachePlan:
+    """Memory when the estimated size fits the budget in a single process; otherwise memory-mapped files."""
+    estimate = int(math.ceil(bytes_per_row * rows))
+    budget = budget if budget is not None else int(available_memory() * DEFAULT_MEMORY_FRACTION)
+    size = f"{estimate / 1024**2:.1f} MiB ({rows} rows x {bytes_per_row / 1024:.1f} KiB)"
+    if world_size > 1:
+        return CachePlan(folder, f"{size}: memory-mapped files shared by the {world_size} processes", estimate, budget)
+    if estimate <= budget:
+        return CachePlan(None, f"{size}, within the budget of {budget / 1024**2:.1f} MiB: in memory", estimate, budget)
+    return CachePlan(folder, f"{size}, over the budget of {budget / 1024**2:.1f} MiB: on disk in {folder}", estimate,
+                     budget)  # fmt: skip
 
 
 @torch.no_grad()
-def build_prefix_cache(
+def compute_prefix_outputs(
     model: Any,
     batches: Iterable[dict[str, torch.Tensor]],
-    first_module: int,
-    autocast: AbstractContextManager,
-) -> PrefixCacheDataset:
-    """Run the frozen modules `0 .. first_module - 1` once over `batches` (already on the model's device) and keep,
-    per example, their output, its label and the context inputs (`model.adapter.context_input_names`)."""
-    model.train()  # frozen modules stay in eval mode (TRGLModel.train)
-    token_columns = (*TOKEN_COLUMNS, "labels") if model.task.is_language_model else TOKEN_COLUMNS
-    rows: list[dict[str, torch.Tensor]] = []
-    with autocast:
-        for batch in batches:
-            labels = batch.pop("labels")
-            for step in model.iter_modules(last_module=first_module - 1, frozen_heads=False, **batch):
+    last_module: int,
+    autocast: Callable[[], AbstractContextManager],
+) -> Iterator[dict[str, torch.Tensor]]:
+    """For each batch (on the model's device), the columns to cache: the output of module `last_module`, the labels
+    and the context inputs. Batches of an earlier cache (with `trgl_hidden_states`) run from the module that reads it
+    (`model.cached_input_module`), so one module runs per batch."""
+    for batch in batches:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        with autocast():
+            for step in model.iter_modules(last_module=last_module, frozen_heads=False, **batch):
                 hidden = step.hidden_state
-            context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
-            columns = {"trgl_hidden_states": hidden, "labels": labels, **context}
-            rows += split_into_rows({name: value.cpu() for name, value in columns.items()}, token_columns)
-    return PrefixCacheDataset(rows)
+        context = {k: v for k, v in batch.items() if k in model.adapter.context_input_names}
+        yield {HIDDEN: hidden, "labels": labels, **context}
+
+
+def build_prefix_cache(
+    outputs: Iterator[dict[str, torch.Tensor]],
+    rows: int,
+    *,
+    folder: Path,
+    budget: int | None,
+    dtype: torch.dtype | None,
+    token_columns: tuple[str, ...],
+    pad_values: dict[str, int],
+    first_module: int,
+    lap: int,
+    local_rank: int = 0,
+    local_world: int = 1,
+    barrier: Any = None,
+) -> PrefixCache:
+    """Store the prefix outputs `outputs` (this process's share of `rows` examples, in order) as a [`PrefixCache`].
+
+    The size is estimated from the first batch: in memory when it fits `budget` (single process), otherwise in
+    `folder` as safetensors shards written as batches arrive. With several processes on a machine, each computes its
+    share of the rows (`local_rank` of `local_world`), and all of them then map the same files.
+    """
+    barrier = barrier or (lambda: None)
+    outputs = iter(outputs)
+    first = next(outputs, None)
+    hidden_dtype = first[HIDDEN].dtype if first is not None else None
+    per_row = sum(v.numel() * v.element_size() for v in first.values()) / max(len(first[HIDDEN]), 1) if first else 0
+    if dtype is not None and first is not None and first[HIDDEN].is_floating_point():
+        saved = first[HIDDEN].element_size() - torch.empty((), dtype=dtype).element_size()
+        per_row -= first[HIDDEN][0].numel() * saved
+    plan = plan_storage(per_row, rows, budget, folder, local_world)
+    if plan.folder is not None:
+        if local_rank == 0:
+            shutil.rmtree(plan.folder, ignore_errors=True)
+            plan.folder.mkdir(parents=True)
+        barrier()
+    writer = ShardWriter(plan.folder, f"rank-{local_rank:03d}", token_columns, dtype)
+    for batch in (first, *outputs) if first is not None else ():
+        writer.add(batch)
+    writer.flush()
+    shards = writer.shards
+    if plan.folder is not None and local_world > 1:
+        barrier()
+        shards = [Shard(0, _memory_map(path), path) for path in sorted(plan.folder.glob("rank-*-shard-*.safetensors"))]
+        for shard in shards:
+            any_column = next(name for name in shard.tensors if not name.endswith(_OFFSETS))
+            offsets = shard.tensors.get(any_column + _OFFSETS)
+            shard.rows = len(offsets) - 1 if offsets is not None else len(shard.tensors[any_column])
+    cache = PrefixCache(shards, pad_values, plan.folder, first_module, lap, hidden_dtype)
+    logger.info("Prefix cache for module %d: %s; stored %.1f MiB in %d shards.", first_module + 1, plan.reason,
+                cache.nbytes / 1024**2, len(shards))  # fmt: skip
+    cache.plan = plan
+    return cache
 
 
 __all__ = [
-    "PrefixCacheDataset",
-    "TOKEN_COLUMNS",
     "build_prefix_cache",
-    "cache_collator",
-    "collate_cached_rows",
+    "CachePlan",
+    "CachedBatch",
+    "PrefixCache",
+    "ShardWriter",
+    "TOKEN_COLUMNS",
+    "available_memory",
+    "collate_prefix_batch",
+    "compute_prefix_outputs",
+    "parse_bytes",
+    "plan_storage",
     "prefix_cache_decision",
-    "split_into_rows",
 ]

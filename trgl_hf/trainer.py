@@ -45,7 +45,15 @@ from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .model_cards import PLOT_FILE, load_arguments, module_plot_svg, module_table, run_model_card
 from .modeling_trgl import TRGLModel
 from .phases import Phase, lap_order, plan_phases
-from .prefix_cache import build_prefix_cache, cache_collator, prefix_cache_decision
+from .prefix_cache import (
+    TOKEN_COLUMNS,
+    PrefixCache,
+    build_prefix_cache,
+    collate_prefix_batch,
+    compute_prefix_outputs,
+    parse_bytes,
+    prefix_cache_decision,
+)
 from .run_lock import RunLock
 from .run_state import RunCheckpointCallback, RunState, check_checkpoint
 from .training_args import TRGLTrainingArguments
@@ -145,7 +153,8 @@ class TRGLTrainer(Trainer):
         self.stage_metrics: dict[int, dict[str, float]] = {}
         self._module_sums: dict[int, list] = {}  # module -> [task loss sum, transport sum, count], kept on device
         self._phase: Phase | None = None
-        self._cache_collator = None
+        self._prefix_cache: PrefixCache | None = None
+        self._run_root = Path(self.args.output_dir)
         self._pusher: BackgroundPusher | None = None
         self.hub_push_failures: list[HubPushError] = []
         if self.processing_class is None and self.args.trgl_save_stages:
@@ -233,6 +242,7 @@ class TRGLTrainer(Trainer):
         ignore_keys_for_eval: Any, **kwargs: Any,
     ) -> TrainOutput:  # fmt: skip
         model: TRGLModel = self.model
+        self._run_root = root
         check_output_dir(root, self.fingerprint, bool(resume_from_checkpoint), identity)
         writer = self.args.should_save
         if resume_from_checkpoint:
@@ -295,6 +305,7 @@ class TRGLTrainer(Trainer):
         finally:
             self.remove_callback(callback)
             self._in_run = False
+            self._drop_prefix_cache()
         return self._end_run(root, totals, started, output)
 
     def _pin_log_folders(self, root: Path) -> None:
@@ -367,8 +378,7 @@ class TRGLTrainer(Trainer):
             with model.phase(phase.modules, cached_from=phase.cached_from, evaluated=phase.evaluated_modules):
                 if phase.cached_from is not None:
                     logger.info("%s: caching the frozen prefix's outputs once (%s).", phase.name, cache_reason)
-                    self.train_dataset = self._build_prefix_cache(phase.cached_from)
-                    self._cache_collator = cache_collator(getattr(model.backbone.config, "pad_token_id", None))
+                    self.train_dataset = self._build_prefix_cache(phase)
                 elif min(phase.modules) > 0 and self.args.trgl_mode != "parallel":
                     logger.info("%s: recomputing the frozen prefix every step (%s).", phase.name, cache_reason)
                 self._reset_for_phase()
@@ -380,7 +390,6 @@ class TRGLTrainer(Trainer):
         finally:
             (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset,
              self.args.train_sampling_strategy) = saved  # fmt: skip
-            self._cache_collator = None
             self._phase = None
 
     # ------------------------------------------------------------------ one optimizer per module across laps
@@ -440,30 +449,75 @@ class TRGLTrainer(Trainer):
 
     def get_train_dataloader(self) -> DataLoader:
         """The training batches; cached prefix outputs are collated by stacking (they are already padded)."""
-        if self._cache_collator is None:
+        if not isinstance(self.train_dataset, PrefixCache):
             return super().get_train_dataloader()
-        collator, self.data_collator = self.data_collator, self._cache_collator
+        saved = self.data_collator, self.args.remove_unused_columns
+        self.data_collator, self.args.remove_unused_columns = collate_prefix_batch, False  # it holds only inputs
         try:
             return super().get_train_dataloader()
         finally:
-            self.data_collator = collator
+            self.data_collator, self.args.remove_unused_columns = saved
 
-    def _build_prefix_cache(self, first_module: int):
+    def _build_prefix_cache(self, phase: Phase) -> PrefixCache:
+        """The outputs of modules 1..k-1 for phase k: from the previous phase's cache when it holds module k-2's
+        outputs (one module runs), else from the raw data. Each process of a machine computes its share of the rows."""
         model: TRGLModel = self.model
-        dataset = self.train_dataset
-        if hasattr(dataset, "column_names"):
-            dataset = remove_unused_columns(self, dataset, description="prefix cache")
-        collator = collator_without_unused_columns(self, self.data_collator, description="prefix cache")
-        loader = DataLoader(
-            dataset,
-            batch_size=self.args.per_device_eval_batch_size,
-            collate_fn=collator,
-            num_workers=self.args.dataloader_num_workers,
-        )
-        model.to(self.args.device)
+        args, first = self.args, phase.cached_from
+        previous = self._prefix_cache
+        model.to(args.device)
         self._broadcast_buffers()
-        batches = (prepare_inputs(self, batch) for batch in loader)
-        return build_prefix_cache(model, batches, first_module, self.accelerator.autocast())
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size or 1))
+        local_rank = self.accelerator.local_process_index
+        if previous is not None and previous.first_module == first - 1 and previous.lap == phase.lap:
+            rows = int(previous.starts[-1])
+            start, stop = rows * local_rank // local_world, rows * (local_rank + 1) // local_world
+            batches = (prepare_inputs(self, b) for b in previous.iter_batches(args.per_device_train_batch_size,
+                                                                             start, stop))  # fmt: skip
+            source = f"module {first}'s cache"
+            reads_cache = previous.first_module
+        else:
+            dataset = self.train_dataset
+            if hasattr(dataset, "column_names"):
+                dataset = remove_unused_columns(self, dataset, description="prefix cache")
+            rows = len(dataset)
+            start, stop = rows * local_rank // local_world, rows * (local_rank + 1) // local_world
+            share = range(start, stop)
+            part = dataset.select(share) if hasattr(dataset, "select") else Subset(dataset, share)
+            collator = collator_without_unused_columns(self, self.data_collator, description="prefix cache")
+            loader = DataLoader(part, batch_size=args.per_device_train_batch_size, collate_fn=collator,
+                                num_workers=args.dataloader_num_workers)  # fmt: skip
+            batches = (prepare_inputs(self, batch) for batch in loader)
+            source, reads_cache = "the data", None
+        root = Path(args.trgl_prefix_cache_dir or self._run_root / ".trgl-prefix-cache")
+        node = self.accelerator.process_index // max(local_world, 1)
+        folder = root / f"node-{node:02d}" / f"lap-{phase.lap:02d}-module-{first + 1:02d}"
+        token_columns = (*TOKEN_COLUMNS, "labels") if model.task.is_language_model else TOKEN_COLUMNS
+        pad_id = getattr(model.backbone.config, "pad_token_id", None)
+        model.train()  # frozen modules stay in eval mode (TRGLModel.train)
+        previous_input, model.cached_input_module = model.cached_input_module, reads_cache
+        try:
+            outputs = compute_prefix_outputs(model, batches, first - 1, self.accelerator.autocast)
+            cache = build_prefix_cache(
+                outputs, rows, folder=folder, budget=parse_bytes(args.trgl_prefix_cache_max_memory),
+                dtype=getattr(torch, args.trgl_prefix_cache_dtype) if args.trgl_prefix_cache_dtype else None,
+                token_columns=token_columns, pad_values={"input_ids": pad_id if pad_id is not None else 0},
+                first_module=first, lap=phase.lap, local_rank=local_rank, local_world=local_world,
+                barrier=self.accelerator.wait_for_everyone,
+            )  # fmt: skip
+        finally:
+            model.cached_input_module = previous_input
+        logger.info("%s: the prefix cache was computed from %s.", phase.name, source)
+        if previous is not None:
+            self.accelerator.wait_for_everyone()  # every process has read the previous cache
+            previous.remove()
+        self._prefix_cache = cache
+        return cache
+
+    def _drop_prefix_cache(self) -> None:
+        if self._prefix_cache is not None:
+            self.accelerator.wait_for_everyone()
+            self._prefix_cache.remove()
+            self._prefix_cache = None
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None

@@ -35,7 +35,21 @@ class TRGLTrainingArguments(TrainingArguments):
         trgl_prefix_cache (`str`, *optional*, defaults to `"auto"`):
             Sequential and multi-lap modes: compute the frozen prefix's outputs once per stage and train on them
             (`"always"`), recompute them every step (`"never"`), or cache only when the input pipeline is
-            deterministic, i.e. a dataset without an on-the-fly transform and a standard collator (`"auto"`).
+            deterministic (`"auto"`): a stored map-style dataset without an on-the-fly transform, and a standard
+            collator. Iterable (streaming) datasets, transforms, custom collators and datasets of other kinds count as
+            random under `"auto"`; the logs say why. Module k's cache is computed from module k-1's (one module pass
+            over the data per phase) at the training batch size.
+        trgl_prefix_cache_max_memory (`str` or `int`, *optional*):
+            Largest prefix cache kept in memory (bytes, or e.g. `"8GiB"`); a larger one is written to disk as
+            memory-mapped safetensors shards, so host memory stays bounded whatever the dataset's size. Defaults to
+            25% of the memory available when the cache is built. With several processes the cache is always a set of
+            files that every process of the machine maps (one copy in the page cache).
+        trgl_prefix_cache_dir (`str`, *optional*):
+            Where a disk-backed cache is written (defaults to `output_dir/.trgl-prefix-cache`); a fast local disk is
+            best. Removed when the run ends.
+        trgl_prefix_cache_dtype (`str`, *optional*):
+            Store the cached hidden states as `"float16"` or `"bfloat16"` (half the size); they are cast back to the
+            computed dtype when read. Defaults to the dtype the modules computed (exact).
         trgl_save_stages (`bool`, *optional*, defaults to `True`):
             Write `output_dir/stage-01 .. stage-K` as the modules become final.
         trgl_hub_strategy (`str`, *optional*, defaults to `"branch"`):
@@ -60,6 +74,15 @@ class TRGLTrainingArguments(TrainingArguments):
     )  # fmt: skip
     trgl_prefix_cache: str = field(
         default="auto", metadata={"help": "Cache the frozen prefix's outputs: 'auto', 'always' or 'never'."}
+    )
+    trgl_prefix_cache_max_memory: str | None = field(
+        default=None, metadata={"help": "Largest in-memory prefix cache (bytes or '8GiB'); default 25% of free RAM."}
+    )
+    trgl_prefix_cache_dir: str | None = field(
+        default=None, metadata={"help": "Folder of a disk-backed prefix cache (default output_dir/.trgl-prefix-cache)"}
+    )
+    trgl_prefix_cache_dtype: str | None = field(
+        default=None, metadata={"help": "Store cached hidden states as 'float16' or 'bfloat16' (default: as computed)"}
     )
     trgl_save_stages: bool = field(
         default=True, metadata={"help": "Write output_dir/stage-XX folders as modules become final."}
@@ -121,6 +144,14 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"`trgl_prefix_cache` must be one of {PREFIX_CACHE_CHOICES}, got {self.trgl_prefix_cache!r}."
             )
+        if self.trgl_prefix_cache_dtype not in (None, "float16", "bfloat16", "float32"):
+            raise ValueError(
+                "`trgl_prefix_cache_dtype` must be 'float16', 'bfloat16' or None, got "
+                f"{self.trgl_prefix_cache_dtype!r}."
+            )
+        from .prefix_cache import parse_bytes
+
+        parse_bytes(self.trgl_prefix_cache_max_memory)  # refuses what is not a size
 
 
 def _accelerator_available() -> bool:

@@ -1,0 +1,195 @@
+"""The prefix cache: column-wise shards in memory or memory-mapped on disk, batches gathered already padded, the
+memory budget, incremental construction, and the determinism decision."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+from torch.utils.data import IterableDataset
+from transformers import DataCollatorWithPadding, default_data_collator
+
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments, prefix_cache
+from trgl_hf.prefix_cache import PrefixCache, ShardWriter, build_prefix_cache, parse_bytes, prefix_cache_decision
+
+TOKENS = ("trgl_hidden_states", "input_ids", "attention_mask")
+
+
+def _ragged_batches(seed: int = 0, batches: int = 5, size: int = 4):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        lengths = torch.randint(1, 7, (size,), generator=generator)
+        longest = int(lengths.max())
+        mask = (torch.arange(longest)[None, :] < lengths[:, None]).long()
+        yield {
+            "trgl_hidden_states": torch.randn(size, longest, 3, generator=generator),
+            "input_ids": torch.randint(5, 50, (size, longest), generator=generator) * mask,
+            "attention_mask": mask,
+            "labels": torch.randint(0, 2, (size,), generator=generator),
+        }
+
+
+def _expected_rows(batches):
+    rows = []
+    for batch in batches:
+        for index, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+            rows.append({name: value[index][:length] if name in TOKENS else value[index] for name, value in
+                         batch.items()})  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_ragged_rows_come_back_padded_per_batch_from_memory_and_disk(tmp_path, monkeypatch, on_disk):
+    monkeypatch.setattr(prefix_cache, "SHARD_BYTES", 300)  # several shards
+    writer = ShardWriter(tmp_path if on_disk else None, "rank-000", TOKENS, None)
+    for batch in _ragged_batches():
+        writer.add(batch)
+    writer.flush()
+    assert len(writer.shards) > 2
+    assert all((shard.path is not None) == on_disk for shard in writer.shards)
+    cache = PrefixCache(writer.shards, {"input_ids": 1})
+    rows = _expected_rows(_ragged_batches())
+    assert len(cache) == len(rows) == 20
+    order = [17, 2, 9, 0, 13]  # rows of several shards, out of order
+    batch = cache.gather(order)
+    longest = max(len(rows[i]["input_ids"]) for i in order)
+    assert batch["trgl_hidden_states"].shape == (5, longest, 3) and batch["input_ids"].shape == (5, longest)
+    for position, index in enumerate(order):
+        length = len(rows[index]["input_ids"])
+        assert torch.equal(batch["trgl_hidden_states"][position, :length], rows[index]["trgl_hidden_states"])
+        assert torch.equal(batch["input_ids"][position, :length], rows[index]["input_ids"])
+        assert (batch["input_ids"][position, length:] == 1).all()  # the model's pad id
+        assert (batch["attention_mask"][position, length:] == 0).all()
+        assert batch["labels"][position] == rows[index]["labels"]
+    view = cache.select([3, 1])
+    assert len(view) == 2 and torch.equal(view.gather([1])["labels"], cache.gather([1])["labels"])
+    assert torch.equal(cache.__getitems__(order)[0]["labels"], batch["labels"])
+
+
+def test_sizes_and_budgets_are_read():
+    assert parse_bytes("1GiB") == 1024**3 and parse_bytes("500MB") == 500 * 1000**2 and parse_bytes(7) == 7
+    with pytest.raises(ValueError, match="as a size"):
+        parse_bytes("a lot")
+    with pytest.raises(ValueError, match="trgl_prefix_cache_max_memory|as a size"):
+        TRGLTrainingArguments(output_dir="unused", trgl_prefix_cache_max_memory="lots", use_cpu=True)
+
+
+def test_the_budget_decides_memory_or_disk(tmp_path, caplog):
+    def build(budget):
+        return build_prefix_cache(iter(list(_ragged_batches())), 20, folder=tmp_path / "cache", budget=budget,
+                                  dtype=None, token_columns=TOKENS, pad_values={}, first_module=1, lap=1)  # fmt: skip
+
+    with caplog.at_level("INFO", logger="trgl_hf"):
+        small = build(10)
+        large = build(10**9)
+    assert small.on_disk and list((tmp_path / "cache").glob("*.safetensors"))
+    assert not large.on_disk
+    assert "over the budget" in caplog.text and "within the budget" in caplog.text
+    for name, value in large.gather(range(20)).items():
+        assert torch.equal(small.gather(range(20))[name], value), name
+    small.remove()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_half_precision_storage_is_cast_back(tmp_path):
+    batches = list(_ragged_batches())
+    cache = build_prefix_cache(iter(batches), 20, folder=tmp_path, budget=None, dtype=torch.bfloat16,
+                               token_columns=TOKENS, pad_values={}, first_module=1, lap=1)  # fmt: skip
+    assert cache.shards[0].tensors["trgl_hidden_states"].dtype == torch.bfloat16
+    hidden = cache.gather([0])["trgl_hidden_states"]
+    assert hidden.dtype == torch.float32
+    expected = batches[0]["trgl_hidden_states"][0, : hidden.shape[1]]
+    torch.testing.assert_close(hidden[0], expected, rtol=1e-2, atol=1e-2)
+    assert not torch.equal(hidden[0], expected)
+
+
+def _sequential_args(out, **overrides):
+    settings = dict(output_dir=str(out), trgl_mode="sequential", num_train_epochs=1, per_device_train_batch_size=32,
+                    learning_rate=0.05, optim="sgd", report_to="none", save_strategy="no", disable_tqdm=True,
+                    use_cpu=True, seed=0, trgl_save_stages=False, trgl_prefix_cache="always")  # fmt: skip
+    settings.update(overrides)
+    return TRGLTrainingArguments(**settings)
+
+
+class CacheSpy:
+    """Records each phase's cache as it is built (and the shard files at that moment)."""
+
+    def __init__(self, monkeypatch):
+        self.caches = []
+        original = prefix_cache.build_prefix_cache
+
+        def spy(*args, **kwargs):
+            cache = original(*args, **kwargs)
+            files = sorted(cache.folder.glob("*.safetensors")) if cache.folder else []
+            self.caches.append((cache, (files, len(cache.shards)), cache.gather(range(len(cache)))))
+            return cache
+
+        monkeypatch.setattr("trgl_hf.trainer.build_prefix_cache", spy)
+
+
+def test_a_disk_cache_trains_bit_identically_to_the_memory_cache(tmp_path, digits, make_cifar_resnet, monkeypatch):
+    monkeypatch.setattr(prefix_cache, "SHARD_BYTES", 64 * 1024)
+    finals, spies = {}, {}
+    for where, budget in (("memory", None), ("disk", "1KB")):
+        torch.manual_seed(0)
+        model = TRGLModel.from_base(make_cifar_resnet(num_labels=10, num_channels=1), TRGLConfig(num_modules=3))
+        spies[where] = CacheSpy(monkeypatch)
+        args = _sequential_args(tmp_path / where, trgl_prefix_cache_max_memory=budget)
+        TRGLTrainer(model=model, args=args, train_dataset=digits["train"]).train()
+        finals[where] = model.state_dict()
+        assert not (tmp_path / where / ".trgl-prefix-cache").exists() or not any(
+            (tmp_path / where / ".trgl-prefix-cache").rglob("*.safetensors")
+        )  # removed when the run ends
+    for name, tensor in finals["memory"].items():
+        assert torch.equal(finals["disk"][name], tensor), name
+    assert [cache.on_disk for cache, _, _ in spies["disk"].caches] == [True, True]
+    assert [cache.on_disk for cache, _, _ in spies["memory"].caches] == [False, False]
+    for _, (files, shards), _ in spies["disk"].caches:
+        assert len(files) == shards > 1  # written in shards as batches were computed
+    for (_, _, on_disk), (_, _, in_memory) in zip(spies["disk"].caches, spies["memory"].caches):
+        for name in in_memory:
+            assert torch.equal(on_disk[name], in_memory[name])
+
+
+def test_each_cache_is_computed_from_the_previous_one(tmp_path, digits, make_cifar_resnet, monkeypatch):
+    spy = CacheSpy(monkeypatch)
+    torch.manual_seed(0)
+    model = TRGLModel.from_base(make_cifar_resnet(num_labels=10, num_channels=1), TRGLConfig(num_modules=3))
+    calls = []
+    original = model.adapter.embed
+    model.adapter.embed = lambda *a, **k: calls.append(1) or original(*a, **k)
+    train = digits["train"].select(range(256))
+    TRGLTrainer(model=model, args=_sequential_args(tmp_path), train_dataset=train).train()
+    # The raw data went through the stem twice: module 1's 8 training batches and one pass to cache module 1's
+    # outputs; modules 2 and 3 train on caches, and module 2's cache came from module 1's (rebuilding it from the raw
+    # data would be 8 more).
+    assert len(calls) == 2 * 8
+    third = spy.caches[1][2]["trgl_hidden_states"]
+    loader = torch.utils.data.DataLoader(train.with_format("torch"), batch_size=64, collate_fn=default_data_collator)
+    model.eval()
+    with torch.no_grad():
+        recomputed = torch.cat([step.hidden_state for batch in loader for step in
+                                model.iter_modules(pixel_values=batch["pixel_values"], last_module=1)
+                                if step.index == 1])  # fmt: skip
+    torch.testing.assert_close(third, recomputed, rtol=1e-5, atol=1e-6)
+
+
+def test_random_or_streaming_pipelines_are_not_cached_unless_asked():
+    stored = Dataset.from_dict({"x": [1, 2, 3], "labels": [0, 1, 0]})
+    assert prefix_cache_decision("auto", stored, default_data_collator)[0] is True
+    streaming = stored.to_iterable_dataset().map(lambda row: {"x": row["x"] + random.random()})
+    use, reason = prefix_cache_decision("auto", streaming, default_data_collator)
+    assert use is False and "iterable" in reason
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield {"x": 1}
+
+    assert prefix_cache_decision("auto", Stream(), default_data_collator)[0] is False
+    transformed = stored.with_transform(lambda batch: batch)
+    assert "transform" in prefix_cache_decision("auto", transformed, default_data_collator)[1]
+    assert prefix_cache_decision("auto", stored, lambda rows: rows)[0] is False
+    assert prefix_cache_decision("auto", [{"x": 1}], DataCollatorWithPadding)[0] is False  # a list: unknown kind
+    assert prefix_cache_decision("always", streaming, lambda rows: rows)[0] is True
