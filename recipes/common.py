@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import transformers  # noqa: E402
@@ -40,6 +42,126 @@ class TRGLArguments:
             tau_schedule=self.tau_schedule, split_policy=self.split_policy, aux_head=self.aux_head,
             head_pool_size=self.head_pool_size, label_smoothing=self.label_smoothing, **extra,
         )  # fmt: skip
+
+
+def class_names(dataset: Any, label_column: str, option: str | None) -> list[str]:
+    """The class names of a classification dataset: `--class_names` (comma-separated) when given, else the names of
+    the label column's `ClassLabel` feature. (`--label_names` is taken: it is `TrainingArguments`' list of label
+    input keys.)
+
+    Args:
+        dataset: the training split (a `datasets.Dataset`).
+        label_column: the column holding the class ids.
+        option: the value of `--class_names`, or None.
+
+    Raises:
+        ValueError: `--class_names` does not give one distinct, non-empty name per class (per class id of a column
+            that is not a `ClassLabel`), or the column is not a `ClassLabel` and `--class_names` is missing.
+    """
+    from datasets import ClassLabel
+
+    feature = dataset.features.get(label_column)
+    if feature is None:
+        raise ValueError(f"The dataset has no label column {label_column!r} (columns: {', '.join(dataset.features)}).")
+    if option is None:
+        if not isinstance(feature, ClassLabel):
+            raise ValueError(
+                f"The label column {label_column!r} is a {type(feature).__name__}, not a `ClassLabel`, so it names no "
+                "classes: pass `--class_names` with one comma-separated name per class id (e.g. negative,positive)."
+            )
+        return [str(name) for name in feature.names]
+    names = [name.strip() for name in option.split(",")]
+    if any(not name for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"`--class_names` must hold distinct, non-empty comma-separated names, got {option!r}.")
+    given = f"`--class_names` gives {len(names)} names ({option!r}) but the label column {label_column!r}"
+    if isinstance(feature, ClassLabel):
+        if len(names) != feature.num_classes:
+            raise ValueError(
+                f"{given} has {feature.num_classes} classes ({', '.join(map(str, feature.names))}): give one name "
+                "per class."
+            )
+        return names
+    labels = np.asarray(dataset.with_format("numpy")[label_column])
+    if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+        raise ValueError(f"{given} holds class ids {labels.min()} .. {labels.max()}: give one name per class id.")
+    return names
+
+
+def label_maps(names: list[str]) -> dict[str, dict]:
+    """`id2label` / `label2id` for a model config (`from_pretrained(..., **label_maps(names))`)."""
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def vit_image_processor(**kwargs: Any) -> Any:
+    """A `ViTImageProcessor` (resize, rescale, normalise; saved as `ViTImageProcessor`, which `pipeline()` and
+    `AutoImageProcessor` load), on the PIL backend where torchvision is not installed, as `AutoImageProcessor` does."""
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        from transformers import ViTImageProcessor as processor_class
+    else:
+        from transformers import ViTImageProcessorPil as processor_class
+    return processor_class(do_convert_rgb=True, **kwargs)
+
+
+# A digits image: pixel = 15 x the 0..16 intensity of scikit-learn's digits (0..240, white ink on black), the largest
+# integer scale that fits uint8, so that rescaling by 1/240 gives back the intensity / 16 of `load_digits_dataset`
+# exactly (1/255 could not: 255/16 is not an integer).
+DIGITS_PIXEL_SCALE = 15
+
+
+def digits_image(intensities: Any) -> Any:
+    """The grayscale PIL image of one digit (8x8 intensities 0..16), as a user would give it to `pipeline()`."""
+    from PIL import Image
+
+    return Image.fromarray((DIGITS_PIXEL_SCALE * np.asarray(intensities, dtype=np.int64)).astype(np.uint8))
+
+
+def digits_intensities(pixel_values: Any, low: float, high: float) -> np.ndarray:
+    """The 0..16 integer intensities behind `load_digits_dataset` pixels (`low` / `high` are those of 0 and 16)."""
+    return np.rint((np.asarray(pixel_values) - low) / (high - low) * 16).astype(np.int64)
+
+
+def digits_for_pipeline(splits: Any) -> tuple[Any, Any]:
+    """`load_digits_dataset` splits as RGB images and the image processor that maps a digit picture to them.
+
+    A `pipeline("image-classification")` turns every image into RGB before its processor runs, so the model takes 3
+    (equal) channels. The processor (resize to 8x8, rescale by 1 / 240, normalise with the training split's mean and
+    std, which the library standardises with) maps `digits_image(intensities)` exactly to the library's pixels; the
+    returned splits hold the processor's own output for those images, so a stage gives the same logits on a digit
+    picture through `pipeline()` as on the recipe's `pixel_values`.
+
+    Returns:
+        The splits (`pixel_values` of shape `(3, 8, 8)`, `labels` with the `ClassLabel` names "0".."9", torch format)
+        and the processor.
+
+    Raises:
+        RuntimeError: the library's pixels are not the standardised intensity / 16 this mapping assumes.
+    """
+    from datasets import Dataset, DatasetDict
+
+    pixels = {name: np.asarray(split.with_format("numpy")["pixel_values"]) for name, split in splits.items()}
+    low, high = float(pixels["train"].min()), float(pixels["train"].max())
+    intensities = {name: digits_intensities(values, low, high) for name, values in pixels.items()}
+    train = (intensities["train"] / 16.0).astype(np.float32)  # load_digits_dataset's own statistics, recomputed
+    mean, std = float(train.mean()), float(train.std())
+    processor = vit_image_processor(
+        size={"height": 8, "width": 8}, rescale_factor=1 / (16 * DIGITS_PIXEL_SCALE), image_mean=[mean] * 3,
+        image_std=[std] * 3,
+    )  # fmt: skip
+    converted = {}
+    for name, split in splits.items():
+        images = [digits_image(image[0]).convert("RGB") for image in intensities[name]]
+        rgb = processor(images, return_tensors="np")["pixel_values"].astype(np.float32)
+        if not np.allclose(rgb, np.repeat(pixels[name], 3, axis=1), rtol=0, atol=1e-5):
+            raise RuntimeError(
+                "load_digits_dataset's pixels are no longer the standardised intensity / 16 of the digits: update "
+                "recipes/common.py:digits_for_pipeline, whose image processor must reproduce them."
+            )
+        columns = {"pixel_values": rgb, "labels": np.asarray(split.with_format("numpy")["labels"])}
+        features = split.features.copy()
+        converted[name] = Dataset.from_dict(columns, features=features).with_format("torch")
+    return DatasetDict(converted), processor
 
 
 def parse(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:

@@ -5,6 +5,10 @@ can be overridden on the command line, e.g. `--trgl_mode parallel` or `--num_tra
 
     python recipes/train_digits.py
     accelerate launch recipes/train_digits.py --trgl_mode parallel
+
+The digits are given to the model as RGB (three equal channels) and every stage holds the image processor that maps a
+digit picture (8x8 grayscale, pixel = 15 x intensity; see `common.digits_image`) to exactly those pixels, so
+`pipeline("image-classification", model="trgl-digits/stage-02")` labels a picture "0" .. "9".
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from common import class_names, digits_for_pipeline, label_maps  # noqa: E402
 from transformers import HfArgumentParser, set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -65,11 +70,11 @@ def main(argv: list[str]) -> dict[str, float]:
     hf_logging.disable_progress_bar()
     set_seed(training_args.seed)
 
-    splits = load_digits_dataset(seed=training_args.seed)
+    splits, processor = digits_for_pipeline(load_digits_dataset(seed=training_args.seed))
+    names = class_names(splits["train"], "labels", None)  # "0" .. "9"
     base_config = CifarResNetConfig.from_depth(
-        model_args.depth, num_channels=1, num_labels=10, image_size=8,
-        id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)},
-    )  # fmt: skip
+        model_args.depth, num_channels=3, num_labels=len(names), image_size=8, **label_maps(names)
+    )
     base = CifarResNetForImageClassification(base_config)
     config = TRGLConfig(
         num_modules=model_args.num_modules,
@@ -81,8 +86,9 @@ def main(argv: list[str]) -> dict[str, float]:
     model = TRGLModel.from_base(base, config)
 
     trainer = TRGLTrainer(
-        model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["validation"]
-    )
+        model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["validation"],
+        processing_class=processor,
+    )  # fmt: skip
     print(
         f"Training a CIFAR ResNet-{model_args.depth} cut into {model.num_modules} modules "
         f"(blocks per module: {model.config.split}) in {training_args.trgl_mode} mode, "
@@ -110,6 +116,9 @@ def main(argv: list[str]) -> dict[str, float]:
         print("    import trgl_hf  # or pass trust_remote_code=True without trgl_hf installed")
         print("    from transformers import AutoModelForImageClassification")
         print(f'    model = AutoModelForImageClassification.from_pretrained("{stage_dir}")')
+        print("or label a digit picture (8x8 grayscale, pixel = 15 x intensity 0..16) with:")
+        print("    from transformers import pipeline")
+        print(f'    pipeline("image-classification", model="{stage_dir}")(image)')
     return {**validation, **test}
 
 

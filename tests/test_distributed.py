@@ -62,4 +62,4 @@ def test_two_processes_build_one_shared_prefix_cache(tmp_path):
         assert by_rank == {0: 50, 1: 50} and records[0]["length"] == 100 and records[0]["on_disk"]
         cache = torch.load(tmp_path / f"{phase}-cache.pt")
         torch.testing.assert_close(cache["shared"], cache["alone"], rtol=1e-5, atol=1e-6)
-    assert not list((tmp_path / "run" / ".trgl-prefix-cache").rglob("*.safetensors"))
+    assert not (tmp_path / "run" / ".trgl-prefix-cache").exists()  # removed when the run ends

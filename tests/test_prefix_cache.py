@@ -139,9 +139,7 @@ def test_a_disk_cache_trains_bit_identically_to_the_memory_cache(tmp_path, digit
         args = _sequential_args(tmp_path / where, trgl_prefix_cache_max_memory=budget)
         TRGLTrainer(model=model, args=args, train_dataset=digits["train"]).train()
         finals[where] = model.state_dict()
-        assert not (tmp_path / where / ".trgl-prefix-cache").exists() or not any(
-            (tmp_path / where / ".trgl-prefix-cache").rglob("*.safetensors")
-        )  # removed when the run ends
+        assert not (tmp_path / where / ".trgl-prefix-cache").exists()  # removed when the run ends
     for name, tensor in finals["memory"].items():
         assert torch.equal(finals["disk"][name], tensor), name
     assert [cache.on_disk for cache, _, _ in spies["disk"].caches] == [True, True]

@@ -43,6 +43,9 @@ class TRGLConfig(PreTrainedConfig):
         base_config (`dict` or `PreTrainedConfig`, *optional*):
             Configuration of the task model that was cut (e.g. a `ResNetConfig`). Filled in by
             [`TRGLModel.from_base`]; needed to rebuild the model in `TRGLModel.from_pretrained`.
+        base_generation_config (`dict`, *optional*):
+            The base language model's generation settings (`GenerationConfig.to_diff_dict()`), given to every stage
+            so that stages generate as the base model does (set by `TRGLModel.from_base`).
         base_model_name_or_path (`str`, *optional*):
             Hub id or local path the base model was loaded from, recorded for model cards.
         family (`str`, *optional*):
@@ -101,6 +104,7 @@ class TRGLConfig(PreTrainedConfig):
 
     base_config: dict | PreTrainedConfig | None = None
     base_model_name_or_path: str | None = None
+    base_generation_config: dict | None = None
     family: str | None = None
     num_modules: int = 4
     split: list[int] | None = None

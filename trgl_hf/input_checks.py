@@ -6,6 +6,7 @@ them, dataset transforms included) except for sequence lengths, which are read f
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -142,4 +143,32 @@ def check_batch_fits(dataset: Any, args: Any, name: str) -> None:
         )
 
 
-__all__ = ["check_batch_fits", "check_model_inputs", "check_sequence_lengths", "max_sequence_length"]
+def is_iterable(dataset: Any) -> bool:
+    """Whether a dataset is iterable-only (streaming): it has no length and no random access."""
+    return dataset is not None and not hasattr(dataset, "__len__")
+
+
+def first_rows(dataset: Any, count: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
+    """The first `count` rows of an iterable dataset, as a list (what the input checks of a stream look at)."""
+    return list(itertools.islice(iter(dataset), count))
+
+
+def check_streaming(dataset: Any, args: Any) -> None:
+    """Refuse an epoch count for a dataset without a length: its steps must be counted with `max_steps`."""
+    if is_iterable(dataset) and args.max_steps <= 0:
+        per = "in total" if args.trgl_mode == "parallel" else "per module (and split over the laps)"
+        raise ValueError(
+            f"`train_dataset` is an iterable (streaming) dataset without a length, so `num_train_epochs="
+            f"{args.num_train_epochs}` cannot be counted: give `max_steps` instead ({per})."
+        )
+
+
+__all__ = [
+    "check_batch_fits",
+    "check_model_inputs",
+    "check_sequence_lengths",
+    "check_streaming",
+    "first_rows",
+    "is_iterable",
+    "max_sequence_length",
+]

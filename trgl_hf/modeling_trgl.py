@@ -230,6 +230,9 @@ class TRGLModel(PreTrainedModel):
         for end in ends:
             adapter.build_head(config.aux_head, probes[end], config.num_labels, config.head_pool_size, False, end + 1)
         config.module_output_shapes = [[probes[end].channels, *probes[end].spatial_size] for end in ends]
+        generation = getattr(base_model, "generation_config", None)
+        if generation is not None and base_model.can_generate():  # stages of a language model generate like it
+            config.base_generation_config = generation.to_diff_dict()
         return cls(config, backbone=backbone, head_template=head_template)
 
     @classmethod
@@ -532,6 +535,11 @@ class TRGLModel(PreTrainedModel):
         exported.config.id2label, exported.config.label2id = dict(self.config.id2label), dict(self.config.label2id)
         if hasattr(exported.config, "stage_index"):
             exported.config.stage_index, exported.config.num_stages = stage, self.num_modules
+        generation = getattr(self.config, "base_generation_config", None)
+        if generation and exported.can_generate():
+            from transformers import GenerationConfig
+
+            exported.generation_config = GenerationConfig.from_dict(dict(generation))
         return exported
 
 

@@ -338,9 +338,13 @@ class CachePlan:
 
 
 def plan_storage(
-    bytes_per_row: float, rows: int, budget: int | None, folder: Path, world_size: int
+    bytes_per_row: float, rows: int | None, budget: int | None, folder: Path, world_size: int
 ) -> CachePlan:
-    """Memory when the estimated size fits the budget in a single process; otherwise memory-mapped files."""
+    """Memory when the estimated size fits the budget in a single process; otherwise memory-mapped files (also for
+    a stream, whose size is unknown)."""
+    if rows is None:
+        return CachePlan(folder, f"a stream of unknown length ({bytes_per_row / 1024:.1f} KiB per row): on disk in "
+                         f"{folder}")  # fmt: skip
     estimate = int(math.ceil(bytes_per_row * rows))
     budget = budget if budget is not None else int(available_memory() * DEFAULT_MEMORY_FRACTION)
     size = f"{estimate / 1024**2:.1f} MiB ({rows} rows x {bytes_per_row / 1024:.1f} KiB)"
@@ -374,7 +378,7 @@ def compute_prefix_outputs(
 
 def build_prefix_cache(
     outputs: Iterator[dict[str, torch.Tensor]],
-    rows: int,
+    rows: int | None,
     *,
     folder: Path,
     budget: int | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -40,7 +41,14 @@ from .guards import (
 from .hf_internals import collator_without_unused_columns, prepare_inputs, remove_unused_columns, reset_accelerator
 from .hub import HubPushError, find_stage_folders, push_run_card, push_run_stages
 from .hub_pusher import BackgroundPusher
-from .input_checks import check_batch_fits, check_model_inputs, check_sequence_lengths
+from .input_checks import (
+    check_batch_fits,
+    check_model_inputs,
+    check_sequence_lengths,
+    check_streaming,
+    first_rows,
+    is_iterable,
+)
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .model_cards import PLOT_FILE, load_arguments, module_plot_svg, module_table, run_model_card
 from .modeling_trgl import TRGLModel
@@ -136,6 +144,7 @@ class TRGLTrainer(Trainer):
             raise ValueError("TRGLTrainer needs `TRGLTrainingArguments` (they add `trgl_mode` and friends).")
         self.hub_api = hub_api
         check_writable(args.output_dir)
+        check_streaming(kwargs.get("train_dataset"), args)
         compute_metrics = kwargs.pop("compute_metrics", None)
         if model.task.is_language_model:
             metrics = PerModuleLanguageModelMetrics()
@@ -206,7 +215,9 @@ class TRGLTrainer(Trainer):
             "train_dataset": self.train_dataset,
             **{f"eval_dataset[{key!r}]" if key else "eval_dataset": value for key, value in eval_sets.items()},
         }
+        check_streaming(self.train_dataset, self.args)
         for name, dataset in datasets.items():
+            dataset = first_rows(dataset) if is_iterable(dataset) else dataset  # streams: checked on their first rows
             check_labels(dataset, num_labels, name, model.task)
             check_sequence_lengths(dataset, model, name)
             check_model_inputs(dataset, model, name)
@@ -429,6 +440,14 @@ class TRGLTrainer(Trainer):
         """Multilap: the lap trains on the next examples of one uninterrupted sequence of seeded epochs (lap 2 starts
         where lap 1 stopped), read in that order, instead of restarting the sampler at the first epoch every lap."""
         dataset, args = self.train_dataset, self.args
+        if is_iterable(dataset):  # a stream: lap l reads on from where lap l-1 stopped, where it can skip
+            per_lap = phase.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
+            per_lap *= max(args.world_size, 1)
+            if hasattr(dataset, "skip"):
+                self.train_dataset = dataset.skip((phase.lap - 1) * per_lap)
+            elif phase.lap == 2:
+                logger.warning("The iterable train_dataset has no `skip`: every lap reads it from its beginning.")
+            return
         if phase.max_steps > 0:
             per_lap = phase.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
             per_lap *= max(args.world_size, 1)
@@ -479,16 +498,20 @@ class TRGLTrainer(Trainer):
             dataset = self.train_dataset
             if hasattr(dataset, "column_names"):
                 dataset = remove_unused_columns(self, dataset, description="prefix cache")
-            rows = len(dataset)
-            start, stop = rows * local_rank // local_world, rows * (local_rank + 1) // local_world
-            share = range(start, stop)
-            part = dataset.select(share) if hasattr(dataset, "select") else Subset(dataset, share)
             collator = collator_without_unused_columns(self, self.data_collator, description="prefix cache")
-            loader = DataLoader(part, batch_size=args.per_device_train_batch_size, collate_fn=collator,
-                                num_workers=args.dataloader_num_workers)  # fmt: skip
+            loader_args = dict(batch_size=args.per_device_train_batch_size, collate_fn=collator,
+                               num_workers=args.dataloader_num_workers)  # fmt: skip
+            if is_iterable(dataset):  # one pass over the stream; the processes of a machine take turns by batch
+                rows = None
+                loader = itertools.islice(DataLoader(dataset, **loader_args), local_rank, None, local_world)
+            else:
+                rows = len(dataset)
+                share = range(rows * local_rank // local_world, rows * (local_rank + 1) // local_world)
+                part = dataset.select(share) if hasattr(dataset, "select") else Subset(dataset, share)
+                loader = DataLoader(part, **loader_args)
             batches = (prepare_inputs(self, batch) for batch in loader)
             source, reads_cache = "the data", None
-        root = Path(args.trgl_prefix_cache_dir or self._run_root / ".trgl-prefix-cache")
+        root = self._prefix_cache_root()
         node = self.accelerator.process_index // max(local_world, 1)
         folder = root / f"node-{node:02d}" / f"lap-{phase.lap:02d}-module-{first + 1:02d}"
         token_columns = (*TOKEN_COLUMNS, "labels") if model.task.is_language_model else TOKEN_COLUMNS
@@ -513,11 +536,22 @@ class TRGLTrainer(Trainer):
         self._prefix_cache = cache
         return cache
 
+    def _prefix_cache_root(self) -> Path:
+        return Path(self.args.trgl_prefix_cache_dir or self._run_root / ".trgl-prefix-cache")
+
     def _drop_prefix_cache(self) -> None:
-        if self._prefix_cache is not None:
-            self.accelerator.wait_for_everyone()
-            self._prefix_cache.remove()
-            self._prefix_cache = None
+        """Remove the last cache and the run's cache folders (a given `trgl_prefix_cache_dir` itself is kept)."""
+        if self._prefix_cache is None:
+            return
+        self.accelerator.wait_for_everyone()
+        self._prefix_cache.remove()
+        self._prefix_cache = None
+        if self.accelerator.is_local_main_process:
+            root = self._prefix_cache_root()
+            for node in root.glob("node-*"):
+                shutil.rmtree(node, ignore_errors=True)
+            if not self.args.trgl_prefix_cache_dir and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
