@@ -156,7 +156,7 @@ def first_rows(dataset: Any, count: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
 def check_streaming(dataset: Any, args: Any) -> None:
     """Refuse an epoch count for a dataset without a length: its steps must be counted with `max_steps`."""
     if is_iterable(dataset) and args.max_steps <= 0:
-        per = "in total" if args.trgl_mode == "parallel" else "per module (and split over the laps)"
+        per = "in total" if args.trgl_mode == "parallel" else "per module; multi-lap runs split it over the laps"
         raise ValueError(
             f"`train_dataset` is an iterable (streaming) dataset without a length, so `num_train_epochs="
             f"{args.num_train_epochs}` cannot be counted: give `max_steps` instead ({per})."
