@@ -63,3 +63,27 @@ def test_two_processes_build_one_shared_prefix_cache(tmp_path):
         cache = torch.load(tmp_path / f"{phase}-cache.pt")
         torch.testing.assert_close(cache["shared"], cache["alone"], rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "run" / ".trgl-prefix-cache").exists()  # removed when the run ends
+
+
+@pytest.mark.multiprocess
+def test_two_processes_share_a_stream_as_accelerate_shards_it(tmp_path):
+    import json
+
+    from trgl_hf import load_digits_dataset
+
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(launcher + [str(ROOT / "tests" / "scripts" / "streaming_ranks.py"), str(tmp_path)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [[s["phase"] for s in ranks] for ranks in seen] == [["module-01"] * 2 + ["module-02"] * 2 +
+                                                               ["module-03"] * 2] * 2  # fmt: skip
+    stream = load_digits_dataset()["train"].select(range(256)).with_format("torch")
+    known = {round(float(row["pixel_values"].double().sum()), 6) for row in stream}
+    for step in range(6):
+        first, second = seen[0][step]["rows"], seen[1][step]["rows"]
+        assert len(first) == len(second) == 8
+        assert set(first) <= known and set(second) <= known  # real rows of the stream, no cached or padded rows
+        assert not set(first) & set(second), f"step {step}: both processes trained on the same rows"
