@@ -35,7 +35,7 @@ def _stable(value: Any) -> Any:
 
 TRAINING_FIELDS = ("trgl_mode", "trgl_laps", "num_train_epochs", "max_steps", "learning_rate", "seed",
                    "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay",
-                   "trgl_prefix_cache_dtype")  # fmt: skip
+                   "trgl_prefix_cache_dtype", "trgl_head_lr_multiplier", "trgl_head_warmup_steps")  # fmt: skip
 DATA_SAMPLE_ROWS = 64
 
 

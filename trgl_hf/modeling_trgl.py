@@ -123,6 +123,7 @@ class TRGLModel(PreTrainedModel):
         )
         self.adapter.head_template = None
         self.register_buffer("multipliers", torch.full((self.num_modules,), float(config.multiplier_init)))
+        self.register_buffer("energy_scale", torch.zeros(self.num_modules))  # tau_scale="relative": E_k, 0 = unset
         self.trainable_modules: tuple[int, ...] = tuple(range(self.num_modules))
         self._members = self._group_members()
         self.cached_input_module: int | None = None
@@ -347,7 +348,7 @@ class TRGLModel(PreTrainedModel):
     def module_buffers(self, indices: Iterable[int] | None = None) -> list[torch.Tensor]:
         """Buffers (e.g. BatchNorm statistics) of the modules in `indices` (0-based; all modules by default), the
         stem's with module 0, plus the model's own (`multipliers`) when all are asked for."""
-        own = [self.multipliers] if indices is None else []
+        own = [self.multipliers, self.energy_scale] if indices is None else []
         indices = range(self.num_modules) if indices is None else indices
         return [
             b for index in indices for module in self._members[index][0] for b in module.buffers(recurse=False)
@@ -383,7 +384,7 @@ class TRGLModel(PreTrainedModel):
     @property
     def transport_schedule(self) -> TransportSchedule:
         """How much each module's transport cost weighs (the config's rule and the multiplier state)."""
-        return TransportSchedule(self.config, self.multipliers)
+        return TransportSchedule(self.config, self.multipliers, self.energy_scale)
 
     @contextmanager
     def phase(
@@ -462,6 +463,9 @@ class TRGLModel(PreTrainedModel):
                     energies.extend(block_energies)
                 hidden = state.hidden
                 transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
+                if trainable and self.training and schedule.needs_scale(index):
+                    self._measure_energy_scale(index, transport)
+                    weight = schedule.weight(index)
                 module_task_loss = loss = logits = None
                 if trainable or frozen_heads:
                     logits = self.adapter.head_logits(self.heads[index], state, inputs)
@@ -469,6 +473,21 @@ class TRGLModel(PreTrainedModel):
                     module_task_loss = self.task.loss(logits, labels, self.config.label_smoothing)
                     loss = trgl_loss(module_task_loss, transport, weight)
             yield ModuleStep(index, hidden, logits, transport, module_task_loss, loss, trainable)
+
+    @torch.no_grad()
+    def _measure_energy_scale(self, index: int, transport: torch.Tensor) -> None:
+        """`tau_scale="relative"`: record module `index`'s branch energy on its first training batch (averaged over
+        processes, so every rank uses the same scale)."""
+        value = transport.detach().float().reshape(1).clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(value)
+            value /= torch.distributed.get_world_size()
+        if not float(value) > 0:
+            raise ValueError(
+                f"Module {index + 1}'s branch energy is {float(value)} on its first batch, so `tau_scale='relative'` "
+                "has nothing to scale by: use `tau_scale='absolute'`."
+            )
+        self.energy_scale[index] = value.to(self.energy_scale)
 
     def forward(
         self,

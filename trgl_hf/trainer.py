@@ -409,13 +409,33 @@ class TRGLTrainer(Trainer):
         return phase is not None and phase.laps > 1 and self.args.trgl_lap_optimizer == "persist"
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """The Trainer's optimizer; in a module's later multilap laps, with the state its previous lap left."""
+        """The Trainer's optimizer (heads at `learning_rate x trgl_head_lr_multiplier`); in a module's later multilap
+        laps, with the state its previous lap left."""
         fresh = self.optimizer is None
         optimizer = super().create_optimizer(model)
+        if fresh and self.args.trgl_head_lr_multiplier != 1.0:
+            self._scale_head_learning_rate(optimizer)
         saved = self._lap_states.get(self._phase.modules[0]) if fresh and self._persists_laps(self._phase) else None
         if saved is not None:
             optimizer.load_state_dict(saved["optimizer"])
         return optimizer
+
+    def _scale_head_learning_rate(self, optimizer: torch.optim.Optimizer) -> None:
+        """Split every parameter group into its block and head parameters; the heads' group gets the scaled lr."""
+        heads = {id(p) for p in self.accelerator.unwrap_model(self.model).heads.parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            settings = {key: value for key, value in group.items() if key != "params"}
+            blocks = [p for p in group["params"] if id(p) not in heads]
+            head_params = [p for p in group["params"] if id(p) in heads]
+            if blocks:
+                groups.append({**settings, "params": blocks})
+            if head_params:
+                scaled = group["lr"] * self.args.trgl_head_lr_multiplier
+                groups.append({**settings, "params": head_params, "lr": scaled})
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The Trainer's schedule; in multilap with persistent optimizers, one schedule over all of a module's laps,
@@ -583,6 +603,12 @@ class TRGLTrainer(Trainer):
                 sums[2] += 1
         if self.accelerator.sync_gradients:
             self._synchronise(net, task_losses)
+            if self.state.global_step < self.args.trgl_head_warmup_steps:  # heads alone: the blocks do not move
+                heads = {id(p) for p in net.heads.parameters()}
+                for index in net.trainable_modules:
+                    for param in net.module_parameters(index):
+                        if id(param) not in heads:
+                            param.grad = None
         return total / accumulation
 
     def _broadcast_buffers(self, modules: Any = None) -> None:

@@ -8,6 +8,8 @@
 - `tau_schedule="constant"`: tau for every module;
 - `tau_schedule="multipliers"` (the paper's appendix D): weight 1 / lambda_k, with lambda_k += h * task loss_k every
   `multiplier_period` optimizer steps; lambda lives in the model's `multipliers` buffer (saved with it).
+- `tau_scale="relative"` (this library's extension, not in the paper): tau_k is multiplied by E_k, module k's branch
+  energy on its first training batch (the model's `energy_scale` buffer), so weight 1 / (2 tau_k E_k).
 """
 
 from __future__ import annotations
@@ -33,9 +35,21 @@ class TransportSchedule:
     ```
     """
 
-    def __init__(self, config: Any, multipliers: torch.Tensor | None = None):
+    def __init__(
+        self, config: Any, multipliers: torch.Tensor | None = None, energy_scale: torch.Tensor | None = None
+    ):
         self.config = config
         self.multipliers = multipliers
+        self.energy_scale = energy_scale
+
+    @property
+    def is_relative(self) -> bool:
+        """Whether tau is relative to each module's initial branch energy (this library's extension)."""
+        return bool(self.config.use_transport) and getattr(self.config, "tau_scale", "absolute") == "relative"
+
+    def needs_scale(self, index: int) -> bool:
+        """Whether module `index`'s energy scale is still to be measured (on its first training batch)."""
+        return self.is_relative and self.energy_scale is not None and float(self.energy_scale[index]) <= 0
 
     @property
     def uses_multipliers(self) -> bool:
@@ -64,7 +78,12 @@ class TransportSchedule:
                 raise ValueError("The multipliers schedule needs the model's `multipliers` buffer.")
             return 1.0 / float(self.multipliers[index])
         tau = self.taus()[index]
-        return 0.0 if math.isinf(tau) else 1.0 / (2.0 * tau)
+        if math.isinf(tau):
+            return 0.0
+        if self.is_relative:
+            scale = float(self.energy_scale[index]) if self.energy_scale is not None else 0.0
+            return 1.0 / (2.0 * tau * scale) if scale > 0 else 1.0 / (2.0 * tau)
+        return 1.0 / (2.0 * tau)
 
     def updates_at(self, step: int) -> bool:
         """Whether the multipliers are updated after optimizer step `step` (1-based)."""
@@ -83,7 +102,10 @@ class TransportSchedule:
         """For model cards and run metadata: tau per module (None when off), or `"multipliers"`."""
         if self.uses_multipliers:
             return "multipliers"
-        return [None if math.isinf(t) else t for t in self.taus()]
+        taus = [None if math.isinf(t) else t for t in self.taus()]
+        if self.is_relative:
+            return [f"{t} x initial branch energy" if t is not None else None for t in taus]
+        return taus
 
 
 __all__ = ["TransportSchedule"]
