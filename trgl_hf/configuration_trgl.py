@@ -48,6 +48,9 @@ class TRGLConfig(PreTrainedConfig):
             so that stages generate as the base model does (set by `TRGLModel.from_base`).
         base_model_name_or_path (`str`, *optional*):
             Hub id or local path the base model was loaded from, recorded for model cards.
+        peft_config (`dict`, *optional*):
+            The LoRA configuration of a `peft` base (set by `TRGLModel.from_base` from a `PeftModel`): only the
+            adapters and the heads train, and `from_pretrained` injects the same adapters before loading weights.
         family (`str`, *optional*):
             Name of the adapter that cut the base model (`"resnet"`, ...). Found by probing when left empty.
         num_modules (`int`, *optional*, defaults to 4):
@@ -110,6 +113,7 @@ class TRGLConfig(PreTrainedConfig):
     base_config: dict | PreTrainedConfig | None = None
     base_model_name_or_path: str | None = None
     base_generation_config: dict | None = None
+    peft_config: dict | None = None
     family: str | None = None
     num_modules: int = 4
     split: list[int] | None = None

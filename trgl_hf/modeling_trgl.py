@@ -22,6 +22,7 @@ from .adapters.registry import CAUSAL_LM
 from .configuration_trgl import TRGLConfig
 from .guards import check_weight_folder
 from .losses import trgl_loss
+from .peft_support import frozen_parameter_ids, inject_lora, is_peft_model, unwrap_peft_model
 from .remote_code import REMOTE_CODE_FILES, write_remote_code
 from .remote_code import auto_map as remote_auto_map
 from .splitting import balanced_split, check_num_modules, check_split, equal_split
@@ -102,8 +103,14 @@ class TRGLModel(PreTrainedModel):
             )
         base_config = config.base_config
         spec = architecture_named((base_config.architectures or [""])[0], base_config.model_type)
+        if backbone is not None:  # the user's model: post_init must not initialise any of it again (e.g. LoRA layers
+            for module in (*backbone.modules(), *(head_template.modules() if head_template is not None else ())):
+                module._is_hf_initialized = True  # injected after the base's own initialisation)
         if backbone is None:
-            backbone, head_template = spec.adapter.split_task_model(task_model_from_config(base_config), spec)
+            task_model = task_model_from_config(base_config)
+            if config.peft_config:  # a LoRA base: the same adapters, before the saved weights are loaded
+                inject_lora(task_model, config.peft_config)
+            backbone, head_template = spec.adapter.split_task_model(task_model, spec)
         self.backbone = backbone
         self.adapter = spec.adapter(self.backbone, head_template, spec)
         self.task = get_task(config.task)
@@ -185,6 +192,8 @@ class TRGLModel(PreTrainedModel):
         if not isinstance(base_model, nn.Module):
             raise ValueError(f"`base_model` must be a transformers model or a path, got {type(base_model).__name__}.")
         config = copy.deepcopy(config) if config is not None else TRGLConfig(**config_kwargs)
+        if is_peft_model(base_model):
+            base_model, config.peft_config = unwrap_peft_model(base_model)
         spec = architecture_of(base_model)
         adapter_class = spec.adapter
         if config.family is not None and config.family != adapter_class.family:
@@ -318,8 +327,8 @@ class TRGLModel(PreTrainedModel):
         start = sum(self.config.split[:index])
         return range(start, start + self.config.split[index])
 
-    def _group_members(self) -> list[tuple[list[nn.Module], list[nn.Parameter]]]:
-        """Per module: every `nn.Module` it owns (flat, for switching to eval) and its parameters."""
+    def _group_members(self) -> list[tuple[list[nn.Module], None]]:
+        """Per module: every `nn.Module` it owns (flat; the stem's too for module 0)."""
         owners_per_module = []
         for index in range(self.num_modules):
             owners = []
@@ -329,21 +338,28 @@ class TRGLModel(PreTrainedModel):
         owners_and_unused = [owner for owners in owners_per_module for owner in owners]
         owners_and_unused += self.adapter.unused_backbone_modules()
         owned_modules = {id(m) for owner in owners_and_unused for m in owner.modules()}
-        owned_params = {id(p) for owner in owners_and_unused for p in owner.parameters()}
         stem_modules = [m for m in self.backbone.modules() if id(m) not in owned_modules]
-        stem_params = [p for p in self.backbone.parameters() if id(p) not in owned_params]
+        self._owners, self._stem_modules = owners_and_unused, {id(m) for m in stem_modules}
         members = []
         for index, owners in enumerate(owners_per_module):
             modules = [m for owner in owners for m in owner.modules()]
-            params = [p for owner in owners for p in owner.parameters()]
-            if index == 0:
-                modules, params = stem_modules + modules, stem_params + params
-            members.append((modules, params))
+            members.append((stem_modules + modules if index == 0 else modules, None))
         return members
 
     def module_parameters(self, index: int) -> list[nn.Parameter]:
-        """Parameters of module `index` (0-based): its blocks, its head, and the stem for module 0."""
-        return self._members[index][1]
+        """Parameters of module `index` (0-based): its blocks, its head, and the stem for module 0.
+
+        Read from the modules at every call: `from_pretrained` replaces parameter objects after `__init__`."""
+        owned = {id(p) for owner in self._owners for p in owner.parameters()} if index == 0 else set()
+        seen, params = set(), []
+        for module in self._members[index][0]:
+            for param in module.parameters(recurse=False):
+                if id(module) in self._stem_modules and id(param) in owned:
+                    continue  # a stem module sharing a block's or a head's parameter: it is theirs
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    params.append(param)
+        return params
 
     def module_buffers(self, indices: Iterable[int] | None = None) -> list[torch.Tensor]:
         """Buffers (e.g. BatchNorm statistics) of the modules in `indices` (0-based; all modules by default), the
@@ -366,9 +382,11 @@ class TRGLModel(PreTrainedModel):
         self.trainable_modules = indices
         for param in self.parameters():
             param.requires_grad_(False)
+        frozen = frozen_parameter_ids(self.backbone) if self.config.peft_config else set()
         for index in indices:
             for param in self.module_parameters(index):
-                param.requires_grad_(True)
+                if id(param) not in frozen:  # a LoRA base's own weights never train
+                    param.requires_grad_(True)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> TRGLModel:

@@ -21,6 +21,7 @@ from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
 from ..losses import BatchNormBranchEnergy
+from ..peft_support import merged_state_dict
 from .base import BlockProbe, BlockState, ModelAdapter, truncate_depths
 
 
@@ -139,7 +140,7 @@ class ResNetAdapter(ModelAdapter):
         return config
 
     def _load_truncated_backbone(self, target: nn.Module) -> None:
-        source = self.backbone.state_dict()
+        source = merged_state_dict(self.backbone)
         target.load_state_dict({name: source[name] for name in target.state_dict()}, strict=True)
 
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:

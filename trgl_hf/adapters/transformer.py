@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..peft_support import merged_state_dict
 from .base import BlockProbe, BlockState, ModelAdapter, reset_backbone_outputs, task_model_from_config
 from .native_head import NativeHead
 
@@ -274,8 +275,8 @@ class TransformerAdapter(ModelAdapter):
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
         model = task_model_from_config(self.stage_config(num_blocks))
         prefix = model.base_model_prefix
-        source = self.backbone.state_dict()
-        head_state = head.state_dict()
+        source = merged_state_dict(self.backbone)
+        head_state = merged_state_dict(head)
         state = {}
         for key in model.state_dict():
             if key in head_state:
