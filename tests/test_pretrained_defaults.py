@@ -35,8 +35,8 @@ def test_relative_tau_scales_each_module_by_its_first_batch_energy(tmp_path, dig
     assert energy > 0 and energy == pytest.approx(float(step.transport.detach()), rel=1e-6)
     # The first batch's penalty is exactly 1 / (2 tau) of... the energy divided by itself.
     assert float(step.loss - step.task_loss) == pytest.approx(1.0 / (2 * 10.0), rel=1e-5)
-    assert model.transport_schedule.weight(0) == pytest.approx(1.0 / (2 * 10.0 * energy))
-    model.energy_scale.zero_()
+    assert float(model.transport_schedule.weight(0)) == pytest.approx(1.0 / (2 * 10.0 * energy))
+    model = _model(make_cifar_resnet, tau=10.0, tau_scale="relative", tau_schedule="constant")
     TRGLTrainer(model=model, args=_args(tmp_path), train_dataset=train).train()
     assert (model.energy_scale > 0).all()
     saved = tmp_path / "whole"

@@ -34,7 +34,7 @@ class BatchNormBranchEnergy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_energy):  # noqa: D102
         bn_input, weight, bias = ctx.saved_tensors
-        if grad_energy is None or not torch.any(grad_energy):
+        if grad_energy is None:  # (a zero weight never builds this graph: no host-side check of its value)
             return grad_output, None, None, None, None
         with torch.no_grad():
             residual = F.batch_norm(
@@ -93,12 +93,13 @@ def transport_cost(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([branch_energy(r) for r in residuals]).sum()
 
 
-def trgl_loss(task: torch.Tensor, transport: torch.Tensor, transport_weight: float) -> torch.Tensor:
+def trgl_loss(task: torch.Tensor, transport: torch.Tensor, transport_weight: float | torch.Tensor) -> torch.Tensor:
     """Combine a module's task loss and transport cost: `task + transport_weight * transport`.
 
-    `transport_weight` comes from [`TransportSchedule.weight`]; 0 (VanGL) leaves the transport cost out of the graph.
+    `transport_weight` comes from [`TransportSchedule.weight`] (a tensor on the device for the multipliers and the
+    relative scale, so that nothing waits for the host); a plain 0 (VanGL) leaves the transport cost out of the graph.
     """
-    if transport_weight == 0.0:
+    if isinstance(transport_weight, (int, float)) and transport_weight == 0.0:
         return task
     return task + transport_weight * transport.to(task.device)
 

@@ -131,6 +131,7 @@ class TRGLModel(PreTrainedModel):
         self.adapter.head_template = None
         self.register_buffer("multipliers", torch.full((self.num_modules,), float(config.multiplier_init)))
         self.register_buffer("energy_scale", torch.zeros(self.num_modules))  # tau_scale="relative": E_k, 0 = unset
+        self._scaled_modules: set[int] = set()
         self.trainable_modules: tuple[int, ...] = tuple(range(self.num_modules))
         self._members = self._group_members()
         self.cached_input_module: int | None = None
@@ -469,7 +470,7 @@ class TRGLModel(PreTrainedModel):
         schedule = self.transport_schedule
         for index in range(first_module, last_module + 1):
             trainable = index in self.trainable_modules and torch.is_grad_enabled()
-            weight = schedule.weight(index)
+            weight, active = schedule.weight(index), schedule.is_active(index)
             with torch.set_grad_enabled(trainable):
                 if state is None:
                     state = self.adapter.embed(**inputs)
@@ -477,11 +478,11 @@ class TRGLModel(PreTrainedModel):
                     state = state.detach()
                 energies = []
                 for block_index in self.module_block_range(index):
-                    state, block_energies = self.adapter.run_block(block_index, state, trainable and weight > 0)
+                    state, block_energies = self.adapter.run_block(block_index, state, trainable and active)
                     energies.extend(block_energies)
                 hidden = state.hidden
                 transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
-                if trainable and self.training and schedule.needs_scale(index):
+                if trainable and self.training and schedule.is_relative and index not in self._scaled_modules:
                     self._measure_energy_scale(index, transport)
                     weight = schedule.weight(index)
                 module_task_loss = loss = logits = None
@@ -495,7 +496,11 @@ class TRGLModel(PreTrainedModel):
     @torch.no_grad()
     def _measure_energy_scale(self, index: int, transport: torch.Tensor) -> None:
         """`tau_scale="relative"`: record module `index`'s branch energy on its first training batch (averaged over
-        processes, so every rank uses the same scale)."""
+        processes, so every rank uses the same scale). A scale already in the buffer (a resumed or loaded model) is
+        kept; either way the host reads it once per module and model."""
+        self._scaled_modules.add(index)
+        if float(self.energy_scale[index]) > 0:
+            return
         value = transport.detach().float().reshape(1).clone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(value)

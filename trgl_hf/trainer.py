@@ -161,6 +161,8 @@ class TRGLTrainer(Trainer):
         self.trgl_log_history: list[dict[str, Any]] = []
         self.stage_metrics: dict[int, dict[str, float]] = {}
         self._module_sums: dict[int, list] = {}  # module -> [task loss sum, transport sum, count], kept on device
+        self._first_nonfinite: dict[int, torch.Tensor] = {}  # module -> first step with a NaN / inf loss, on device
+        self._nonfinite_values: dict[int, torch.Tensor] = {}
         self._phase: Phase | None = None
         self._prefix_cache: PrefixCache | None = None
         self._run_root = Path(self.args.output_dir)
@@ -485,6 +487,7 @@ class TRGLTrainer(Trainer):
         self.model_wrapped = self.model
         reset_accelerator(self.accelerator)
         self._module_sums = {}
+        self._first_nonfinite, self._nonfinite_values = {}, {}
 
     def get_train_dataloader(self) -> DataLoader:
         """The training batches; cached prefix outputs are collated by stacking (they are already padded)."""
@@ -588,12 +591,7 @@ class TRGLTrainer(Trainer):
             for step in net.iter_modules(frozen_heads=False, **inputs):
                 if not step.trainable:
                     continue
-                if not torch.isfinite(step.loss):
-                    raise NonFiniteLossError(
-                        f"The loss of module {step.index + 1} became {step.loss.item()} at step "
-                        f"{self.state.global_step + 1} of phase {self._phase.name if self._phase else '?'}; the "
-                        "stages written so far are kept. Lower the learning rate, raise tau, or check the inputs."
-                    )
+                self._watch_finite(step.index, step.loss.detach())
                 self.accelerator.backward(step.loss / accumulation)
                 total += step.loss.detach()
                 task_losses[step.index] = step.task_loss.detach()
@@ -654,8 +652,42 @@ class TRGLTrainer(Trainer):
             return torch.zeros(())
         return torch.stack([n.float() for n in norms]).pow(2).sum().sqrt()
 
+    def _watch_finite(self, index: int, loss: torch.Tensor) -> None:
+        """Remember, on the device, the first step at which module `index`'s loss was NaN or infinite (-1: none):
+        read by the host only when logs are written and when the phase ends ([`check_finite`])."""
+        step = self.state.global_step + 1
+        first = self._first_nonfinite.get(index)
+        if first is None:
+            first = self._first_nonfinite[index] = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss)
+        self._first_nonfinite[index] = torch.where(bad & (first < 0), torch.full_like(first, step), first)
+        self._nonfinite_values[index] = torch.where(bad & (first < 0), loss.float(),
+                                                    self._nonfinite_values.get(index, loss.float()))  # fmt: skip
+
+    def check_finite(self, phase_name: str | None = None) -> None:
+        """Stop with a [`NonFiniteLossError`] naming the module and the step if a loss was NaN or infinite (checked
+        when logs are written, before a checkpoint is saved and when a phase ends)."""
+        if not self._first_nonfinite:
+            return
+        firsts = torch.stack([self._first_nonfinite[i] for i in sorted(self._first_nonfinite)]).tolist()
+        for index, first in zip(sorted(self._first_nonfinite), firsts):
+            if first >= 0:
+                value = float(self._nonfinite_values[index])
+                raise NonFiniteLossError(
+                    f"The loss of module {index + 1} became {value} at step {first} of phase "
+                    f"{phase_name or (self._phase.name if self._phase else '?')}; the stages written so far are kept. "
+                    "Lower the learning rate, raise tau, or check the inputs."
+                )
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Trainer's checkpoint, never of weights a NaN or infinite loss has reached."""
+        self.check_finite()
+        super()._save_checkpoint(model, trial)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each trained module's task loss and transport cost (averaged since the last log) to training logs."""
+        if "loss" in logs:
+            self.check_finite()
         if "loss" in logs and self._module_sums:
             for index, (task, transport, count) in sorted(self._module_sums.items()):
                 task, transport = float(task), float(transport)
@@ -724,6 +756,7 @@ class TRGLTrainer(Trainer):
     def _finish_phase(self, phase: Phase, run: RunState, root: Path, steps: int) -> None:
         """Evaluate, record the phase as completed (weights first, then the state), then write its stages."""
         model: TRGLModel = self.model
+        self.check_finite(phase.name)  # before anything of the phase is evaluated or recorded
         self._broadcast_buffers()
         metrics = self.evaluate() if self.eval_dataset is not None and phase.final_modules else {}
         for index in phase.final_modules:

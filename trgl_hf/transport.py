@@ -47,9 +47,11 @@ class TransportSchedule:
         """Whether tau is relative to each module's initial branch energy (this library's extension)."""
         return bool(self.config.use_transport) and getattr(self.config, "tau_scale", "absolute") == "relative"
 
-    def needs_scale(self, index: int) -> bool:
-        """Whether module `index`'s energy scale is still to be measured (on its first training batch)."""
-        return self.is_relative and self.energy_scale is not None and float(self.energy_scale[index]) <= 0
+    def is_active(self, index: int) -> bool:
+        """Whether module `index` has a transport term at all (decided by the configuration: no device value read)."""
+        if not self.config.use_transport:
+            return False
+        return self.uses_multipliers or not math.isinf(self.taus()[index])
 
     @property
     def uses_multipliers(self) -> bool:
@@ -69,20 +71,20 @@ class TransportSchedule:
             return [tau / 2] * first_half + [float(tau)] * (num_modules - first_half)
         return [float(tau)] * num_modules
 
-    def weight(self, index: int) -> float:
-        """Weight of module `index`'s transport cost: 0 (off), 1 / lambda_k (multipliers) or 1 / (2 tau_k)."""
-        if not self.config.use_transport:
+    def weight(self, index: int) -> float | torch.Tensor:
+        """Weight of module `index`'s transport cost: 0 (off), 1 / lambda_k (multipliers), 1 / (2 tau_k E_k)
+        (relative) or 1 / (2 tau_k). The first two are 0-d tensors on the buffers' device: reading them on the host
+        in every step would stall an accelerator."""
+        if not self.is_active(index):
             return 0.0
         if self.uses_multipliers:
             if self.multipliers is None:
                 raise ValueError("The multipliers schedule needs the model's `multipliers` buffer.")
-            return 1.0 / float(self.multipliers[index])
+            return 1.0 / self.multipliers[index]
         tau = self.taus()[index]
-        if math.isinf(tau):
-            return 0.0
-        if self.is_relative:
-            scale = float(self.energy_scale[index]) if self.energy_scale is not None else 0.0
-            return 1.0 / (2.0 * tau * scale) if scale > 0 else 1.0 / (2.0 * tau)
+        if self.is_relative and self.energy_scale is not None:  # until measured, the scale counts as 1
+            scale = self.energy_scale[index]
+            return 1.0 / (2.0 * tau * torch.where(scale > 0, scale, torch.ones_like(scale)))
         return 1.0 / (2.0 * tau)
 
     def updates_at(self, step: int) -> bool:
@@ -96,7 +98,7 @@ class TransportSchedule:
         if not self.updates_at(step):
             return
         for index, value in task_losses.items():
-            self.multipliers[index] += self.config.multiplier_step * float(value)
+            self.multipliers[index] += self.config.multiplier_step * value.to(self.multipliers)
 
     def describe(self) -> list[float | None] | str:
         """For model cards and run metadata: tau per module (None when off), or `"multipliers"`."""
