@@ -10,6 +10,7 @@ per-row Python work and no per-row tensor (whose overhead cost 8x the activation
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -412,7 +413,7 @@ def build_prefix_cache(
             plan.folder.mkdir(parents=True)
         barrier()
     writer = ShardWriter(plan.folder, f"rank-{local_rank:03d}", token_columns, dtype)
-    for batch in (first, *outputs) if first is not None else ():
+    for batch in itertools.chain([first], outputs) if first is not None else ():  # one batch in memory at a time
         writer.add(batch)
     writer.flush()
     shards = writer.shards
