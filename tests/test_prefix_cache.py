@@ -191,3 +191,24 @@ def test_random_or_streaming_pipelines_are_not_cached_unless_asked():
     assert prefix_cache_decision("auto", stored, lambda rows: rows)[0] is False
     assert prefix_cache_decision("auto", [{"x": 1}], DataCollatorWithPadding)[0] is False  # a list: unknown kind
     assert prefix_cache_decision("always", streaming, lambda rows: rows)[0] is True
+
+
+def test_a_disk_cache_is_written_as_batches_arrive_never_held_whole(tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    monkeypatch.setattr(prefix_cache, "SHARD_BYTES", 1)  # a shard per batch
+    alive_when_yielded = []
+    references = []
+
+    def outputs():
+        for batch in _ragged_batches(batches=12):
+            gc.collect()
+            alive_when_yielded.append(sum(ref() is not None for ref in references))
+            references.append(weakref.ref(batch["trgl_hidden_states"]))
+            yield batch
+
+    cache = build_prefix_cache(outputs(), 48, folder=tmp_path, budget=1, dtype=None, token_columns=TOKENS,
+                               pad_values={}, first_module=1, lap=1)  # fmt: skip
+    assert cache.on_disk and len(cache) == 48
+    assert max(alive_when_yielded) <= 2, alive_when_yielded  # earlier batches are on disk, not in memory
