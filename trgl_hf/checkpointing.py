@@ -90,6 +90,25 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def link_copy(folder: str | os.PathLike, destination: str | os.PathLike, skip: tuple[str, ...] = ()) -> Path:
+    """Copy `folder` to `destination` with hard links (plain copies where links are impossible), leaving out the
+    relative paths in `skip`: a snapshot that later rewrites of `folder` cannot change."""
+    folder, destination = Path(folder), Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    for source in sorted(folder.rglob("*")):
+        relative = source.relative_to(folder)
+        target = destination / relative
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif relative.as_posix() not in skip:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+    return destination
+
+
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write a JSON file atomically (temporary file, fsync, rename)."""
     path = Path(path)

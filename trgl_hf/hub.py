@@ -30,7 +30,7 @@ from typing import Any, Literal
 from huggingface_hub import HfApi
 from huggingface_hub.utils import validate_repo_id
 
-from .checkpointing import STAGE_METADATA_FILE, stage_dirname
+from .checkpointing import STAGE_METADATA_FILE, link_copy, stage_dirname
 from .model_cards import stage_card_facts, stage_model_card
 from .tasks import stage_loader
 
@@ -304,7 +304,7 @@ def push_final(
 
 
 def push_run_card(
-    folder: str | os.PathLike,
+    files: list[str | os.PathLike],
     repo_id: str,
     *,
     api: HfApi | None = None,
@@ -316,7 +316,7 @@ def push_run_card(
     Other files of `main` are kept.
 
     Args:
-        folder (`str` or `os.PathLike`): a folder holding the card files (only they are uploaded).
+        files (`list`): the card's files (uploaded under their own names).
         repo_id (`str`): the model repository.
         api (`HfApi`, *optional*): the client to use; defaults to `HfApi(token=token)`.
         token (`str`, *optional*): a Hub token.
@@ -326,11 +326,14 @@ def push_run_card(
     """
     validate_repo_id(repo_id)
     api = api if api is not None else HfApi(token=token)
-    try:
-        api.create_repo(repo_id, token=token, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload TRGL run card", token=token)
-    except _HUB_ERRORS as error:
-        raise HubPushError(None, repo_id, "README.md of main", folder, error) from error
+    with tempfile.TemporaryDirectory(prefix="trgl-card-") as folder:
+        for path in map(Path, files):
+            shutil.copy2(path, Path(folder) / path.name)
+        try:
+            api.create_repo(repo_id, token=token, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload TRGL run card", token=token)
+        except _HUB_ERRORS as error:
+            raise HubPushError(None, repo_id, "README.md of main", Path(files[0]).parent, error) from error
     return "main"
 
 
@@ -451,19 +454,7 @@ def _hub_copy(folder: Path, repo_id: str, revision: str | None, subfolder: str |
         return
     card = stage_model_card(stage_card_facts(folder), repo_id, revision=revision, subfolder=subfolder)
     with tempfile.TemporaryDirectory(prefix="trgl-hub-") as temporary:
-        copy = Path(temporary) / folder.name
-        for source in sorted(folder.rglob("*")):
-            destination = copy / source.relative_to(folder)
-            if source.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if source.relative_to(folder).as_posix() == "README.md":
-                continue
-            try:
-                os.link(source, destination)
-            except OSError:
-                shutil.copy2(source, destination)
+        copy = link_copy(folder, Path(temporary) / folder.name, skip=("README.md",))
         card.save(copy / "README.md")
         yield copy
 

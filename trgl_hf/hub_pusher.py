@@ -20,7 +20,7 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
-from .checkpointing import stage_dirname
+from .checkpointing import link_copy, stage_dirname
 from .hub import HubPushError, push_final, push_run_card, push_stage
 
 logger = logging.getLogger(__name__)
@@ -32,23 +32,6 @@ RETRY_DELAYS_S = (10.0, 60.0, 300.0)
 def sleep(seconds: float) -> None:
     """Wait between attempts (a module function so that tests can replace it)."""
     time.sleep(seconds)
-
-
-def snapshot(folder: Path, into: Path) -> Path:
-    """A copy of `folder` under `into` made of hard links (plain copies where links are impossible)."""
-    copy = into / folder.name
-    for source in sorted(folder.rglob("*")):
-        destination = copy / source.relative_to(folder)
-        if source.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, destination)
-        except OSError:
-            shutil.copy2(source, destination)
-    copy.mkdir(parents=True, exist_ok=True)
-    return copy
 
 
 class BackgroundPusher:
@@ -92,7 +75,7 @@ class BackgroundPusher:
 
     def submit_stage(self, stage: int, folder: Path, final: bool) -> None:
         """Queue stage `stage` (and, with the `"branch"` strategy and `final`, the same folder for `main`)."""
-        copy = snapshot(folder, Path(tempfile.mkdtemp(prefix=f"{folder.name}-", dir=self._scratch)))
+        copy = link_copy(folder, Path(tempfile.mkdtemp(prefix=f"{folder.name}-", dir=self._scratch)) / folder.name)
         kwargs = dict(api=self.api, token=self.token, private=self.private)
         strategy = self.strategy
         jobs = [(stage_dirname(stage), lambda: push_stage(copy, self.repo_id, stage, strategy=strategy, **kwargs))]
@@ -105,9 +88,8 @@ class BackgroundPusher:
     def submit_run_card(self, files: list[Path]) -> None:
         """Queue the run's card (README and plot) for the root of `main` (the `"subfolder"` layout's front page)."""
         folder = Path(tempfile.mkdtemp(prefix="run-card-", dir=self._scratch))
-        for path in files:
-            shutil.copy2(path, folder / path.name)
-        job = lambda: push_run_card(folder, self.repo_id, api=self.api, token=self.token)  # noqa: E731
+        copies = [shutil.copy2(path, folder / path.name) for path in files]
+        job = lambda: push_run_card(copies, self.repo_id, api=self.api, token=self.token)  # noqa: E731
         self._futures.append(self._executor.submit(self._attempt, "run card", None, self.output_dir, job))
 
     def _attempt(self, name: str, stage: int | None, folder: Path, job: Any) -> None:

@@ -328,7 +328,7 @@ class TRGLModel(PreTrainedModel):
         start = sum(self.config.split[:index])
         return range(start, start + self.config.split[index])
 
-    def _group_members(self) -> list[tuple[list[nn.Module], None]]:
+    def _group_members(self) -> list[list[nn.Module]]:
         """Per module: every `nn.Module` it owns (flat; the stem's too for module 0)."""
         owners_per_module = []
         for index in range(self.num_modules):
@@ -344,7 +344,7 @@ class TRGLModel(PreTrainedModel):
         members = []
         for index, owners in enumerate(owners_per_module):
             modules = [m for owner in owners for m in owner.modules()]
-            members.append((stem_modules + modules if index == 0 else modules, None))
+            members.append(stem_modules + modules if index == 0 else modules)
         return members
 
     def module_parameters(self, index: int) -> list[nn.Parameter]:
@@ -353,7 +353,7 @@ class TRGLModel(PreTrainedModel):
         Read from the modules at every call: `from_pretrained` replaces parameter objects after `__init__`."""
         owned = {id(p) for owner in self._owners for p in owner.parameters()} if index == 0 else set()
         seen, params = set(), []
-        for module in self._members[index][0]:
+        for module in self._members[index]:
             for param in module.parameters(recurse=False):
                 if id(module) in self._stem_modules and id(param) in owned:
                     continue  # a stem module sharing a block's or a head's parameter: it is theirs
@@ -368,7 +368,7 @@ class TRGLModel(PreTrainedModel):
         own = [self.multipliers, self.energy_scale] if indices is None else []
         indices = range(self.num_modules) if indices is None else indices
         return [
-            b for index in indices for module in self._members[index][0] for b in module.buffers(recurse=False)
+            b for index in indices for module in self._members[index] for b in module.buffers(recurse=False)
         ] + own
 
     def set_trainable_modules(self, indices: Iterable[int]) -> None:
@@ -396,7 +396,7 @@ class TRGLModel(PreTrainedModel):
         if mode:
             for index in range(self.num_modules):
                 if index not in self.trainable_modules:
-                    for module in self._members[index][0]:
+                    for module in self._members[index]:
                         module.training = False
         return self
 

@@ -20,15 +20,17 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from torch.utils.data import Dataset, IterableDataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 from transformers import DataCollatorWithPadding, DefaultDataCollator, default_data_collator
+
+from .input_checks import is_iterable
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def prefix_cache_decision(choice: str, dataset: Any, collator: Any) -> tuple[boo
     """
     if choice != "auto":
         return choice == "always", f"trgl_prefix_cache={choice!r}"
-    if isinstance(dataset, IterableDataset) or _is_hf_iterable(dataset):
+    if is_iterable(dataset):
         return False, "an iterable (streaming) dataset may give other examples on every pass; say 'always' to cache"
     if getattr(dataset, "_format_type", None) == "custom":
         return False, "the dataset has a transform (set_transform / with_transform), which may be random"
@@ -68,14 +70,6 @@ def prefix_cache_decision(choice: str, dataset: Any, collator: Any) -> tuple[boo
     if not (collator is default_data_collator or isinstance(collator, (DefaultDataCollator, DataCollatorWithPadding))):
         return False, f"the collator {type(collator).__name__} may be random; say 'always' to cache"
     return True, "the input pipeline is deterministic (a stored dataset, no transform, a standard collator)"
-
-
-def _is_hf_iterable(dataset: Any) -> bool:
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(dataset, datasets.IterableDataset)
 
 
 def available_memory() -> int:
@@ -335,7 +329,6 @@ class CachePlan:
     reason: str
     estimate: int = 0
     budget: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def plan_storage(
@@ -427,7 +420,6 @@ def build_prefix_cache(
     cache = PrefixCache(shards, pad_values, plan.folder, first_module, lap, hidden_dtype)
     logger.info("Prefix cache for module %d: %s; stored %.1f MiB in %d shards.", first_module + 1, plan.reason,
                 cache.nbytes / 1024**2, len(shards))  # fmt: skip
-    cache.plan = plan
     return cache
 
 

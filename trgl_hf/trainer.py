@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -354,9 +353,9 @@ class TRGLTrainer(Trainer):
             evaluation = next((e for e in reversed(self.trgl_log_history) if "eval_best_module" in e), None)
             if evaluation is not None:
                 self.save_metrics("eval", {k: v for k, v in evaluation.items() if k.startswith("eval_")})
-            card = self.create_model_card()
+            self.create_model_card()
             if self._pusher is not None and self.args.trgl_hub_strategy == "subfolder":
-                self._pusher.submit_run_card([card, *[p for p in [root / PLOT_FILE] if p.is_file()]])
+                self._pusher.submit_run_card(self._run_card_files())
         return TrainOutput(steps, metrics["train_loss"], metrics)
 
     def _completed_checkpoint(self, checkpoint: str) -> TrainOutput | None:
@@ -882,14 +881,14 @@ class TRGLTrainer(Trainer):
             self.args.output_dir, self.hub_repo_id, strategy=self.args.trgl_hub_strategy, api=self.hub_api,
             token=token, private=self.args.hub_private_repo,
         )  # fmt: skip
-        card = self.create_model_card()
-        if card is not None and self.args.trgl_hub_strategy == "subfolder":
-            files = [card, *[p for p in [card.parent / PLOT_FILE] if p.is_file()]]
-            with tempfile.TemporaryDirectory(prefix="trgl-card-") as folder:
-                for path in files:
-                    shutil.copy2(path, Path(folder) / path.name)
-                push_run_card(folder, self.hub_repo_id, api=self.hub_api, token=token)
+        if self.create_model_card() is not None and self.args.trgl_hub_strategy == "subfolder":
+            push_run_card(self._run_card_files(), self.hub_repo_id, api=self.hub_api, token=token)
         return pushed
+
+    def _run_card_files(self) -> list[Path]:
+        """The run card and its plot (when one was drawn), as [`create_model_card`] wrote them."""
+        root = Path(self.args.output_dir)
+        return [path for path in (root / "README.md", root / PLOT_FILE) if path.is_file()]
 
     def module_table(self) -> str:
         """Markdown table of the evaluation metrics of every finished stage."""
