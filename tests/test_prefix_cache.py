@@ -117,13 +117,14 @@ class CacheSpy:
     """Records each phase's cache as it is built (and the shard files at that moment)."""
 
     def __init__(self, monkeypatch):
-        self.caches = []
+        self.caches, self.sizes = [], []
         original = prefix_cache.build_prefix_cache
 
         def spy(*args, **kwargs):
             cache = original(*args, **kwargs)
             files = sorted(cache.folder.glob("*.safetensors")) if cache.folder else []
             self.caches.append((cache, (files, len(cache.shards)), cache.gather(range(len(cache)))))
+            self.sizes.append(cache.nbytes)
             return cache
 
         monkeypatch.setattr("trgl_hf.trainer.build_prefix_cache", spy)
@@ -172,6 +173,25 @@ def test_each_cache_is_computed_from_the_previous_one(tmp_path, digits, make_cif
                                 model.iter_modules(pixel_values=batch["pixel_values"], last_module=1)
                                 if step.index == 1])  # fmt: skip
     torch.testing.assert_close(third, recomputed, rtol=1e-5, atol=1e-6)
+
+
+def test_the_previous_in_memory_cache_counts_against_the_budget(tmp_path, digits, make_cifar_resnet, monkeypatch,
+                                                               caplog):
+    train = digits["train"].select(range(256))
+    sizes = {}
+    for where, budget in (("unbounded", None), ("bounded", "to be set")):
+        spy = CacheSpy(monkeypatch)
+        torch.manual_seed(0)
+        model = TRGLModel.from_base(make_cifar_resnet(num_labels=10, num_channels=1), TRGLConfig(num_modules=3))
+        if where == "bounded":  # room for either cache alone, not for both at once
+            budget = f"{max(sizes['first'], sizes['second']) + 1}B"
+            assert sizes["first"] + sizes["second"] > parse_bytes(budget)
+        args = _sequential_args(tmp_path / where, trgl_prefix_cache_max_memory=budget)
+        with caplog.at_level("INFO", logger="trgl_hf"):
+            TRGLTrainer(model=model, args=args, train_dataset=train).train()
+        sizes = sizes or dict(zip(("first", "second"), spy.sizes))
+    assert [cache.on_disk for cache, _, _ in spy.caches] == [False, True]
+    assert "of the previous cache, in memory while this one is built" in caplog.text
 
 
 def test_random_or_streaming_pipelines_are_not_cached_unless_asked():

@@ -332,19 +332,22 @@ class CachePlan:
 
 
 def plan_storage(
-    bytes_per_row: float, rows: int | None, budget: int | None, folder: Path, world_size: int
+    bytes_per_row: float, rows: int | None, budget: int | None, folder: Path, world_size: int, held: int = 0
 ) -> CachePlan:
     """Memory when the estimated size fits the budget in a single process; otherwise memory-mapped files (also for
-    a stream, whose size is unknown)."""
+    a stream, whose size is unknown). `held` bytes of an earlier cache still in memory while this one is built count
+    against the budget."""
     if rows is None:
         return CachePlan(folder, f"a stream of unknown length ({bytes_per_row / 1024:.1f} KiB per row): on disk in "
                          f"{folder}")  # fmt: skip
     estimate = int(math.ceil(bytes_per_row * rows))
     budget = budget if budget is not None else int(available_memory() * DEFAULT_MEMORY_FRACTION)
     size = f"{estimate / 1024**2:.1f} MiB ({rows} rows x {bytes_per_row / 1024:.1f} KiB)"
+    if held:
+        size += f" + {held / 1024**2:.1f} MiB of the previous cache, in memory while this one is built"
     if world_size > 1:
         return CachePlan(folder, f"{size}: memory-mapped files shared by the {world_size} processes", estimate, budget)
-    if estimate <= budget:
+    if estimate + held <= budget:
         return CachePlan(None, f"{size}, within the budget of {budget / 1024**2:.1f} MiB: in memory", estimate, budget)
     return CachePlan(folder, f"{size}, over the budget of {budget / 1024**2:.1f} MiB: on disk in {folder}", estimate,
                      budget)  # fmt: skip
@@ -384,12 +387,14 @@ def build_prefix_cache(
     local_rank: int = 0,
     local_world: int = 1,
     barrier: Any = None,
+    held: int = 0,
 ) -> PrefixCache:
     """Store the prefix outputs `outputs` (this process's share of `rows` examples, in order) as a [`PrefixCache`].
 
     The size is estimated from the first batch: in memory when it fits `budget` (single process), otherwise in
-    `folder` as safetensors shards written as batches arrive. With several processes on a machine, each computes its
-    share of the rows (`local_rank` of `local_world`), and all of them then map the same files.
+    `folder` as safetensors shards written as batches arrive. `held` bytes of the in-memory cache this one is
+    computed from count against the budget. With several processes on a machine, each computes its share of the rows
+    (`local_rank` of `local_world`), and all of them then map the same files.
     """
     barrier = barrier or (lambda: None)
     outputs = iter(outputs)
@@ -399,7 +404,7 @@ def build_prefix_cache(
     if dtype is not None and first is not None and first[HIDDEN].is_floating_point():
         saved = first[HIDDEN].element_size() - torch.empty((), dtype=dtype).element_size()
         per_row -= first[HIDDEN][0].numel() * saved
-    plan = plan_storage(per_row, rows, budget, folder, local_world)
+    plan = plan_storage(per_row, rows, budget, folder, local_world, held)
     if plan.folder is not None:
         if local_rank == 0:
             shutil.rmtree(plan.folder, ignore_errors=True)

@@ -548,6 +548,7 @@ class TRGLTrainer(Trainer):
                 token_columns=token_columns, pad_values={"input_ids": pad_id if pad_id is not None else 0},
                 first_module=first, lap=phase.lap, local_rank=local_rank, local_world=local_world,
                 barrier=self.accelerator.wait_for_everyone,
+                held=previous.nbytes if previous is not None and not previous.on_disk else 0,
             )  # fmt: skip
         finally:
             model.cached_input_module = previous_input
