@@ -95,3 +95,29 @@ def test_other_adapters_are_refused():
                                  peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4))  # fmt: skip
     with pytest.raises(ValueError, match="LoraConfig"):
         TRGLModel.from_base(prompt, TRGLConfig(num_modules=2))
+
+
+def test_stages_of_a_lora_run_also_export_as_peft_adapters_over_the_truncated_base(tmp_path):
+    config = _lora_bert().peft_config["default"]
+    torch.manual_seed(0)
+    BertForSequenceClassification(_lora_bert().get_base_model().config).save_pretrained(tmp_path / "base")  # "Hub"
+    lora = peft.get_peft_model(BertForSequenceClassification.from_pretrained(tmp_path / "base"), config)
+    model = TRGLModel.from_base(lora, TRGLConfig(num_modules=2))
+    args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), trgl_mode="sequential", max_steps=4,
+                                 per_device_train_batch_size=8, learning_rate=1e-2, report_to="none",
+                                 save_strategy="no", disable_tqdm=True, use_cpu=True)  # fmt: skip
+    TRGLTrainer(model=model, args=args, train_dataset=_data()).train()
+    batch = _data().with_format("torch")[:4]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    for stage in (1, 2):
+        stage_dir = tmp_path / "run" / f"stage-0{stage}"
+        merged = AutoModelForSequenceClassification.from_pretrained(stage_dir).eval()
+        adapter_config = peft.PeftConfig.from_pretrained(stage_dir / "adapter")
+        assert adapter_config.base_model_name_or_path is None  # AutoPeftModel cannot load the full-depth base
+        base = BertForSequenceClassification.from_pretrained(tmp_path / "base", num_hidden_layers=2 * stage)
+        adapted = peft.PeftModel.from_pretrained(base, stage_dir / "adapter").eval()
+        with torch.no_grad():
+            torch.testing.assert_close(adapted(**inputs).logits, merged(**inputs).logits, rtol=1e-5, atol=1e-5)
+        card = (stage_dir / "README.md").read_text()
+        assert "Or as a PEFT adapter" in card and f"num_hidden_layers={2 * stage}" in card
+        assert "from_pretrained(" in card and "adapter" in card

@@ -78,3 +78,73 @@ def test_head_warmup_trains_the_heads_alone_first(tmp_path, digits, make_cifar_r
     args = _args(tmp_path / "more", trgl_mode="parallel", max_steps=3, trgl_head_warmup_steps=2)
     TRGLTrainer(model=model, args=args, train_dataset=digits["train"].select(range(64))).train()
     assert any(not torch.equal(before[name], p) for name, p in model.named_parameters() if name not in heads)
+
+
+def _tiny_bert(num_labels=2):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32, num_labels=num_labels)  # fmt: skip
+    return BertForSequenceClassification(config)
+
+
+def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_papers(tmp_path):
+    from transformers import BertForSequenceClassification
+
+    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_LR_MULTIPLIER, PRETRAINED_HEAD_WARMUP_STEPS
+
+    _tiny_bert().save_pretrained(tmp_path / "base")
+    pretrained = TRGLModel.from_base(BertForSequenceClassification.from_pretrained(tmp_path / "base"),
+                                     TRGLConfig(num_modules=2))  # fmt: skip
+    by_path = TRGLModel.from_base(str(tmp_path / "base"), num_modules=2)
+    scratch = TRGLModel.from_base(_tiny_bert(), TRGLConfig(num_modules=2))
+    assert pretrained.config.tau_scale == by_path.config.tau_scale == "relative"
+    assert scratch.config.tau_scale == "absolute"
+    assert TRGLModel.from_base(str(tmp_path / "base"), num_modules=2, tau_scale="absolute").config.tau_scale == (
+        "absolute"
+    )
+    assert TRGLModel.from_base(str(tmp_path / "base"), num_modules=2, use_transport=False).config.tau_scale == (
+        "absolute"
+    )
+    args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none")
+    settings = TRGLTrainer(model=pretrained, args=args).head_settings
+    assert (settings.lr_multiplier, settings.warmup_steps) == (PRETRAINED_HEAD_LR_MULTIPLIER,
+                                                               PRETRAINED_HEAD_WARMUP_STEPS)  # fmt: skip
+    assert "pretrained base" in settings.source
+    assert settings.warmup_limit(1000) == PRETRAINED_HEAD_WARMUP_STEPS and settings.warmup_limit(8) == 2
+    settings = TRGLTrainer(model=scratch, args=args).head_settings
+    assert (settings.lr_multiplier, settings.warmup_steps) == (1.0, 0)
+    given = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none",
+                                  trgl_head_lr_multiplier=3.0, trgl_head_warmup_steps=7)  # fmt: skip
+    settings = TRGLTrainer(model=pretrained, args=given).head_settings
+    assert (settings.lr_multiplier, settings.warmup_steps, settings.source) == (3.0, 7, "as given")
+    assert settings.warmup_limit(100) == 7 and settings.warmup_limit(4) == 4  # not capped at a quarter
+
+
+def test_a_pretrained_base_trains_its_heads_first_then_its_blocks_by_default(tmp_path):
+    from datasets import Dataset
+    from transformers import BertForSequenceClassification, TrainerCallback
+
+    _tiny_bert().save_pretrained(tmp_path / "base")
+    model = TRGLModel.from_base(BertForSequenceClassification.from_pretrained(tmp_path / "base"),
+                                TRGLConfig(num_modules=2))  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    data = Dataset.from_dict({"input_ids": torch.randint(5, 60, (64, 10), generator=generator).tolist(),
+                              "labels": torch.randint(0, 2, (64,), generator=generator).tolist()})  # fmt: skip
+    blocks = [name for name, _ in model.named_parameters() if not name.startswith("heads.")]
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    blocks_moved = []
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            params = dict(model.named_parameters())
+            blocks_moved.append(any(not torch.equal(initial[name], params[name]) for name in blocks))
+
+    args = _args(tmp_path / "run", trgl_mode="parallel", max_steps=8, learning_rate=1e-3, optim="adamw_torch")
+    trainer = TRGLTrainer(model=model, args=args, train_dataset=data, callbacks=[Watch()])
+    assert trainer.head_settings.warmup_limit(8) == 2  # the default 50 steps, capped at a quarter of the phase
+    trainer.train()
+    assert blocks_moved == [False, False] + [True] * 6
+    assert any(not torch.equal(initial[name], p) for name, p in model.named_parameters() if name.startswith("heads."))
+    assert model.config.tau_scale == "relative" and (model.energy_scale > 0).all()

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,7 @@ def save_stage(
     num_stages: int,
     info: dict[str, Any],
     processor: Any = None,
+    write_extra: Callable[[Path], dict[str, Any]] | None = None,
 ) -> Path:
     """Save an exported stage atomically: weights, config (and generation config), remote code if any, the processor
     the model was trained with, `trgl_stage.json` and the model card: the files `Trainer.save_model` writes, plus the
@@ -148,6 +149,8 @@ def save_stage(
         info (`dict`): run facts for `trgl_stage.json` and the model card (see [`stage_model_card`]).
         processor (*optional*): the tokenizer, image processor, feature extractor or processor given to the trainer
             as `processing_class`; saved with its own `save_pretrained`.
+        write_extra (*optional*): called with the staging folder to write more files (e.g. the PEFT adapter); what
+            it returns is added to `trgl_stage.json`.
 
     Returns:
         `Path`: the written folder.
@@ -156,6 +159,7 @@ def save_stage(
         model.save_pretrained(staging)
         if processor is not None:
             processor.save_pretrained(staging)
-        write_json(staging / STAGE_METADATA_FILE, {"stage": stage, "num_stages": num_stages, **info})
+        extra = write_extra(staging) if write_extra is not None else {}
+        write_json(staging / STAGE_METADATA_FILE, {"stage": stage, "num_stages": num_stages, **info, **extra})
         stage_model_card(stage_card_facts(staging), str(directory)).save(staging / "README.md")
     return Path(directory)

@@ -68,11 +68,13 @@ class TRGLConfig(PreTrainedConfig):
             `"halves"`: tau / 2 for the first floor(K / 2) modules and tau for the others (the paper's rule);
             `"constant"`: tau for every module; `"multipliers"`: the method of multipliers of the paper's
             appendix D (see `multiplier_*`).
-        tau_scale (`str`, *optional*, defaults to `"absolute"`):
+        tau_scale (`str`, *optional*):
             `"absolute"`: tau as in the paper. `"relative"` (an extension of this library, not in the paper): each
             module's tau_k is multiplied by its branch energy measured on its first training batch, so the penalty
             starts at transport / (2 tau_k) = 1 / (2 tau) whatever the scale of the branches (pretrained transformers
             have large ones); the measured energies are kept in the model's `energy_scale` buffer (saved with it).
+            Left unset, [`TRGLModel.from_base`] picks `"relative"` for a base loaded with `from_pretrained` and
+            `"absolute"` for one built from a config (see `trgl_hf.pretrained_defaults`).
         use_transport (`bool`, *optional*, defaults to `True`):
             Add the transport term. `False` trains the VanGL baseline.
         multiplier_init (`float`, *optional*, defaults to 1.0):
@@ -120,7 +122,7 @@ class TRGLConfig(PreTrainedConfig):
     split_policy: Literal["equal", "balanced"] = "equal"
     tau: float | list[float] = 10.0
     tau_schedule: Literal["halves", "constant", "multipliers"] = "halves"
-    tau_scale: Literal["absolute", "relative"] = "absolute"
+    tau_scale: Literal["absolute", "relative"] | None = None
     use_transport: bool = True
     multiplier_init: float = 1.0
     multiplier_step: float = 1.0
@@ -170,7 +172,7 @@ class TRGLConfig(PreTrainedConfig):
             raise ValueError(f"`split_policy` must be one of {SPLIT_POLICIES}, got {self.split_policy!r}.")
         if self.tau_schedule not in TAU_SCHEDULES:
             raise ValueError(f"`tau_schedule` must be one of {TAU_SCHEDULES}, got {self.tau_schedule!r}.")
-        if self.tau_scale not in ("absolute", "relative"):
+        if self.tau_scale not in (None, "absolute", "relative"):
             raise ValueError(f"`tau_scale` must be 'absolute' or 'relative', got {self.tau_scale!r}.")
         if self.tau_scale == "relative" and self.tau_schedule == "multipliers":
             raise ValueError(

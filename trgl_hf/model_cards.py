@@ -155,8 +155,35 @@ from transformers import {loader}
 model = {loader}.from_pretrained({arguments})
 ```
 
-{_pipeline_section(pipeline_tag, arguments, bool(facts.get("has_processor")), subfolder is not None)}"""
+{_pipeline_section(pipeline_tag, arguments, bool(facts.get("has_processor")), subfolder is not None)}
+{_adapter_section(facts.get("peft_adapter"), location, revision, subfolder)}"""
     return ModelCard(body)
+
+
+def _adapter_section(adapter: dict[str, Any] | None, location: str, revision: str | None,
+                     subfolder: str | None) -> str:
+    """How to load the stage as a PEFT adapter over the base truncated to its depth (LoRA runs only)."""
+    if not adapter:
+        return ""
+    folder = f"{subfolder}/{adapter['folder']}" if subfolder else adapter["folder"]
+    arguments = load_arguments(location, revision, folder, False)
+    return f"""## Or as a PEFT adapter
+
+The LoRA weights of this stage's blocks and its trained head, in `{adapter["folder"]}/`. They apply to the base model
+truncated to this stage's {adapter["num_hidden_layers"]} layers (the adapter names no base model, so that the
+full-depth base cannot be loaded under it by mistake):
+
+```python
+from peft import PeftModel
+from transformers import {adapter["auto_class"]}
+
+base = {adapter["auto_class"]}.from_pretrained(
+    "{adapter["base_model"]}", num_hidden_layers={adapter["num_hidden_layers"]}, num_labels={adapter["num_labels"]},
+    ignore_mismatched_sizes=True,
+)
+model = PeftModel.from_pretrained(base, {arguments})
+```
+"""
 
 
 def _pipeline_section(pipeline_tag: str, arguments: str, has_processor: bool, in_subfolder: bool) -> str:

@@ -24,6 +24,7 @@ from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PredictionOutput, TrainOutput
 
+from .adapters.transformer import TransformerAdapter
 from .checkpointing import save_stage, stage_dirname
 from .data import check_labels
 from .guards import (
@@ -51,6 +52,7 @@ from .input_checks import (
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .model_cards import PLOT_FILE, load_arguments, module_plot_svg, module_table, run_model_card
 from .modeling_trgl import TRGLModel
+from .peft_support import ADAPTER_DIR, save_stage_adapter
 from .phases import Phase, lap_order, plan_phases
 from .prefix_cache import (
     TOKEN_COLUMNS,
@@ -61,6 +63,7 @@ from .prefix_cache import (
     parse_bytes,
     prefix_cache_decision,
 )
+from .pretrained_defaults import head_settings
 from .run_lock import RunLock
 from .run_state import RunCheckpointCallback, RunState, check_checkpoint
 from .training_args import TRGLTrainingArguments
@@ -167,6 +170,12 @@ class TRGLTrainer(Trainer):
         self._run_root = Path(self.args.output_dir)
         self._pusher: BackgroundPusher | None = None
         self.hub_push_failures: list[HubPushError] = []
+        self.head_settings = head_settings(self.args, self.model.config)
+        """The heads' learning-rate multiplier and warm-up steps in effect (`trgl_hf.pretrained_defaults`)."""
+        if self.head_settings.source != "as given":
+            logger.info("Auxiliary heads at learning_rate x %g with %d head-only warm-up steps per phase: %s.",
+                        self.head_settings.lr_multiplier, self.head_settings.warmup_steps,
+                        self.head_settings.source)  # fmt: skip
         if self.processing_class is None and self.args.trgl_save_stages:
             logger.warning(
                 "No `processing_class` (tokenizer / image processor) was given to TRGLTrainer: the stage folders will "
@@ -414,7 +423,7 @@ class TRGLTrainer(Trainer):
         laps, with the state its previous lap left."""
         fresh = self.optimizer is None
         optimizer = super().create_optimizer(model)
-        if fresh and self.args.trgl_head_lr_multiplier != 1.0:
+        if fresh and self.head_settings.lr_multiplier != 1.0:
             self._scale_head_learning_rate(optimizer)
         saved = self._lap_states.get(self._phase.modules[0]) if fresh and self._persists_laps(self._phase) else None
         if saved is not None:
@@ -432,7 +441,7 @@ class TRGLTrainer(Trainer):
             if blocks:
                 groups.append({**settings, "params": blocks})
             if head_params:
-                scaled = group["lr"] * self.args.trgl_head_lr_multiplier
+                scaled = group["lr"] * self.head_settings.lr_multiplier
                 groups.append({**settings, "params": head_params, "lr": scaled})
         optimizer.param_groups.clear()
         for group in groups:
@@ -601,7 +610,11 @@ class TRGLTrainer(Trainer):
                 sums[2] += 1
         if self.accelerator.sync_gradients:
             self._synchronise(net, task_losses)
-            if self.state.global_step < self.args.trgl_head_warmup_steps:  # heads alone: the blocks do not move
+            warmup = self.head_settings.warmup_limit(self.state.max_steps)
+            if self.state.global_step == 0 and warmup >= self.state.max_steps > 0:
+                logger.warning("trgl_head_warmup_steps=%d covers all %d steps of %s: its blocks do not train; lower "
+                               "it.", warmup, self.state.max_steps, self._phase.name)  # fmt: skip
+            if self.state.global_step < warmup:  # heads alone: the blocks do not move
                 heads = {id(p) for p in net.heads.parameters()}
                 for index in net.trainable_modules:
                     for param in net.module_parameters(index):
@@ -813,7 +826,14 @@ class TRGLTrainer(Trainer):
         model: TRGLModel = self.model
         exported = model.export_stage(stage)
         info = {**self.run_facts(), "metrics": self.stage_metrics.get(stage, {})}
-        return save_stage(exported, directory, stage, model.num_modules, info, processor=self.processing_class)
+        write_adapter = None
+        if model.config.peft_config and isinstance(model.adapter, TransformerAdapter):  # also as a PEFT adapter
+
+            def write_adapter(staging: Path) -> dict[str, Any]:
+                return {"peft_adapter": save_stage_adapter(model, stage, staging / ADAPTER_DIR)}
+
+        return save_stage(exported, directory, stage, model.num_modules, info, processor=self.processing_class,
+                          write_extra=write_adapter)  # fmt: skip
 
     def run_facts(self) -> dict[str, Any]:
         """What the stages' `trgl_stage.json` and the model cards record about the run."""

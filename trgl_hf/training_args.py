@@ -50,12 +50,15 @@ class TRGLTrainingArguments(TrainingArguments):
         trgl_prefix_cache_dtype (`str`, *optional*):
             Store the cached hidden states as `"float16"` or `"bfloat16"` (half the size); they are cast back to the
             computed dtype when read. Defaults to the dtype the modules computed (exact).
-        trgl_head_lr_multiplier (`float`, *optional*, defaults to 1.0):
+        trgl_head_lr_multiplier (`float`, *optional*):
             The auxiliary heads' learning rate is `learning_rate` times this (this library's extension, for
-            pretrained bases whose new heads need a larger step than the pretrained blocks).
-        trgl_head_warmup_steps (`int`, *optional*, defaults to 0):
+            pretrained bases whose new heads need a larger step than the pretrained blocks). Defaults to
+            `trgl_hf.pretrained_defaults.PRETRAINED_HEAD_LR_MULTIPLIER` for a base loaded with `from_pretrained`
+            and to 1.0 (the paper's setting) for a base built from a config.
+        trgl_head_warmup_steps (`int`, *optional*):
             At the start of every phase, train only the heads for this many optimizer steps (the modules' gradients
-            are dropped), as linear-probe-then-fine-tune does (this library's extension).
+            are dropped), as linear-probe-then-fine-tune does (this library's extension). Defaults to
+            `trgl_hf.pretrained_defaults.PRETRAINED_HEAD_WARMUP_STEPS` for a pretrained base, else 0.
         trgl_save_stages (`bool`, *optional*, defaults to `True`):
             Write `output_dir/stage-01 .. stage-K` as the modules become final.
         trgl_hub_strategy (`str`, *optional*, defaults to `"branch"`):
@@ -90,12 +93,16 @@ class TRGLTrainingArguments(TrainingArguments):
     trgl_prefix_cache_dtype: str | None = field(
         default=None, metadata={"help": "Store cached hidden states as 'float16' or 'bfloat16' (default: as computed)"}
     )
-    trgl_head_lr_multiplier: float = field(
-        default=1.0, metadata={"help": "Auxiliary heads' learning rate = learning_rate x this (extension)."}
-    )
-    trgl_head_warmup_steps: int = field(
-        default=0, metadata={"help": "Train only the heads for this many steps at the start of each phase."}
-    )
+    trgl_head_lr_multiplier: float | None = field(
+        default=None,
+        metadata={"help": "Auxiliary heads' learning rate = learning_rate x this (extension; default: 20 for a "
+                  "pretrained base, 1 otherwise)."},
+    )  # fmt: skip
+    trgl_head_warmup_steps: int | None = field(
+        default=None,
+        metadata={"help": "Train only the heads for this many steps at the start of each phase (default: 50 for a "
+                  "pretrained base, 0 otherwise)."},
+    )  # fmt: skip
     trgl_save_stages: bool = field(
         default=True, metadata={"help": "Write output_dir/stage-XX folders as modules become final."}
     )
@@ -161,9 +168,10 @@ class TRGLTrainingArguments(TrainingArguments):
                 "`trgl_prefix_cache_dtype` must be 'float16', 'bfloat16' or None, got "
                 f"{self.trgl_prefix_cache_dtype!r}."
             )
-        if not self.trgl_head_lr_multiplier > 0:
+        if self.trgl_head_lr_multiplier is not None and not self.trgl_head_lr_multiplier > 0:
             raise ValueError(f"`trgl_head_lr_multiplier` must be positive, got {self.trgl_head_lr_multiplier!r}.")
-        if int(self.trgl_head_warmup_steps) != self.trgl_head_warmup_steps or self.trgl_head_warmup_steps < 0:
+        warmup = self.trgl_head_warmup_steps
+        if warmup is not None and (not isinstance(warmup, (int, float)) or int(warmup) != warmup or warmup < 0):
             raise ValueError(
                 f"`trgl_head_warmup_steps` must be a whole number of steps >= 0, got {self.trgl_head_warmup_steps!r}."
             )
