@@ -27,6 +27,7 @@ from transformers.trainer_utils import PredictionOutput, TrainOutput
 from .adapters.transformer import TransformerAdapter
 from .checkpointing import save_stage, stage_dirname
 from .data import check_labels
+from .grad_sync import DEFAULT_BUCKET_BYTES, GradientAverager
 from .guards import (
     check_hub_credentials,
     check_one_world,
@@ -167,6 +168,7 @@ class TRGLTrainer(Trainer):
         self._nonfinite_values: dict[int, torch.Tensor] = {}
         self._phase: Phase | None = None
         self._prefix_cache: PrefixCache | None = None
+        self._averager: GradientAverager | None = None
         self._run_root = Path(self.args.output_dir)
         self._pusher: BackgroundPusher | None = None
         self.hub_push_failures: list[HubPushError] = []
@@ -411,6 +413,7 @@ class TRGLTrainer(Trainer):
         finally:
             (self.args.output_dir, self.args.num_train_epochs, self.args.max_steps, self.train_dataset,
              self.args.train_sampling_strategy) = saved  # fmt: skip
+            self._drop_gradient_averager()  # its hooks belong to this phase's trainable parameters
             self._phase = None
 
     # ------------------------------------------------------------------ one optimizer per module across laps
@@ -490,7 +493,8 @@ class TRGLTrainer(Trainer):
         args.train_sampling_strategy = "sequential"
 
     def _reset_for_phase(self) -> None:
-        """Fresh optimizer, scheduler and distributed wrapper for the next phase."""
+        """Fresh optimizer, scheduler, gradient averager and distributed wrapper for the next phase."""
+        self._drop_gradient_averager()
         self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model
         reset_accelerator(self.accelerator)
@@ -596,6 +600,9 @@ class TRGLTrainer(Trainer):
         accumulation = self.current_gradient_accumulation_steps
         total = torch.zeros((), device=self.args.device)
         task_losses = {}
+        averager = self._gradient_averager(net) if self.accelerator.sync_gradients else None
+        if averager is not None:
+            averager.start_step()
         with self.compute_loss_context_manager(), self.accelerator.autocast():
             for step in net.iter_modules(frozen_heads=False, **inputs):
                 if not step.trainable:
@@ -609,7 +616,7 @@ class TRGLTrainer(Trainer):
                 sums[1] = sums[1] + step.transport.detach()
                 sums[2] += 1
         if self.accelerator.sync_gradients:
-            self._synchronise(net, task_losses)
+            self._synchronise(net, task_losses, averager)
             warmup = self.head_settings.warmup_limit(self.state.max_steps)
             if self.state.global_step == 0 and warmup >= self.state.max_steps > 0:
                 logger.warning("trgl_head_warmup_steps=%d covers all %d steps of %s: its blocks do not train; lower "
@@ -632,24 +639,36 @@ class TRGLTrainer(Trainer):
         for buffer in net.module_buffers(modules):
             dist.broadcast(buffer.data, src=0)
 
-    def _synchronise(self, net: TRGLModel, task_losses: dict[int, torch.Tensor]) -> None:
-        """Average gradients (and the multiplier updates' losses) over processes; update multipliers."""
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if distributed:
-            params = [p for p in net.parameters() if p.requires_grad]
-            for param in params:
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-            flat = torch.cat(
-                [p.grad.reshape(-1) for p in params] + [v.reshape(1).float() for v in task_losses.values()]
+    def _gradient_averager(self, net: TRGLModel) -> GradientAverager | None:
+        """The phase's gradient averager (hooks on the trainable parameters), created at its first step; `None` in
+        a single process."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return None
+        if self._averager is None:
+            cap = self.args.ddp_bucket_cap_mb
+            self._averager = GradientAverager(
+                [list(net.module_parameters(index)) for index in net.trainable_modules],
+                bucket_bytes=int(cap * 1024**2) if cap else DEFAULT_BUCKET_BYTES,
             )
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-            offset = 0
-            for param in params:
-                param.grad.copy_(flat[offset : offset + param.numel()].view_as(param.grad))
-                offset += param.numel()
-            task_losses = {k: flat[offset + i] for i, k in enumerate(task_losses)}
+        return self._averager
+
+    def _drop_gradient_averager(self) -> None:
+        if self._averager is not None:
+            self._averager.remove()
+            self._averager = None
+
+    def _synchronise(
+        self, net: TRGLModel, task_losses: dict[int, torch.Tensor], averager: GradientAverager | None
+    ) -> None:
+        """Wait for the gradients' averages over processes (their all-reduces started during backward) and average
+        the losses the multiplier updates read; update multipliers."""
+        if averager is not None:
+            averager.finish()
+            if task_losses:
+                losses = torch.stack([value.reshape(()).float() for value in task_losses.values()])
+                dist.all_reduce(losses)
+                losses /= dist.get_world_size()
+                task_losses = dict(zip(task_losses, losses))
         net.transport_schedule.after_step(self.state.global_step + 1, task_losses)
 
     def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
