@@ -1,10 +1,12 @@
 """Gradient averaging across 2 CPU processes: TRGL parallel with the overlapped, bucketed averaging against the
 previous flat all-reduce and against end-to-end DDP (`transformers.Trainer`), same model and global batch.
 
-    python -m benchmarks.ddp_overlap            # ~10 min on 2 idle cores
-    python -m benchmarks.ddp_overlap --quick    # smoke run (seconds)
+    python -m benchmarks.ddp_overlap                     # ~10 min on 2 idle cores
+    python -m benchmarks.ddp_overlap --quick             # smoke run (seconds)
+    python -m benchmarks.ddp_overlap --device cuda       # every visible GPU, NCCL (run by gpu_resnet110 --scale-out)
 
-The command launches `torch.distributed.run --nproc_per_node 2` workers (gloo) and one single-process worker. Every
+The command launches `torch.distributed.run --nproc_per_node N` workers (N = 2 gloo processes on CPU, one per
+visible GPU with NCCL on CUDA; with a single GPU, N = 1) and one single-process worker. Every
 worker builds the CIFAR ResNet-56 (850k parameters) and trains on one fixed batch of random 32x32 images (the timing
 does not depend on the values), global batch 128 (64 per process), SGD, no clipping, no logging:
 
@@ -16,9 +18,10 @@ does not depend on the values), global batch 128 (64 per process), SGD, no clipp
   next module computes).
 
 Step time: the median over the measured steps (after warm-up) of each run, the arms interleaved, medians over
-repetitions. Memory: one step of each TRGL arm traced with `torch.profiler(profile_memory=True)` (the allocator's
-allocations and frees, as in the memory benchmark): the step's peak above what was alive before it, in each process,
-against the same TRGL step in one process with the same per-process batch (64).
+repetitions. Memory: one step of each arm traced with `torch.profiler(profile_memory=True)` on CPU (the
+allocator's allocations and frees, as in the memory benchmark): the step's peak above what was alive before it; on
+CUDA `torch.cuda.max_memory_allocated` over the step (the process's peak). In each process, against the same TRGL
+step in one process with the same per-process batch (64).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from benchmarks.common import env, report
 from benchmarks.common.env import log
 
 ARMS = ("e2e DDP", "TRGL flat", "TRGL overlapped")
+DEVICE = {"type": "cpu"}
 BUCKET_MB = 1.0
 """The benchmark's bucket cap (`ddp_bucket_cap_mb`, both DDP and TRGL): below the 3.4 MB of gradients, so the
 gradients span several buckets."""
@@ -87,14 +91,23 @@ class TraceOneStep:
     def begin(self) -> None:
         from torch.profiler import ProfilerActivity, profile
 
+        if torch.cuda.is_available() and torch.distributed.is_initialized() and DEVICE["type"] == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.profiler = "cuda"
+            return
         self.profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         self.profiler.__enter__()
 
     def end(self) -> None:
         from benchmarks.common.memory import StepContext, analyse_trace
 
-        self.profiler.__exit__(None, None, None)
-        self.result = analyse_trace(self.profiler, StepContext(tracing=False))["step_peak_bytes"]
+        if self.profiler == "cuda":
+            torch.cuda.synchronize()
+            self.result = torch.cuda.max_memory_allocated()
+        else:
+            self.profiler.__exit__(None, None, None)
+            self.result = analyse_trace(self.profiler, StepContext(tracing=False))["step_peak_bytes"]
         self.profiler = None
 
 
@@ -105,32 +118,31 @@ def run_arm(arm: str, opts, work: Path) -> dict[str, Any]:
 
     x, y = random_images(opts.batch_per_process)
     data = FixedBatch({"pixel_values": x}, y)
-    args = training_args(work / arm.replace(" ", "_"), opts.steps, opts.batch_per_process,
+    args = training_args(work / arm.replace(" ", "_"), opts.steps, opts.batch_per_process, device=opts.device,
                          trgl_mode=None if arm.startswith("e2e") else "parallel")  # fmt: skip
     args.ddp_bucket_cap_mb = BUCKET_MB
     model = build_resnet(opts.depth) if arm.startswith("e2e") else build_trgl_resnet(
         opts.depth, opts.num_modules, "equal", aux_head="linear")  # fmt: skip
     trainer = make_trainer(model, args, data)
-    tracer = None
-    if not arm.startswith("e2e"):
-        tracer = TraceOneStep(opts.warmup)
-        trainer.add_callback(tracer.callback)
+    tracer = TraceOneStep(opts.warmup)
+    trainer.add_callback(tracer.callback)
     originals = (TRGLTrainer._synchronise, TRGLTrainer._gradient_averager)
     if arm == "TRGL flat":
         TRGLTrainer._synchronise = flat_synchronise
         TRGLTrainer._gradient_averager = lambda self, net: None
     try:
-        timed = timed_train(trainer, warmup=opts.warmup + 1)  # the traced step is not timed
+        timed = timed_train(trainer, warmup=opts.warmup + 1, device=str(args.device))  # the traced step is untimed
     finally:
         TRGLTrainer._synchronise, TRGLTrainer._gradient_averager = originals
     walls = [t for phase in timed["phases"] for t in phase["wall_s"]]
     return {"arm": arm, "step_s": summary(walls), "steps_s": walls,
-            "peak_bytes": tracer.result if tracer else None}  # fmt: skip
+            "peak_bytes": tracer.result}  # fmt: skip
 
 
 def worker(opts) -> None:
     """One process of the distributed (or single-process) run: every arm, interleaved, `reps` times."""
     env.setup(opts.threads)
+    DEVICE["type"] = opts.device
     rank = int(os.environ.get("RANK", 0))
     arms = opts.arms
     records = []
@@ -146,35 +158,36 @@ def worker(opts) -> None:
                     log(f"world {os.environ.get('WORLD_SIZE', 1)} rep {rep} {arm}: step {record['step_s']} s, "
                         f"peak {env.mib(record['peak_bytes'])} MiB")  # fmt: skip
     Path(opts.worker_out).mkdir(parents=True, exist_ok=True)
-    world = os.environ.get("WORLD_SIZE", "1")
-    (Path(opts.worker_out) / f"world{world}-rank{rank}.json").write_text(json.dumps(records))
+    (Path(opts.worker_out) / f"{opts.tag}-rank{rank}.json").write_text(json.dumps(records))
 
 
 def launch(opts, out: Path, argv_common: list[str]) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29671",
-               "-m", "benchmarks.ddp_overlap", "--worker-out", str(out), *argv_common]  # fmt: skip
+    processes = torch.cuda.device_count() if opts.device == "cuda" else 2
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+               "29671",
+               "-m", "benchmarks.ddp_overlap", "--worker-out", str(out), "--tag", "multi", *argv_common]  # fmt: skip
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(opts.threads)})
-    single = [sys.executable, "-m", "benchmarks.ddp_overlap", "--worker-out", str(out), *argv_common,
-              "--arms", "TRGL overlapped"]  # fmt: skip
+    single = [sys.executable, "-m", "benchmarks.ddp_overlap", "--worker-out", str(out), "--tag", "single",
+              *argv_common, "--arms", "TRGL overlapped"]  # fmt: skip
     subprocess.run(single, check=True, env={**os.environ, "OMP_NUM_THREADS": str(opts.threads)})
 
 
 def summarise(out: Path, opts) -> dict[str, Any]:
-    runs = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("world*-rank*.json"))}
+    runs = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*-rank*.json"))}
+    ranks = sorted(int(name.split("rank")[1]) for name in runs if name.startswith("multi-"))
     rows = {}
     for arm in ARMS:
-        steps = [r["step_s"] for r in runs.get("world2-rank0", []) if r["arm"] == arm]
-        peaks = {rank: [r["peak_bytes"] for r in runs.get(f"world2-rank{rank}", []) if r["arm"] == arm]
-                 for rank in (0, 1)}  # fmt: skip
+        steps = [r["step_s"] for r in runs.get("multi-rank0", []) if r["arm"] == arm]
+        peaks = {rank: [r["peak_bytes"] for r in runs[f"multi-rank{rank}"] if r["arm"] == arm] for rank in ranks}
         rows[arm] = {"step_s_median": statistics.median(steps) if steps else None, "step_s_runs": steps,
                      "peak_mib_per_rank": {rank: env.mib(max(v)) if v and v[0] is not None else None
                                            for rank, v in peaks.items()}}  # fmt: skip
-    single = [r["peak_bytes"] for r in runs.get("world1-rank0", [])]
+    single = [r["peak_bytes"] for r in runs.get("single-rank0", [])]
     e2e = rows["e2e DDP"]["step_s_median"]
     for row in rows.values():
         row["x_e2e"] = round(row["step_s_median"] / e2e, 3) if e2e and row["step_s_median"] else None
     return {"rows": rows, "single_process_peak_mib": env.mib(max(single)) if single else None,
-            "bucket_mib": BUCKET_MB}  # fmt: skip
+            "bucket_mib": BUCKET_MB, "processes": len(ranks), "device": opts.device}  # fmt: skip
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -188,20 +201,22 @@ def markdown(result: dict[str, Any]) -> str:
         "```",
         "",
         f"Run on {result['environment'].get('date_utc')} with torch {result['environment'].get('torch')}, "
-        f"{cfg['threads']} thread(s) per process, 2 processes (gloo) on a 2-core machine; load average at start "
+        f"{cfg['threads']} thread(s) per process, {result['summary']['processes']} processes on "
+        f"{result['summary']['device']} ({result['environment'].get('cpu')}); load average at start "
         f"{result['load_start']}, total {result['total_wall_s']} s.",
         "",
-        f"CIFAR ResNet-{cfg['depth']}, global batch {2 * cfg['batch_per_process']} ({cfg['batch_per_process']} per "
+        f"CIFAR ResNet-{cfg['depth']}, global batch {result['summary']['processes'] * cfg['batch_per_process']} "
+        f"({cfg['batch_per_process']} per "
         f"process), SGD, {cfg['steps']} steps per run ({cfg['warmup'] + 1} not timed), {cfg['reps']} interleaved "
         f"repetitions; TRGL: parallel mode, K = {cfg['num_modules']}, linear heads; bucket cap {BUCKET_MB} MiB for "
         "DDP and TRGL. See the module docstring of `benchmarks/ddp_overlap.py` for the arms.",
         "",
-        "| arm | step time (s, median) | x e2e DDP | runs | peak above the step's start, rank 0 / rank 1 (MiB) |",
+        "| arm | step time (s, median) | x e2e DDP | runs | peak of one step per rank (MiB) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for arm, row in rows.items():
         peaks = row["peak_mib_per_rank"]
-        peak = "–" if peaks[0] is None else f"{peaks[0]} / {peaks[1]}"
+        peak = "–" if not peaks or peaks.get(0) is None else " / ".join(str(v) for v in peaks.values())
         lines.append(f"| {arm} | {row['step_s_median']} | {row['x_e2e']} | "
                      f"{', '.join(str(s) for s in row['step_s_runs'])} | {peak} |")  # fmt: skip
     overlapped = rows["TRGL overlapped"]["peak_mib_per_rank"]
@@ -235,7 +250,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="multi", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.quick:
         opts.depth, opts.num_modules, opts.batch_per_process, opts.steps, opts.warmup, opts.reps = 8, 3, 8, 4, 1, 1
@@ -247,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     load_start = round(os.getloadavg()[0], 2)
     common = ["--depth", str(opts.depth), "--num-modules", str(opts.num_modules), "--batch-per-process",
               str(opts.batch_per_process), "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--reps",
-              str(opts.reps), "--threads", str(opts.threads)]  # fmt: skip
+              str(opts.reps), "--threads", str(opts.threads), "--device", opts.device]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="ddp_overlap_runs_") as tmp:
         launch(opts, Path(tmp), common)
         summary = summarise(Path(tmp), opts)

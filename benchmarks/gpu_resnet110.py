@@ -3,6 +3,11 @@
 
     python -m benchmarks.gpu_resnet110                          # ResNet-110, batch 256 and 128, K = 2, 4, 8, 16
     python -m benchmarks.gpu_resnet110 --quick --device cpu     # smoke run of the code paths (no memory figures)
+    python -m benchmarks.gpu_resnet110 --scale-out               # also the scale-out rows (every visible GPU)
+
+`--scale-out` then runs `benchmarks.ddp_overlap --device cuda` (and `--quick` with a quick run): end-to-end DDP
+against TRGL parallel with the flat and the overlapped gradient averaging on every visible GPU (one NCCL process
+each), step time and peak memory per rank, written as `ddp_overlap.json` / `.md` next to this benchmark's files.
 
 Memory: `torch.cuda.max_memory_allocated` over one training step (driven through `TRGLModel.phase` / `iter_modules`,
 `benchmarks/common/steps.py`), after a warm-up step (so that the optimizer state exists) and
@@ -177,6 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--aux-heads", nargs="+", default=["conv", "linear"], help="parallel mode: one row each")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 10; quick 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: ResNet-8, batch 8, K = 2, one split policy")
+    parser.add_argument("--scale-out", action="store_true", help="also DDP rows on every GPU (benchmarks.ddp_overlap)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -218,6 +224,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report.write_json(out_dir / f"{NAME}.json", result, indent=2)
     report.write_atomically(out_dir / f"{NAME}.md", markdown(result))
     print(markdown(result))
+    if args.scale_out:
+        from benchmarks import ddp_overlap
+
+        device = "cuda" if runner.device.type == "cuda" else "cpu"
+        ddp_overlap.main(["--device", device, "--out-dir", str(out_dir), *(["--quick"] if args.quick else [])])
     return result
 
 
