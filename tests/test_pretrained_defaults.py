@@ -112,19 +112,19 @@ def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_pap
     assert (settings.lr_multiplier, settings.warmup_steps) == (PRETRAINED_HEAD_LR_MULTIPLIER,
                                                                PRETRAINED_HEAD_WARMUP_STEPS)  # fmt: skip
     assert "pretrained base" in settings.source
-    assert settings.warmup_limit(1000) == PRETRAINED_HEAD_WARMUP_STEPS and settings.warmup_limit(8) == 2
     settings = TRGLTrainer(model=scratch, args=args).head_settings
     assert (settings.lr_multiplier, settings.warmup_steps) == (1.0, 0)
     given = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none",
                                   trgl_head_lr_multiplier=3.0, trgl_head_warmup_steps=7)  # fmt: skip
     settings = TRGLTrainer(model=pretrained, args=given).head_settings
     assert (settings.lr_multiplier, settings.warmup_steps, settings.source) == (3.0, 7, "as given")
-    assert settings.warmup_limit(100) == 7 and settings.warmup_limit(4) == 4  # not capped at a quarter
 
 
-def test_a_pretrained_base_trains_its_heads_first_then_its_blocks_by_default(tmp_path):
+def test_a_pretrained_base_trains_with_the_pretrained_defaults(tmp_path):
     from datasets import Dataset
-    from transformers import BertForSequenceClassification, TrainerCallback
+    from transformers import BertForSequenceClassification
+
+    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_LR_MULTIPLIER
 
     _tiny_bert().save_pretrained(tmp_path / "base")
     model = TRGLModel.from_base(BertForSequenceClassification.from_pretrained(tmp_path / "base"),
@@ -132,19 +132,15 @@ def test_a_pretrained_base_trains_its_heads_first_then_its_blocks_by_default(tmp
     generator = torch.Generator().manual_seed(0)
     data = Dataset.from_dict({"input_ids": torch.randint(5, 60, (64, 10), generator=generator).tolist(),
                               "labels": torch.randint(0, 2, (64,), generator=generator).tolist()})  # fmt: skip
-    blocks = [name for name, _ in model.named_parameters() if not name.startswith("heads.")]
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
-    blocks_moved = []
-
-    class Watch(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            params = dict(model.named_parameters())
-            blocks_moved.append(any(not torch.equal(initial[name], params[name]) for name in blocks))
-
-    args = _args(tmp_path / "run", trgl_mode="parallel", max_steps=8, learning_rate=1e-3, optim="adamw_torch")
-    trainer = TRGLTrainer(model=model, args=args, train_dataset=data, callbacks=[Watch()])
-    assert trainer.head_settings.warmup_limit(8) == 2  # the default 50 steps, capped at a quarter of the phase
+    args = _args(tmp_path / "run", trgl_mode="parallel", max_steps=4, learning_rate=1e-3, optim="adamw_torch")
+    trainer = TRGLTrainer(model=model, args=args, train_dataset=data)
+    optimizer = trainer.create_optimizer()
+    heads = {id(p) for p in model.heads.parameters()}
+    assert {(id(p) in heads, group["lr"]) for group in optimizer.param_groups for p in group["params"]} == {
+        (False, 1e-3), (True, 1e-3 * PRETRAINED_HEAD_LR_MULTIPLIER)}  # fmt: skip
+    trainer.optimizer = None
     trainer.train()
-    assert blocks_moved == [False, False] + [True] * 6
-    assert any(not torch.equal(initial[name], p) for name, p in model.named_parameters() if name.startswith("heads."))
+    moved = {name for name, p in model.named_parameters() if not torch.equal(initial[name], p)}
+    assert any(name.startswith("heads.") for name in moved) and any(not name.startswith("heads.") for name in moved)
     assert model.config.tau_scale == "relative" and (model.energy_scale > 0).all()

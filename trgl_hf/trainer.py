@@ -617,7 +617,7 @@ class TRGLTrainer(Trainer):
                 sums[2] += 1
         if self.accelerator.sync_gradients:
             self._synchronise(net, task_losses, averager)
-            warmup = self.head_settings.warmup_limit(self.state.max_steps)
+            warmup = self.head_settings.warmup_steps
             if self.state.global_step == 0 and warmup >= self.state.max_steps > 0:
                 logger.warning("trgl_head_warmup_steps=%d covers all %d steps of %s: its blocks do not train; lower "
                                "it.", warmup, self.state.max_steps, self._phase.name)  # fmt: skip

@@ -58,7 +58,7 @@ class TRGLTrainingArguments(TrainingArguments):
         trgl_head_warmup_steps (`int`, *optional*):
             At the start of every phase, train only the heads for this many optimizer steps (the modules' gradients
             are dropped), as linear-probe-then-fine-tune does (this library's extension). Defaults to
-            `trgl_hf.pretrained_defaults.PRETRAINED_HEAD_WARMUP_STEPS` for a pretrained base, else 0.
+            `trgl_hf.pretrained_defaults.PRETRAINED_HEAD_WARMUP_STEPS` (0) for a pretrained base, else 0.
         trgl_save_stages (`bool`, *optional*, defaults to `True`):
             Write `output_dir/stage-01 .. stage-K` as the modules become final.
         trgl_hub_strategy (`str`, *optional*, defaults to `"branch"`):
@@ -100,8 +100,7 @@ class TRGLTrainingArguments(TrainingArguments):
     )  # fmt: skip
     trgl_head_warmup_steps: int | None = field(
         default=None,
-        metadata={"help": "Train only the heads for this many steps at the start of each phase (default: 50 for a "
-                  "pretrained base, 0 otherwise)."},
+        metadata={"help": "Train only the heads for this many steps at the start of each phase (default 0)."},
     )  # fmt: skip
     trgl_save_stages: bool = field(
         default=True, metadata={"help": "Write output_dir/stage-XX folders as modules become final."}
