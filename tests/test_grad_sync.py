@@ -28,3 +28,4 @@ def test_bucketed_overlapped_averaging_equals_a_plain_all_reduce(tmp_path):
         assert all(record["first_module_launched_before_second_backward"])
         assert not any(record["second_module_launched_before_its_backward"])
         assert 0 < record["max_buffer_bytes"] <= record["bucket_bytes"]
+        assert record["shared_weight_refused"]

@@ -89,11 +89,19 @@ class GradientAverager:
         """The coming backward passes produce the gradients to average."""
         for bucket in self.buckets:
             bucket.ready, bucket.launched = 0, False
+        self._seen: set[int] = set()
         self._active = True
 
     def _grad_ready(self, param: torch.Tensor) -> None:
         if not self._active:
             return
+        if id(param) in self._seen:  # its reduction may already be on the wire: a later sum would be lost
+            raise RuntimeError(
+                f"A parameter of shape {tuple(param.shape)} received gradients from two backward passes in one step "
+                "(a weight shared between modules): TRGL cannot average it while the second one runs. Give each "
+                "module its own weights, or train with one module (`num_modules=1`)."
+            )
+        self._seen.add(id(param))
         bucket = self._bucket_of[id(param)]
         bucket.ready += 1
         if bucket.ready == len(bucket.params):

@@ -58,6 +58,18 @@ result = {
     "bucket_bytes": bucket_bytes,
 }
 averager.remove()
+
+shared = nn.Parameter(torch.ones(4))  # one weight in two modules' losses: refused, never averaged half-way
+guard = GradientAverager([[shared], []], bucket_bytes=bucket_bytes)
+guard.start_step()
+(shared * 2).sum().backward()
+try:
+    (shared * 3).sum().backward()
+    result["shared_weight_refused"] = False
+except RuntimeError as error:
+    result["shared_weight_refused"] = "shared between modules" in str(error)
+guard.finish()
+guard.remove()
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as stream:
     json.dump(result, stream)
 dist.destroy_process_group()
