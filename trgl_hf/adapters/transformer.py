@@ -167,7 +167,7 @@ class TransformerAdapter(ModelAdapter):
 
         slots = self._block_slots()
         for index, (parent, key) in enumerate(slots):
-            parent._modules[key] = _Recorder(recorder(index, self.blocks[index].forward), self.blocks[index])
+            parent._modules[key] = _Recorder(recorder(index, self.blocks[index]), self.blocks[index])  # hooks run (FSDP)
         try:
             self.backbone(**inputs, use_cache=False)
         except _StopForward:

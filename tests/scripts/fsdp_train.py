@@ -1,0 +1,63 @@
+"""Launched by tests/test_fsdp.py: train a tiny model in each given mode and save it with `trainer.save_model`.
+
+`python fsdp_train.py OUT FAMILY MODE...`: on 2 processes with FSDP2 (`fsdp=True`, `fsdp_version: 2`) at 8 rows per
+process; on 1 process without FSDP at 8 rows and 2 accumulation steps (the same global batch of 16, in the same order,
+BatchNorm normalising the same 8 rows). BatchNorm running statistics are frozen (momentum 0) so that frozen modules
+normalise alike in both runs.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification, ResNetConfig, ResNetForImageClassification
+
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
+
+out, family, modes = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+
+
+def data(rows: int, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    if family == "bert":
+        columns = {"input_ids": rng.integers(1, 50, (rows, 8)), "attention_mask": np.ones((rows, 8), dtype=np.int64)}
+    else:
+        columns = {"pixel_values": rng.standard_normal((rows, 3, 16, 16)).astype(np.float32)}
+    return Dataset.from_dict({**columns, "labels": rng.integers(0, 3, rows)}).with_format("torch")
+
+
+def build() -> TRGLModel:
+    torch.manual_seed(0)
+    if family == "bert":
+        base = BertForSequenceClassification(BertConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            classifier_dropout=0.0))  # fmt: skip
+        return TRGLModel.from_base(base, TRGLConfig(num_modules=2))
+    base = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16],
+                                                     depths=[2, 2], layer_type="basic", num_labels=3))  # fmt: skip
+    for module in base.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 0.0
+    return TRGLModel.from_base(base, TRGLConfig(num_modules=2, aux_head="linear", image_size=16))
+
+
+for mode in modes:
+    fsdp = {"fsdp": True, "fsdp_config": {"fsdp_version": 2}} if world > 1 else {}
+    args = TRGLTrainingArguments(
+        output_dir=str(out / mode / "run"), trgl_mode=mode, max_steps=3, per_device_train_batch_size=8,
+        gradient_accumulation_steps=2 if world == 1 else 1, learning_rate=0.05, optim="sgd", report_to="none",
+        save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=0.5, use_cpu=True,
+        train_sampling_strategy="random" if mode == "multilap" else "sequential", per_device_eval_batch_size=8,
+        **fsdp,
+    )  # fmt: skip
+    trainer = TRGLTrainer(model=build(), args=args, train_dataset=data(64, 1), eval_dataset=data(16, 2))
+    trainer.train()
+    trainer.save_model(str(out / mode / "final"))
+    if world > 1:
+        from torch.distributed.tensor import DTensor
+
+        assert all(isinstance(p, DTensor) for p in trainer.model.parameters()), "every parameter is sharded"
