@@ -10,10 +10,11 @@ gradients are reduce-scattered as soon as its backward ends. The frozen prefix o
 and runs without gradients.
 
 What cannot work is refused with the fix, never replaced silently by DDP: FSDP1, CPU offload, FSDP's own activation
-checkpointing, sharded checkpoints, loading on rank 0 only, the prefix cache (`trgl_prefix_cache="always"`), Trainer
-checkpoints inside a phase (`save_strategy` other than `"no"`) and LoRA bases. Stages, `trgl-progress-NN` folders and
-`save_pretrained` are written as full, unsharded checkpoints by the main process after every process has taken part in
-gathering the weights.
+checkpointing, sharded checkpoints, weights left on the meta device by rank-0-only loading, the prefix cache
+(`trgl_prefix_cache="always"`; `"auto"` recomputes the sharded prefix every step), Trainer checkpoints inside a phase
+(`save_strategy` other than `"no"`) and LoRA bases. Every process starts from rank 0's weights. Stages,
+`trgl-progress-NN` folders and `save_pretrained` are written as full, unsharded checkpoints by the main process after
+every process has taken part in gathering the weights.
 """
 
 from __future__ import annotations
@@ -85,17 +86,15 @@ def fsdp_settings(args: Any) -> FSDPSettings | None:
     fix = f"set it in {source}"
     if int(options.get("fsdp_version", 1)) != 2:
         raise ValueError(
-            f"FSDP version {options.get('fsdp_version')} was asked for by {source}, but TRGLTrainer shards each module "
-            "with FSDP2 only (FSDP1 cannot change which parameters train between phases): use `fsdp_version: 2` "
-            "(`fsdp_config={'fsdp_version': 2}`, or `--fsdp_version 2` with accelerate)."
+            f"FSDP version {options.get('fsdp_version')} was asked for by {source}, but TRGLTrainer shards each "
+            "module with FSDP2 only (FSDP1 cannot change which parameters train between phases): use "
+            "`fsdp_version: 2` (`fsdp_config={'fsdp_version': 2}`, or `--fsdp_version 2` with accelerate)."
         )
     refused = {
         "cpu_offload": "CPU offload is not supported with TRGLTrainer's per-module FSDP2 (module-wise training "
         "already keeps only one module's activations alive): turn `cpu_offload` / `fsdp_offload_params` off",
         "activation_checkpointing": "FSDP's activation checkpointing is not supported with TRGLTrainer (each "
         "module's graph is already freed after its backward): turn `activation_checkpointing` off",
-        "cpu_ram_efficient_loading": "`cpu_ram_efficient_loading` does not apply (the model is loaded before the "
-        "trainer shards it): turn it off",
     }
     for name, message in refused.items():
         if _truthy(options.get(name, False)):
@@ -185,13 +184,24 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
 
 def shard_modules(model: nn.Module, settings: FSDPSettings, device: torch.device) -> None:
     """Apply `fully_shard` to every unit of [`shard_units`] (once: a sharded model is left as it is). Each unit is
-    its own FSDP root: the trainer runs modules, blocks and heads one by one, never the model's `forward` alone."""
+    its own FSDP root: the trainer runs modules, blocks and heads one by one, never the model's `forward` alone.
+    Every process first receives rank 0's parameters and buffers."""
     if is_sharded(model):
         return
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    with torch.no_grad():  # every process starts from rank 0's weights, as DDP's wrap would give them
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.is_meta:
+                raise ValueError(
+                    f"{name} is on the meta device (loaded with `fsdp_cpu_ram_efficient_loading`, which leaves the "
+                    "weights on rank 0 only): set `--fsdp_cpu_ram_efficient_loading false` / "
+                    "`fsdp_config={'cpu_ram_efficient_loading': False}`; TRGLTrainer gives every process rank 0's "
+                    "weights itself."
+                )
+            dist.broadcast(tensor.data, src=0)
     units = shard_units(model)
     for unit in units:
         fully_shard(unit, mesh=mesh, reshard_after_forward=settings.reshard_after_forward)

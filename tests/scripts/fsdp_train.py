@@ -1,23 +1,26 @@
 """Launched by tests/test_fsdp.py: train a tiny model in each given mode and save it with `trainer.save_model`.
 
-`python fsdp_train.py OUT FAMILY MODE...`: on 2 processes with FSDP2 (`fsdp=True`, `fsdp_version: 2`) at 8 rows per
-process; on 1 process without FSDP at 8 rows and 2 accumulation steps (the same global batch of 16, in the same order,
-BatchNorm normalising the same 8 rows). BatchNorm running statistics are frozen (momentum 0) so that frozen modules
-normalise alike in both runs.
+`python fsdp_train.py OUT FAMILY MODE...`: on 2 processes with FSDP2 (`fsdp=True`, `fsdp_version: 2`, unless the
+launcher's accelerate FSDP config asks for it) at 8 rows per process; on 1 process without FSDP at 8 rows and 2
+accumulation steps (the same global batch of 16, in the same order, BatchNorm normalising the same 8 rows). BatchNorm
+running statistics are frozen (momentum 0) so that frozen modules normalise alike in both runs.
 """
 
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
+from safetensors.torch import save_file
 from transformers import BertConfig, BertForSequenceClassification, ResNetConfig, ResNetForImageClassification
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
 
 out, family, modes = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+world = int(os.environ.get("WORLD_SIZE", "1"))
+from_accelerate = os.environ.get("ACCELERATE_USE_FSDP") == "true"  # `accelerate launch --use_fsdp --fsdp_version 2`
 
 
 def data(rows: int, seed: int) -> Dataset:
@@ -45,8 +48,11 @@ def build() -> TRGLModel:
     return TRGLModel.from_base(base, TRGLConfig(num_modules=2, aux_head="linear", image_size=16))
 
 
+if int(os.environ.get("RANK", "0")) == 0:
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in build().state_dict().items()}, out / "init.safetensors")
 for mode in modes:
-    fsdp = {"fsdp": True, "fsdp_config": {"fsdp_version": 2}} if world > 1 else {}
+    fsdp = {"fsdp": True, "fsdp_config": {"fsdp_version": 2}} if world > 1 and not from_accelerate else {}
     args = TRGLTrainingArguments(
         output_dir=str(out / mode / "run"), trgl_mode=mode, max_steps=3, per_device_train_batch_size=8,
         gradient_accumulation_steps=2 if world == 1 else 1, learning_rate=0.05, optim="sgd", report_to="none",

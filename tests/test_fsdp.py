@@ -1,0 +1,127 @@
+"""FSDP2 per module (`trgl_hf.fsdp`): 2 CPU processes (gloo) train like 1 process with the same global batch, in every
+mode, switched on by the training arguments or by an accelerate FSDP config; stages load natively; what cannot work is
+refused with its fix."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "scripts" / "fsdp_train.py"
+MODES = ("parallel", "sequential", "multilap")
+LAUNCHERS = {
+    "arguments": ["--multi_gpu"],  # the script passes fsdp=True, fsdp_config={"fsdp_version": 2}
+    "accelerate": ["--use_fsdp", "--fsdp_version", "2"],  # what an accelerate config with distributed_type FSDP sets
+}
+
+
+def run(command: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def train_both(tmp_path: Path, family: str, switch: str, modes: tuple[str, ...]) -> tuple[Path, Path]:
+    sharded, alone = tmp_path / "fsdp", tmp_path / "alone"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", *LAUNCHERS[switch], "--num_processes", "2",
+                "--num_machines", "1"]  # fmt: skip
+    run(launcher + [str(SCRIPT), str(sharded), family, *modes])
+    run([sys.executable, str(SCRIPT), str(alone), family, *modes])
+    return sharded, alone
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(folder / "model.safetensors").items() if not k.endswith("num_batches_tracked")}
+
+
+def check_stages(run_dir: Path, final: Path, family: str) -> None:
+    """Every stage loads with plain `from_pretrained` in this one process and gives its module's logits."""
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    model = TRGLModel.from_pretrained(final).eval()
+    torch.manual_seed(0)
+    if family == "bert":
+        inputs = {"input_ids": torch.randint(1, 50, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}
+        auto = AutoModelForSequenceClassification
+    else:
+        inputs, auto = {"pixel_values": torch.randn(4, 3, 16, 16)}, AutoModelForImageClassification
+    with torch.no_grad():
+        expected = model(**inputs).module_logits
+        for stage in range(1, model.num_modules + 1):
+            exported = auto.from_pretrained(run_dir / f"stage-{stage:02d}").eval()
+            assert "TRGL" not in type(exported).__name__  # a native model, no remote code
+            torch.testing.assert_close(exported(**inputs).logits, expected[:, stage - 1], rtol=1e-5, atol=1e-5)
+
+
+def check_parity(sharded: Path, alone: Path, family: str, modes: tuple[str, ...]) -> None:
+    initial = load_file(sharded / "init.safetensors")
+    for mode in modes:
+        got, expected = weights(sharded / mode / "final"), weights(alone / mode / "final")
+        assert got.keys() == expected.keys()
+        for name in got:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=f"{mode}: {name}")
+        moved = [name for name in got if not torch.equal(got[name], initial[name])]
+        assert any("heads.0" in name for name in moved) and any("heads.1" in name for name in moved), mode
+        run_dir = sharded / mode / "run"
+        progress = sorted(run_dir.glob("trgl-progress-*"))[-1]  # the last phase's full checkpoint
+        for name, value in weights(progress).items():
+            torch.testing.assert_close(value, got[name], msg=f"{progress.name}: {name}")
+        check_stages(run_dir, sharded / mode / "final", family)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(
+    ("family", "switch", "modes"),
+    [
+        pytest.param("bert", "arguments", ("sequential",), id="bert-arguments-sequential"),  # the default suite's
+        pytest.param("bert", "arguments", MODES, id="bert-arguments-all", marks=pytest.mark.slow),
+        pytest.param("resnet", "accelerate", MODES, id="resnet-accelerate-all", marks=pytest.mark.slow),
+    ],
+)
+def test_fsdp_matches_one_process_with_the_same_global_batch(tmp_path, family, switch, modes):
+    """Parameters after training equal a 1-process run's; the last `trgl-progress-NN` folder and `save_model` hold
+    the full weights; the stages load natively and give the trained heads' logits."""
+    check_parity(*train_both(tmp_path, family, switch, modes), family, modes)
+
+
+# ---------------------------------------------------------------------------------------------------- refusals
+
+
+def trainer_for(make_cifar_resnet, tmp_path, **kwargs):
+    model = TRGLModel.from_base(make_cifar_resnet(), TRGLConfig(num_modules=3))
+    args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), trgl_mode="sequential", max_steps=1,
+                                 report_to="none", use_cpu=True, **kwargs)  # fmt: skip
+    return TRGLTrainer(model=model, args=args)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"fsdp": True, "fsdp_config": {"fsdp_version": 1}}, "FSDP2 only"),
+        ({"fsdp": True, "fsdp_config": {"fsdp_version": 2, "cpu_offload": True}}, "CPU offload"),
+        ({"fsdp": True, "fsdp_config": {"fsdp_version": 2}, "trgl_prefix_cache": "always"}, "trgl_prefix_cache"),
+        ({"fsdp": True, "fsdp_config": {"fsdp_version": 2}, "save_strategy": "steps"}, "save_strategy='no'"),
+    ],
+)
+def test_fsdp_refuses_what_cannot_work(make_cifar_resnet, tmp_path, settings, message):
+    settings = {"save_strategy": "no", **settings}
+    with pytest.raises(ValueError, match=message):
+        trainer_for(make_cifar_resnet, tmp_path, **settings)
+    assert os.environ.get("ACCELERATE_USE_FSDP") is None  # refused before any Accelerator saw the plugin
+
+
+def test_fsdp_from_accelerate_config_refuses_fsdp1_and_a_single_process(make_cifar_resnet, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ValueError, match="FSDP2 only"):
+        trainer_for(make_cifar_resnet, tmp_path, save_strategy="no")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    with pytest.raises(ValueError, match="single process"):
+        trainer_for(make_cifar_resnet, tmp_path, save_strategy="no")
