@@ -2,6 +2,7 @@
 mode, switched on by the training arguments or by an accelerate FSDP config; stages load natively; what cannot work is
 refused with its fix."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -33,7 +34,10 @@ def train_both(tmp_path: Path, family: str, switch: str, modes: tuple[str, ...])
     launcher = [sys.executable, "-m", "accelerate.commands.launch", *LAUNCHERS[switch], "--num_processes", "2",
                 "--num_machines", "1"]  # fmt: skip
     run(launcher + [str(SCRIPT), str(sharded), family, *modes])
-    run([sys.executable, str(SCRIPT), str(alone), family, *modes])
+    spec = importlib.util.spec_from_file_location("fsdp_train", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.train(alone, family, list(modes), world=1)  # the reference, in this process
     return sharded, alone
 
 

@@ -1,9 +1,10 @@
 """Launched by tests/test_fsdp.py: train a tiny model in each given mode and save it with `trainer.save_model`.
 
 `python fsdp_train.py OUT FAMILY MODE...`: on 2 processes with FSDP2 (`fsdp=True`, `fsdp_version: 2`, unless the
-launcher's accelerate FSDP config asks for it) at 8 rows per process; on 1 process without FSDP at 8 rows and 2
-accumulation steps (the same global batch of 16, in the same order, BatchNorm normalising the same 8 rows). BatchNorm
-running statistics are frozen (momentum 0) so that frozen modules normalise alike in both runs.
+launcher's accelerate FSDP config asks for it) at 8 rows per process. The test runs `train(..., world=1)` in its own
+process as the reference: without FSDP at 8 rows and 2 accumulation steps (the same global batch of 16, in the same
+order, BatchNorm normalising the same 8 rows). BatchNorm running statistics are frozen (momentum 0) so that frozen
+modules normalise alike in both runs.
 """
 
 import os
@@ -18,12 +19,8 @@ from transformers import BertConfig, BertForSequenceClassification, ResNetConfig
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
 
-out, family, modes = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-world = int(os.environ.get("WORLD_SIZE", "1"))
-from_accelerate = os.environ.get("ACCELERATE_USE_FSDP") == "true"  # `accelerate launch --use_fsdp --fsdp_version 2`
 
-
-def data(rows: int, seed: int) -> Dataset:
+def data(family: str, rows: int, seed: int) -> Dataset:
     rng = np.random.default_rng(seed)
     if family == "bert":
         columns = {"input_ids": rng.integers(1, 50, (rows, 8)), "attention_mask": np.ones((rows, 8), dtype=np.int64)}
@@ -32,7 +29,7 @@ def data(rows: int, seed: int) -> Dataset:
     return Dataset.from_dict({**columns, "labels": rng.integers(0, 3, rows)}).with_format("torch")
 
 
-def build() -> TRGLModel:
+def build(family: str) -> TRGLModel:
     torch.manual_seed(0)
     if family == "bert":
         base = BertForSequenceClassification(BertConfig(
@@ -48,22 +45,30 @@ def build() -> TRGLModel:
     return TRGLModel.from_base(base, TRGLConfig(num_modules=2, aux_head="linear", image_size=16))
 
 
-if int(os.environ.get("RANK", "0")) == 0:
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in build().state_dict().items()}, out / "init.safetensors")
-for mode in modes:
-    fsdp = {"fsdp": True, "fsdp_config": {"fsdp_version": 2}} if world > 1 and not from_accelerate else {}
-    args = TRGLTrainingArguments(
-        output_dir=str(out / mode / "run"), trgl_mode=mode, max_steps=3, per_device_train_batch_size=8,
-        gradient_accumulation_steps=2 if world == 1 else 1, learning_rate=0.05, optim="sgd", report_to="none",
-        save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=0.5, use_cpu=True,
-        train_sampling_strategy="random" if mode == "multilap" else "sequential", per_device_eval_batch_size=8,
-        **fsdp,
-    )  # fmt: skip
-    trainer = TRGLTrainer(model=build(), args=args, train_dataset=data(64, 1), eval_dataset=data(16, 2))
-    trainer.train()
-    trainer.save_model(str(out / mode / "final"))
-    if world > 1:
-        from torch.distributed.tensor import DTensor
+def train(out: Path, family: str, modes: list[str], world: int) -> None:
+    """Train `family` in every mode of `modes`; write `out/init.safetensors` and `out/<mode>/{run,final}`."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in build(family).state_dict().items()}, out / "init.safetensors")
+    from_accelerate = os.environ.get("ACCELERATE_USE_FSDP") == "true"  # `accelerate launch --use_fsdp ...`
+    for mode in modes:
+        fsdp = {"fsdp": True, "fsdp_config": {"fsdp_version": 2}} if world > 1 and not from_accelerate else {}
+        args = TRGLTrainingArguments(
+            output_dir=str(out / mode / "run"), trgl_mode=mode, max_steps=3, per_device_train_batch_size=8,
+            gradient_accumulation_steps=2 if world == 1 else 1, learning_rate=0.05, optim="sgd", report_to="none",
+            save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=0.5, use_cpu=True,
+            train_sampling_strategy="random" if mode == "multilap" else "sequential", per_device_eval_batch_size=8,
+            **fsdp,
+        )  # fmt: skip
+        trainer = TRGLTrainer(model=build(family), args=args, train_dataset=data(family, 64, 1),
+                              eval_dataset=data(family, 16, 2))  # fmt: skip
+        trainer.train()
+        trainer.save_model(str(out / mode / "final"))
+        if world > 1:
+            from torch.distributed.tensor import DTensor
 
-        assert all(isinstance(p, DTensor) for p in trainer.model.parameters()), "every parameter is sharded"
+            assert all(isinstance(p, DTensor) for p in trainer.model.parameters()), "every parameter is sharded"
+
+
+if __name__ == "__main__":
+    train(Path(sys.argv[1]), sys.argv[2], sys.argv[3:], int(os.environ.get("WORLD_SIZE", "1")))
