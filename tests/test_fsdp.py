@@ -3,6 +3,7 @@ mode, switched on by the training arguments or by an accelerate FSDP config; sta
 refused with its fix."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,12 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(folder / "model.safetensors").items() if not k.endswith("num_batches_tracked")}
 
 
+def grad_norms(run_dir: Path) -> list[float]:
+    """The gradient norms the run logged at every step (before clipping)."""
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    return [entry["grad_norm"] for entry in history if "grad_norm" in entry]
+
+
 def check_stages(run_dir: Path, final: Path, family: str) -> None:
     """Every stage loads with plain `from_pretrained` in this one process and gives its module's logits."""
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
@@ -74,6 +81,9 @@ def check_parity(sharded: Path, alone: Path, family: str, modes: tuple[str, ...]
         moved = [name for name in got if not torch.equal(got[name], initial[name])]
         assert any("heads.0" in name for name in moved) and any("heads.1" in name for name in moved), mode
         run_dir = sharded / mode / "run"
+        norms = [grad_norms(folder / mode / "run") for folder in (sharded, alone)]
+        assert len(norms[0]) == len(norms[1]) > 0 and max(norms[1]) > 0.1  # clipping (max_grad_norm=0.1) acts
+        torch.testing.assert_close(norms[0], norms[1], rtol=1e-5, atol=1e-6)  # the global norm of sharded gradients
         progress = sorted(run_dir.glob("trgl-progress-*"))[-1]  # the last phase's full checkpoint
         for name, value in weights(progress).items():
             torch.testing.assert_close(value, got[name], msg=f"{progress.name}: {name}")

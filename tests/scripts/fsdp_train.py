@@ -56,7 +56,7 @@ def train(out: Path, family: str, modes: list[str], world: int) -> None:
         args = TRGLTrainingArguments(
             output_dir=str(out / mode / "run"), trgl_mode=mode, max_steps=3, per_device_train_batch_size=8,
             gradient_accumulation_steps=2 if world == 1 else 1, learning_rate=0.05, optim="sgd", report_to="none",
-            save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=0.5, use_cpu=True,
+            save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=0.1, use_cpu=True, logging_steps=1,
             train_sampling_strategy="random" if mode == "multilap" else "sequential", per_device_eval_batch_size=8,
             **fsdp,
         )  # fmt: skip
