@@ -24,17 +24,20 @@ LAUNCHERS = {
 }
 
 
-def run(command: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+def run(command: list[str], succeeds: bool = True, **env: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert (result.returncode == 0) == succeeds, result.stderr[-4000:]
+
+
+def launcher(switch: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", *LAUNCHERS[switch], "--num_processes", "2",
+            "--num_machines", "1", str(SCRIPT)]  # fmt: skip
 
 
 def train_both(tmp_path: Path, family: str, switch: str, modes: tuple[str, ...]) -> tuple[Path, Path]:
     sharded, alone = tmp_path / "fsdp", tmp_path / "alone"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", *LAUNCHERS[switch], "--num_processes", "2",
-                "--num_machines", "1"]  # fmt: skip
-    run(launcher + [str(SCRIPT), str(sharded), family, *modes])
+    run(launcher(switch) + [str(sharded), family, *modes])
     spec = importlib.util.spec_from_file_location("fsdp_train", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -103,6 +106,20 @@ def test_fsdp_matches_one_process_with_the_same_global_batch(tmp_path, family, s
     """Parameters after training equal a 1-process run's; the last `trgl-progress-NN` folder and `save_model` hold
     the full weights; the stages load natively and give the trained heads' logits."""
     check_parity(*train_both(tmp_path, family, switch, modes), family, modes)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_fsdp_run_killed_in_a_phase_resumes_to_the_same_weights(tmp_path):
+    """Phases are recorded as full `trgl-progress-NN` weights: the run resumes from them and is then sharded again."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run(launcher("arguments") + [str(whole), "bert", "sequential"])
+    run(launcher("arguments") + [str(killed), "bert", "sequential"], succeeds=False, TRGL_TEST_STOP_IN="module-02")
+    assert not (killed / "sequential" / "final").exists()
+    run(launcher("arguments") + [str(killed), "bert", "sequential"], TRGL_TEST_RESUME="1")
+    expected = weights(whole / "sequential" / "final")
+    for name, value in weights(killed / "sequential" / "final").items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------------- refusals

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 from datasets import Dataset
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForSequenceClassification, ResNetConfig, ResNetForImageClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    TrainerCallback,
+)
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
 
@@ -45,9 +51,23 @@ def build(family: str) -> TRGLModel:
     return TRGLModel.from_base(base, TRGLConfig(num_modules=2, aux_head="linear", image_size=16))
 
 
+class StopInPhase(TrainerCallback):
+    """Kill the run (an exception on every process) at the first step of a phase, as a crash would."""
+
+    def __init__(self, phase: str):
+        self.phase = phase
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if Path(args.output_dir).name == self.phase:
+            raise KeyboardInterrupt(f"stopped in {self.phase}")
+
+
 def train(out: Path, family: str, modes: list[str], world: int) -> None:
-    """Train `family` in every mode of `modes`; write `out/init.safetensors` and `out/<mode>/{run,final}`."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    """Train `family` in every mode of `modes`; write `out/init.safetensors` and `out/<mode>/{run,final}`.
+
+    `TRGL_TEST_STOP_IN=<phase>` stops the run at that phase's first step; `TRGL_TEST_RESUME=1` resumes the run."""
+    stop, resume = os.environ.get("TRGL_TEST_STOP_IN"), os.environ.get("TRGL_TEST_RESUME") == "1"
+    if int(os.environ.get("RANK", "0")) == 0 and not resume:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in build(family).state_dict().items()}, out / "init.safetensors")
     from_accelerate = os.environ.get("ACCELERATE_USE_FSDP") == "true"  # `accelerate launch --use_fsdp ...`
@@ -60,9 +80,14 @@ def train(out: Path, family: str, modes: list[str], world: int) -> None:
             train_sampling_strategy="random" if mode == "multilap" else "sequential", per_device_eval_batch_size=8,
             **fsdp,
         )  # fmt: skip
-        trainer = TRGLTrainer(model=build(family), args=args, train_dataset=data(family, 64, 1),
-                              eval_dataset=data(family, 16, 2))  # fmt: skip
-        trainer.train()
+        trainer = TRGLTrainer(
+            model=build(family),
+            args=args,
+            train_dataset=data(family, 64, 1),
+            eval_dataset=data(family, 16, 2),
+            callbacks=[StopInPhase(stop)] if stop else None,
+        )
+        trainer.train(resume_from_checkpoint=resume or None)
         trainer.save_model(str(out / mode / "final"))
         if world > 1:
             from torch.distributed.tensor import DTensor
