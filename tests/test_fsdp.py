@@ -61,7 +61,7 @@ def check_stages(run_dir: Path, final: Path, family: str) -> None:
 
     model = TRGLModel.from_pretrained(final).eval()
     torch.manual_seed(0)
-    if family == "bert":
+    if family in ("bert", "gpt2"):
         inputs = {"input_ids": torch.randint(1, 50, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}
         auto = AutoModelForSequenceClassification
     else:
@@ -99,6 +99,7 @@ def check_parity(sharded: Path, alone: Path, family: str, modes: tuple[str, ...]
     [
         pytest.param("bert", "arguments", ("sequential",), id="bert-arguments-sequential"),  # the default suite's
         pytest.param("bert", "arguments", MODES, id="bert-arguments-all", marks=pytest.mark.slow),
+        pytest.param("gpt2", "arguments", MODES, id="gpt2-arguments-all", marks=pytest.mark.slow),
         pytest.param("resnet", "accelerate", MODES, id="resnet-accelerate-all", marks=pytest.mark.slow),
     ],
 )

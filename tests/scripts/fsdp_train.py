@@ -18,6 +18,8 @@ from safetensors.torch import save_file
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
     ResNetConfig,
     ResNetForImageClassification,
     TrainerCallback,
@@ -28,7 +30,7 @@ from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
 
 def data(family: str, rows: int, seed: int) -> Dataset:
     rng = np.random.default_rng(seed)
-    if family == "bert":
+    if family in ("bert", "gpt2"):
         columns = {"input_ids": rng.integers(1, 50, (rows, 8)), "attention_mask": np.ones((rows, 8), dtype=np.int64)}
     else:
         columns = {"pixel_values": rng.standard_normal((rows, 3, 16, 16)).astype(np.float32)}
@@ -42,6 +44,11 @@ def build(family: str) -> TRGLModel:
             vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
             classifier_dropout=0.0))  # fmt: skip
+        return TRGLModel.from_base(base, TRGLConfig(num_modules=2))
+    if family == "gpt2":
+        base = GPT2ForSequenceClassification(GPT2Config(
+            vocab_size=50, n_embd=16, n_layer=4, n_head=2, n_positions=16, num_labels=3, pad_token_id=0,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))  # fmt: skip
         return TRGLModel.from_base(base, TRGLConfig(num_modules=2))
     base = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16],
                                                      depths=[2, 2], layer_type="basic", num_labels=3))  # fmt: skip
