@@ -112,14 +112,18 @@ def test_fsdp_matches_one_process_with_the_same_global_batch(tmp_path, family, s
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_fsdp_run_killed_in_a_phase_resumes_to_the_same_weights(tmp_path):
-    """Phases are recorded as full `trgl-progress-NN` weights: the run resumes from them and is then sharded again."""
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run(launcher("arguments") + [str(whole), "bert", "sequential"])
-    run(launcher("arguments") + [str(killed), "bert", "sequential"], succeeds=False, TRGL_TEST_STOP_IN="module-02")
-    assert not (killed / "sequential" / "final").exists()
-    run(launcher("arguments") + [str(killed), "bert", "sequential"], TRGL_TEST_RESUME="1")
-    expected = weights(whole / "sequential" / "final")
-    for name, value in weights(killed / "sequential" / "final").items():
+    """Phases are recorded as full `trgl-progress-NN` weights, with the multilap optimizers' states gathered whole:
+    the run resumes from them (sharded again) to the weights of the run that was never killed."""
+    whole, killed, adam = tmp_path / "whole", tmp_path / "killed", {"TRGL_TEST_OPTIM": "adamw_torch"}
+    run(launcher("arguments") + [str(whole), "bert", "multilap"], **adam)
+    run(launcher("arguments") + [str(killed), "bert", "multilap"], succeeds=False, TRGL_TEST_STOP_IN="lap-2-module-01",
+        **adam)  # fmt: skip
+    assert not (killed / "multilap" / "final").exists()
+    lap_states = next((killed / "multilap" / "run").glob("trgl-progress-*/trgl_lap_optimizers.pt"))
+    assert torch.load(lap_states, weights_only=True)  # whole tensors, readable without a process group
+    run(launcher("arguments") + [str(killed), "bert", "multilap"], TRGL_TEST_RESUME="1", **adam)
+    expected = weights(whole / "multilap" / "final")
+    for name, value in weights(killed / "multilap" / "final").items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
 
 

@@ -261,6 +261,42 @@ def gathered_for_saving(model: nn.Module, settings: FSDPSettings | None, writer:
     return full_parameters(model, keep=writer) if settings is not None else nullcontext()
 
 
+def full_lap_states(lap_states: dict[int, dict[str, Any]], settings: FSDPSettings | None, writer: bool) -> dict:
+    """The multilap optimizer states to write in a progress folder: with FSDP, every process gathers each sharded
+    state tensor (a collective) and the writing process keeps it whole, on CPU, so that a resumed run (which shards
+    it again, [`shard_optimizer_state`]) reads every process's part; unchanged without FSDP."""
+    if settings is None:
+        return lap_states
+
+    def gather(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: gather(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(gather(item) for item in value)
+        if _is_dtensor(value):
+            full = value.full_tensor()
+            return full.cpu() if writer else None
+        return value
+
+    return {index: gather(state) for index, state in sorted(lap_states.items())}
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, settings: FSDPSettings | None) -> None:
+    """After a full optimizer state was loaded (a resumed multilap run): shard every state tensor shaped like its
+    sharded parameter the way the parameter is sharded."""
+    if settings is None:
+        return
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [param for group in optimizer.param_groups for param in group["params"] if _is_dtensor(param)]
+    for param in params:
+        state = optimizer.state.get(param, {})
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and not _is_dtensor(value) and value.shape == param.shape:
+                value = value.to(param.to_local().device)
+                state[key] = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+
+
 # ---------------------------------------------------------------------------------------------------- training
 
 
@@ -287,11 +323,13 @@ __all__ = [
     "check_fsdp_setup",
     "full_parameters",
     "fsdp_settings",
+    "full_lap_states",
     "gathered_for_saving",
     "hidden_from_accelerate",
     "is_sharded",
     "local_norm",
     "reshard_all",
     "shard_modules",
+    "shard_optimizer_state",
     "shard_units",
 ]

@@ -31,10 +31,12 @@ from .fsdp import (
     average_task_losses,
     check_fsdp_setup,
     fsdp_settings,
+    full_lap_states,
     gathered_for_saving,
     hidden_from_accelerate,
     local_norm,
     shard_modules,
+    shard_optimizer_state,
 )
 from .guards import (
     check_hub_credentials,
@@ -448,6 +450,7 @@ class TRGLTrainer(Trainer):
         saved = self._lap_states.get(self._phase.modules[0]) if fresh and self._persists_laps(self._phase) else None
         if saved is not None:
             optimizer.load_state_dict(saved["optimizer"])
+            shard_optimizer_state(optimizer, self._fsdp)  # FSDP: a state read back whole from a progress folder
         return optimizer
 
     def _scale_head_learning_rate(self, optimizer: torch.optim.Optimizer) -> None:
@@ -807,7 +810,7 @@ class TRGLTrainer(Trainer):
         run.stage_metrics = dict(self.stage_metrics)
         run.phase_steps[phase.name] = steps
         self._keep_lap_state(phase)
-        run.lap_states = self._lap_states
+        run.lap_states = full_lap_states(self._lap_states, self._fsdp, writer=self.args.should_save)
         run.log_history = self.trgl_log_history + [{**e, "trgl_phase": phase.name} for e in self.state.log_history]
         with gathered_for_saving(model, self._fsdp, writer=self.args.should_save):  # FSDP: full weights to write
             run.complete_phase(phase, model)

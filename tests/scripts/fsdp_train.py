@@ -72,7 +72,8 @@ class StopInPhase(TrainerCallback):
 def train(out: Path, family: str, modes: list[str], world: int) -> None:
     """Train `family` in every mode of `modes`; write `out/init.safetensors` and `out/<mode>/{run,final}`.
 
-    `TRGL_TEST_STOP_IN=<phase>` stops the run at that phase's first step; `TRGL_TEST_RESUME=1` resumes the run."""
+    `TRGL_TEST_STOP_IN=<phase>` stops the run at that phase's first step; `TRGL_TEST_RESUME=1` resumes the run;
+    `TRGL_TEST_OPTIM` replaces the optimizer (SGD)."""
     stop, resume = os.environ.get("TRGL_TEST_STOP_IN"), os.environ.get("TRGL_TEST_RESUME") == "1"
     if int(os.environ.get("RANK", "0")) == 0 and not resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,8 @@ def train(out: Path, family: str, modes: list[str], world: int) -> None:
         fsdp = {"fsdp": True, "fsdp_config": {"fsdp_version": 2}} if world > 1 and not from_accelerate else {}
         args = TRGLTrainingArguments(
             output_dir=str(out / mode / "run"), trgl_mode=mode, max_steps=3, per_device_train_batch_size=8,
-            gradient_accumulation_steps=2 if world == 1 else 1, learning_rate=0.05, optim="sgd", report_to="none",
+            gradient_accumulation_steps=2 if world == 1 else 1, learning_rate=0.05, report_to="none",
+            optim=os.environ.get("TRGL_TEST_OPTIM", "sgd"),
             save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=0.1, use_cpu=True, logging_steps=1,
             train_sampling_strategy="random" if mode == "multilap" else "sequential", per_device_eval_batch_size=8,
             **fsdp,
