@@ -35,9 +35,9 @@ def launcher(switch: str) -> list[str]:
             "--num_machines", "1", str(SCRIPT)]  # fmt: skip
 
 
-def train_both(tmp_path: Path, family: str, switch: str, modes: tuple[str, ...]) -> tuple[Path, Path]:
+def train_both(tmp_path: Path, family: str, switch: str, modes: tuple[str, ...], **env: str) -> tuple[Path, Path]:
     sharded, alone = tmp_path / "fsdp", tmp_path / "alone"
-    run(launcher(switch) + [str(sharded), family, *modes])
+    run(launcher(switch) + [str(sharded), family, *modes], **env)
     spec = importlib.util.spec_from_file_location("fsdp_train", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -95,18 +95,20 @@ def check_parity(sharded: Path, alone: Path, family: str, modes: tuple[str, ...]
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize(
-    ("family", "switch", "modes"),
+    ("family", "switch", "modes", "reshard"),
     [
-        pytest.param("bert", "arguments", ("sequential",), id="bert-arguments-sequential"),  # the default suite's
-        pytest.param("bert", "arguments", MODES, id="bert-arguments-all", marks=pytest.mark.slow),
-        pytest.param("gpt2", "arguments", MODES, id="gpt2-arguments-all", marks=pytest.mark.slow),
-        pytest.param("resnet", "accelerate", MODES, id="resnet-accelerate-all", marks=pytest.mark.slow),
+        pytest.param("bert", "arguments", ("sequential",), "true", id="bert-arguments-sequential"),  # default suite
+        pytest.param("bert", "arguments", MODES, "true", id="bert-arguments-all", marks=pytest.mark.slow),
+        pytest.param("bert", "arguments", MODES, "false", id="bert-shard_grad_op-all", marks=pytest.mark.slow),
+        pytest.param("gpt2", "arguments", MODES, "true", id="gpt2-arguments-all", marks=pytest.mark.slow),
+        pytest.param("resnet", "accelerate", MODES, "true", id="resnet-accelerate-all", marks=pytest.mark.slow),
     ],
 )
-def test_fsdp_matches_one_process_with_the_same_global_batch(tmp_path, family, switch, modes):
+def test_fsdp_matches_one_process_with_the_same_global_batch(tmp_path, family, switch, modes, reshard):
     """Parameters after training equal a 1-process run's; the last `trgl-progress-NN` folder and `save_model` hold
-    the full weights; the stages load natively and give the trained heads' logits."""
-    check_parity(*train_both(tmp_path, family, switch, modes), family, modes)
+    the full weights; the stages load natively and give the trained heads' logits. `reshard="false"`:
+    `reshard_after_forward=False` (`"shard_grad_op"`)."""
+    check_parity(*train_both(tmp_path, family, switch, modes, TRGL_TEST_RESHARD=reshard), family, modes)
 
 
 @pytest.mark.multiprocess

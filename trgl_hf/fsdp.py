@@ -183,10 +183,13 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_modules(model: nn.Module, settings: FSDPSettings, device: torch.device) -> None:
-    """Apply `fully_shard` to every unit of [`shard_units`] (once: a sharded model is left as it is). Each unit is
-    its own FSDP root: the trainer runs modules, blocks and heads one by one, never the model's `forward` alone.
-    Every process first receives rank 0's parameters and buffers."""
+    """Before a phase: apply `fully_shard` to every unit of [`shard_units`] (the first time; every process first
+    receives rank 0's parameters and buffers), then free every gathered parameter and set which parameters train
+    again, on the sharded parameters. Each unit is its own FSDP root: the trainer runs modules, blocks and heads one
+    by one, never the model's `forward` alone."""
     if is_sharded(model):
+        reshard_all(model)  # a unit left gathered (`reshard_after_forward=False`) exposes its gathered parameters
+        model.set_trainable_modules(model.trainable_modules)
         return
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard

@@ -73,14 +73,16 @@ def train(out: Path, family: str, modes: list[str], world: int) -> None:
     """Train `family` in every mode of `modes`; write `out/init.safetensors` and `out/<mode>/{run,final}`.
 
     `TRGL_TEST_STOP_IN=<phase>` stops the run at that phase's first step; `TRGL_TEST_RESUME=1` resumes the run;
-    `TRGL_TEST_OPTIM` replaces the optimizer (SGD)."""
+    `TRGL_TEST_OPTIM` replaces the optimizer (SGD); `TRGL_TEST_RESHARD=false` keeps gathered parameters from forward
+    to backward."""
     stop, resume = os.environ.get("TRGL_TEST_STOP_IN"), os.environ.get("TRGL_TEST_RESUME") == "1"
     if int(os.environ.get("RANK", "0")) == 0 and not resume:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in build(family).state_dict().items()}, out / "init.safetensors")
     from_accelerate = os.environ.get("ACCELERATE_USE_FSDP") == "true"  # `accelerate launch --use_fsdp ...`
     for mode in modes:
-        fsdp = {"fsdp": True, "fsdp_config": {"fsdp_version": 2}} if world > 1 and not from_accelerate else {}
+        config = {"fsdp_version": 2, "reshard_after_forward": os.environ.get("TRGL_TEST_RESHARD", "true") == "true"}
+        fsdp = {"fsdp": True, "fsdp_config": config} if world > 1 and not from_accelerate else {}
         args = TRGLTrainingArguments(
             output_dir=str(out / mode / "run"), trgl_mode=mode, max_steps=3, per_device_train_batch_size=8,
             gradient_accumulation_steps=2 if world == 1 else 1, learning_rate=0.05, report_to="none",
