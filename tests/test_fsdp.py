@@ -163,3 +163,19 @@ def test_fsdp_from_accelerate_config_refuses_fsdp1_and_a_single_process(make_cif
     monkeypatch.setenv("FSDP_VERSION", "2")
     with pytest.raises(ValueError, match="single process"):
         trainer_for(make_cifar_resnet, tmp_path, save_strategy="no")
+
+
+def test_fsdp_refuses_a_lora_base(tmp_path, monkeypatch):
+    peft = pytest.importorskip("peft")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=3)  # fmt: skip
+    lora = peft.get_peft_model(BertForSequenceClassification(config),
+                               peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"]))  # fmt: skip
+    model = TRGLModel.from_base(lora, TRGLConfig(num_modules=2))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, save_strategy="no")
+    with pytest.raises(ValueError, match="LoRA bases are not supported with FSDP"):
+        TRGLTrainer(model=model, args=args)

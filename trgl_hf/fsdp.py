@@ -141,6 +141,11 @@ def check_fsdp_setup(settings: FSDPSettings | None, accelerator: Any, model: nn.
     """Refuse FSDP without several processes, with an `Accelerator` that manages FSDP itself, or with a LoRA base."""
     if settings is None:
         return
+    if getattr(getattr(model, "config", None), "peft_config", None):
+        raise ValueError(
+            "LoRA bases are not supported with FSDP in TRGLTrainer: merge the adapters into the base "
+            "(`merge_and_unload()`) before cutting it, or train without FSDP (DDP)."
+        )
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
             f"FSDP was asked for by {settings.source} but this is a single process without a process group: launch "
@@ -150,11 +155,6 @@ def check_fsdp_setup(settings: FSDPSettings | None, accelerator: Any, model: nn.
         raise ValueError(
             "accelerate's state already holds an FSDP plugin (an `Accelerator` was created with FSDP before the "
             "trainer): TRGLTrainer shards each module itself; create the trainer before any other Accelerator."
-        )
-    if getattr(getattr(model, "config", None), "peft_config", None):
-        raise ValueError(
-            "LoRA bases are not supported with FSDP in TRGLTrainer: merge the adapters into the base "
-            "(`merge_and_unload()`) before cutting it, or train without FSDP (DDP)."
         )
 
 

@@ -280,6 +280,9 @@ class TRGLModel(PreTrainedModel):
         the model needs, see `trgl_hf.remote_code`) and an `auto_map` naming them in `config.json`; with
         `push_to_hub=True` they are uploaded too. Where trgl_hf is imported, the folder loads with `AutoModel` and
         `TRGLModel.from_pretrained` without `trust_remote_code`, as before.
+
+        A model sharded with FSDP2 by [`TRGLTrainer`] (`trgl_hf.fsdp`) must be saved from every process (they all
+        take part in gathering the weights); the main process (`is_main_process`) writes a full, unsharded folder.
         """
         if is_sharded(self):  # FSDP2: every process takes part in gathering the full weights; the main one writes
             with full_parameters(self, keep=is_main_process):
