@@ -514,7 +514,7 @@ class TRGLTrainer(Trainer):
 
     def _reset_for_phase(self) -> None:
         """Fresh optimizer, scheduler and distributed wrapper for the next phase."""
-        if self._fsdp is not None:  # once, before the first optimizer is built over the sharded parameters
+        if self._fsdp is not None:  # sharded the first time; before every optimizer, the trained parameters are set
             shard_modules(self.model, self._fsdp, self.args.device)
         self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model
