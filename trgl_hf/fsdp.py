@@ -13,8 +13,9 @@ What cannot work is refused with the fix, never replaced silently by DDP: FSDP1,
 checkpointing, sharded checkpoints, weights left on the meta device by rank-0-only loading, the prefix cache
 (`trgl_prefix_cache="always"`; `"auto"` recomputes the sharded prefix every step), Trainer checkpoints inside a phase
 (`save_strategy` other than `"no"`) and LoRA bases. Every process starts from rank 0's weights. Stages,
-`trgl-progress-NN` folders and `save_pretrained` are written as full, unsharded checkpoints by the main process after
-every process has taken part in gathering the weights.
+`trgl-progress-NN` folders (with the multilap optimizers' states) and `save_pretrained` are written as full, unsharded
+checkpoints by the main process after every process has taken part in gathering them; a resumed run loads them
+before sharding (the optimizers' states are sharded again when their module's next lap begins).
 """
 
 from __future__ import annotations
