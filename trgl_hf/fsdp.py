@@ -116,6 +116,10 @@ def fsdp_settings(args: Any) -> FSDPSettings | None:
             "process's shard): set `save_strategy='no'`. Every finished phase is still recorded as a full "
             "`trgl-progress-NN` checkpoint and `resume_from_checkpoint=True` resumes from the last one."
         )
+    ignored = [name for name in ("auto_wrap_policy", "transformer_cls_names_to_wrap", "min_num_params")
+               if name in options]  # fmt: skip
+    if ignored:
+        logger.info("FSDP: %s do not apply: TRGLTrainer makes every block, head and stem module a unit.", ignored)
     reshard = options.get("reshard_after_forward", True)
     return FSDPSettings(reshard_after_forward=_truthy(reshard) if not isinstance(reshard, bool) else reshard,
                         source=source)  # fmt: skip
