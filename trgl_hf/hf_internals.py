@@ -11,6 +11,8 @@ loudly, with the name of what is missing, instead of silently skipping an overri
   prefix cache feeds the model exactly what a training batch would hold.
 - `Trainer._clip_grad_norm` (overridden: each module is clipped on its own) and `Trainer._push_from_checkpoint`
   (overridden: intermediate checkpoints are not pushed, finished stages are).
+- `Trainer.is_distributed_loading_by_transformers`: set when the trainer shards the model with FSDP2 itself
+  (`trgl_hf.fsdp`), so that `_prepare_for_training` neither wraps the sharded model (DDP, FSDP) nor shards it again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ CHECKED_VERSIONS = {"transformers": "5.24.0", "accelerate": "1.15.0"}
 TRAINER_METHODS = ("_remove_unused_columns", "_get_collator_with_removed_columns", "_prepare_inputs")
 OVERRIDDEN_TRAINER_METHODS = ("_clip_grad_norm", "_push_from_checkpoint")
 ACCELERATOR_LISTS = ("_optimizers", "_schedulers", "_models")
+TRAINER_FLAGS = ("is_distributed_loading_by_transformers",)  # read by `Trainer._prepare_for_training`
 
 
 def check_private_api() -> None:
@@ -35,6 +38,8 @@ def check_private_api() -> None:
                if not callable(getattr(Trainer, name, None))]  # fmt: skip
     assigned = Accelerator.__init__.__code__.co_names  # the lists are created in __init__
     missing += [f"accelerate.Accelerator.{name}" for name in ACCELERATOR_LISTS if name not in assigned]
+    read = Trainer._prepare_for_training.__code__.co_names if hasattr(Trainer, "_prepare_for_training") else ()
+    missing += [f"transformers.Trainer.{name}" for name in TRAINER_FLAGS if name not in read]
     if missing:
         raise ImportError(
             f"trgl_hf needs {', '.join(missing)}, which transformers {transformers.__version__} / accelerate "

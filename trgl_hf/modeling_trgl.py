@@ -20,6 +20,7 @@ from .adapters import BlockProbe, architecture_named, architecture_of
 from .adapters.base import task_model_from_config
 from .adapters.registry import CAUSAL_LM
 from .configuration_trgl import TRGLConfig
+from .fsdp import full_parameters, is_sharded
 from .guards import check_weight_folder
 from .losses import trgl_loss
 from .peft_support import frozen_parameter_ids, inject_lora, is_peft_model, unwrap_peft_model
@@ -279,7 +280,15 @@ class TRGLModel(PreTrainedModel):
         the model needs, see `trgl_hf.remote_code`) and an `auto_map` naming them in `config.json`; with
         `push_to_hub=True` they are uploaded too. Where trgl_hf is imported, the folder loads with `AutoModel` and
         `TRGLModel.from_pretrained` without `trust_remote_code`, as before.
+
+        A model sharded with FSDP2 by [`TRGLTrainer`] (`trgl_hf.fsdp`) must be saved from every process (they all
+        take part in gathering the weights); the main process (`is_main_process`) writes a full, unsharded folder.
         """
+        if is_sharded(self):  # FSDP2: every process takes part in gathering the full weights; the main one writes
+            with full_parameters(self, keep=is_main_process):
+                if is_main_process:
+                    self.save_pretrained(save_directory, is_main_process, *args, **kwargs)
+            return None
         should_save = getattr(self, "should_save_on_this_rank", lambda is_main: is_main)(is_main_process)
         if not should_save or os.path.isfile(save_directory):
             return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)

@@ -27,6 +27,17 @@ from transformers.trainer_utils import PredictionOutput, TrainOutput
 from .adapters.transformer import TransformerAdapter
 from .checkpointing import save_stage, stage_dirname
 from .data import check_labels
+from .fsdp import (
+    average_task_losses,
+    check_fsdp_setup,
+    fsdp_settings,
+    full_lap_states,
+    gathered_for_saving,
+    hidden_from_accelerate,
+    local_norm,
+    shard_modules,
+    shard_optimizer_state,
+)
 from .grad_sync import DEFAULT_BUCKET_BYTES, GradientAverager
 from .guards import (
     check_hub_credentials,
@@ -146,6 +157,7 @@ class TRGLTrainer(Trainer):
         if not isinstance(args, TRGLTrainingArguments):
             raise ValueError("TRGLTrainer needs `TRGLTrainingArguments` (they add `trgl_mode` and friends).")
         self.hub_api = hub_api
+        self._fsdp = fsdp_settings(args)  # FSDP2 per module, applied by this trainer (trgl_hf.fsdp)
         check_writable(args.output_dir)
         check_streaming(kwargs.get("train_dataset"), args)
         compute_metrics = kwargs.pop("compute_metrics", None)
@@ -157,6 +169,9 @@ class TRGLTrainer(Trainer):
             metrics = PerModuleMetrics(compute_metrics, selection, model.task, args.greater_is_better)
         super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
         check_one_world(self.args)
+        check_fsdp_setup(self._fsdp, self.accelerator, model)
+        # The trainer shards the model itself: the Trainer must neither wrap it (DDP, FSDP) nor average its gradients.
+        self.is_distributed_loading_by_transformers = self._fsdp is not None
         self.best_module: int | None = None
         self._lap_states: dict[int, dict[str, Any]] = {}
         self._step_offset, self._in_run = 0, False
@@ -186,6 +201,11 @@ class TRGLTrainer(Trainer):
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(PhaseProgressCallback(self.describe_phase))
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's `Accelerator`, without the FSDP plugin when this trainer applies FSDP2 per module itself."""
+        with hidden_from_accelerate(self.args, self._fsdp):
+            super().create_accelerator_and_postprocess()
+
     # ------------------------------------------------------------------ planning
 
     def describe_phase(self) -> str:
@@ -202,6 +222,8 @@ class TRGLTrainer(Trainer):
 
     def prefix_cache_decision(self) -> tuple[bool, str]:
         """Whether sequential phases train on cached prefix outputs, and why."""
+        if self._fsdp is not None:
+            return False, "FSDP: the sharded frozen prefix runs again every step, in step on every process"
         return prefix_cache_decision(self.args.trgl_prefix_cache, self.train_dataset, self.data_collator)
 
     # ------------------------------------------------------------------ training
@@ -431,6 +453,7 @@ class TRGLTrainer(Trainer):
         saved = self._lap_states.get(self._phase.modules[0]) if fresh and self._persists_laps(self._phase) else None
         if saved is not None:
             optimizer.load_state_dict(saved["optimizer"])
+            shard_optimizer_state(optimizer, self._fsdp)  # FSDP: a state read back whole from a progress folder
         return optimizer
 
     def _scale_head_learning_rate(self, optimizer: torch.optim.Optimizer) -> None:
@@ -495,6 +518,8 @@ class TRGLTrainer(Trainer):
     def _reset_for_phase(self) -> None:
         """Fresh optimizer, scheduler, gradient averager and distributed wrapper for the next phase."""
         self._drop_gradient_averager()
+        if self._fsdp is not None:  # sharded the first time; before every optimizer, the trained parameters are set
+            shard_modules(self.model, self._fsdp, self.args.device)
         self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model
         reset_accelerator(self.accelerator)
@@ -616,7 +641,10 @@ class TRGLTrainer(Trainer):
                 sums[1] = sums[1] + step.transport.detach()
                 sums[2] += 1
         if self.accelerator.sync_gradients:
-            self._synchronise(net, task_losses, averager)
+            if self._fsdp is None:
+                self._synchronise(net, task_losses, averager)
+            else:  # FSDP reduce-scatters the gradients itself; the multipliers still need the averaged losses
+                net.transport_schedule.after_step(self.state.global_step + 1, average_task_losses(task_losses))
             warmup = self.head_settings.warmup_steps
             if self.state.global_step == 0 and warmup >= self.state.max_steps > 0:
                 logger.warning("trgl_head_warmup_steps=%d covers all %d steps of %s: its blocks do not train; lower "
@@ -642,7 +670,7 @@ class TRGLTrainer(Trainer):
     def _gradient_averager(self, net: TRGLModel) -> GradientAverager | None:
         """The phase's gradient averager (hooks on the trainable parameters), created at its first step; `None` in
         a single process."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if self._fsdp is not None or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return None
         if self._averager is None:
             cap = self.args.ddp_bucket_cap_mb
@@ -679,7 +707,7 @@ class TRGLTrainer(Trainer):
         for index in net.trainable_modules:
             params = [p for p in net.module_parameters(index) if p.grad is not None]
             if params:
-                norms.append(torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm))
+                norms.append(local_norm(torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)))
         if not norms:
             return torch.zeros(())
         return torch.stack([n.float() for n in norms]).pow(2).sum().sqrt()
@@ -801,10 +829,11 @@ class TRGLTrainer(Trainer):
         run.stage_metrics = dict(self.stage_metrics)
         run.phase_steps[phase.name] = steps
         self._keep_lap_state(phase)
-        run.lap_states = self._lap_states
+        run.lap_states = full_lap_states(self._lap_states, self._fsdp, writer=self.args.should_save)
         run.log_history = self.trgl_log_history + [{**e, "trgl_phase": phase.name} for e in self.state.log_history]
-        run.complete_phase(phase, model)
-        self._write_pending_stages(run, final=phase == self._phases[-1])
+        with gathered_for_saving(model, self._fsdp, writer=self.args.should_save):  # FSDP: full weights to write
+            run.complete_phase(phase, model)
+            self._write_pending_stages(run, final=phase == self._phases[-1])
         self.accelerator.wait_for_everyone()
 
     def _write_pending_stages(self, run: RunState, final: bool) -> None:

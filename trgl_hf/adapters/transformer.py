@@ -166,8 +166,8 @@ class TransformerAdapter(ModelAdapter):
             return record
 
         slots = self._block_slots()
-        for index, (parent, key) in enumerate(slots):
-            parent._modules[key] = _Recorder(recorder(index, self.blocks[index].forward), self.blocks[index])
+        for index, (parent, key) in enumerate(slots):  # the block itself is called, so its hooks (FSDP) run
+            parent._modules[key] = _Recorder(recorder(index, self.blocks[index]), self.blocks[index])
         try:
             self.backbone(**inputs, use_cache=False)
         except _StopForward:
