@@ -92,7 +92,8 @@ def _tiny_bert(num_labels=2):
 def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_papers(tmp_path):
     from transformers import BertForSequenceClassification
 
-    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_LR_MULTIPLIER, PRETRAINED_HEAD_WARMUP_STEPS
+    from trgl_hf.configuration_trgl import DEFAULT_TAU
+    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_LR_MULTIPLIER, PRETRAINED_HEAD_WARMUP_STEPS, PRETRAINED_TAU
 
     _tiny_bert().save_pretrained(tmp_path / "base")
     pretrained = TRGLModel.from_base(BertForSequenceClassification.from_pretrained(tmp_path / "base"),
@@ -100,7 +101,10 @@ def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_pap
     by_path = TRGLModel.from_base(str(tmp_path / "base"), num_modules=2)
     scratch = TRGLModel.from_base(_tiny_bert(), TRGLConfig(num_modules=2))
     assert pretrained.config.tau_scale == by_path.config.tau_scale == "relative"
-    assert scratch.config.tau_scale == "absolute"
+    assert pretrained.config.tau == by_path.config.tau == PRETRAINED_TAU
+    assert scratch.config.tau_scale == "absolute" and scratch.config.tau == DEFAULT_TAU
+    given = TRGLModel.from_base(str(tmp_path / "base"), num_modules=2, tau=3.0)
+    assert (given.config.tau, given.config.tau_scale) == (3.0, "relative")
     assert TRGLModel.from_base(str(tmp_path / "base"), num_modules=2, tau_scale="absolute").config.tau_scale == (
         "absolute"
     )

@@ -12,6 +12,8 @@ from transformers.configuration_utils import SubConfigSpec
 SPLIT_POLICIES = ("equal", "balanced")
 TAU_SCHEDULES = ("halves", "constant", "multipliers")
 AUX_HEADS = ("conv", "linear", "native")
+DEFAULT_TAU = 10.0
+"""tau when none is given (see `TRGLConfig.tau`)."""
 
 
 BASE_CONFIG_KEYS = {
@@ -60,10 +62,12 @@ class TRGLConfig(PreTrainedConfig):
         split_policy (`str`, *optional*, defaults to `"equal"`):
             `"equal"` gives every module the same number of blocks (extra blocks go to the first modules);
             `"balanced"` balances the estimated training activation memory of the modules (the paper's TRGL*).
-        tau (`float` or `list[float]`, *optional*, defaults to 10.0):
+        tau (`float` or `list[float]`, *optional*):
             Transport step size. A float is expanded with `tau_schedule`; a list gives tau_k per module.
-            The default 10 was the best of {1, 10, 100} on a validation split in short CIFAR-10 runs (tau = 1, the
-            paper's STL-10 value, shrinks the residual branches to almost nothing in short runs).
+            Defaults to 10 (`DEFAULT_TAU`), the best of {1, 10, 100} on a validation split in short CIFAR-10 runs
+            (tau = 1, the paper's STL-10 value, shrinks the residual branches to almost nothing in short runs); for a
+            base loaded with `from_pretrained` trained with `tau_scale="relative"`, [`TRGLModel.from_base`] sets
+            1000 (`trgl_hf.pretrained_defaults.PRETRAINED_TAU`, chosen on SST-2's validation split).
         tau_schedule (`str`, *optional*, defaults to `"halves"`):
             `"halves"`: tau / 2 for the first floor(K / 2) modules and tau for the others (the paper's rule);
             `"constant"`: tau for every module; `"multipliers"`: the method of multipliers of the paper's
@@ -120,7 +124,7 @@ class TRGLConfig(PreTrainedConfig):
     num_modules: int = 4
     split: list[int] | None = None
     split_policy: Literal["equal", "balanced"] = "equal"
-    tau: float | list[float] = 10.0
+    tau: float | list[float] | None = None
     tau_schedule: Literal["halves", "constant", "multipliers"] = "halves"
     tau_scale: Literal["absolute", "relative"] | None = None
     use_transport: bool = True
@@ -181,7 +185,7 @@ class TRGLConfig(PreTrainedConfig):
             )
         if self.aux_head is not None and self.aux_head not in AUX_HEADS:
             raise ValueError(f"`aux_head` must be one of {AUX_HEADS}, got {self.aux_head!r}.")
-        taus = self.tau if isinstance(self.tau, (list, tuple)) else [self.tau]
+        taus = self.tau if isinstance(self.tau, (list, tuple)) else [DEFAULT_TAU if self.tau is None else self.tau]
         for tau in taus:
             if not isinstance(tau, (int, float)) or not tau > 0 or math.isnan(tau):
                 raise ValueError(
@@ -219,4 +223,4 @@ class TRGLConfig(PreTrainedConfig):
         return TransportSchedule(self).taus()
 
 
-__all__ = ["TRGLConfig"]
+__all__ = ["DEFAULT_TAU", "TRGLConfig"]

@@ -24,7 +24,7 @@ from .fsdp import full_parameters, is_sharded
 from .guards import check_weight_folder
 from .losses import trgl_loss
 from .peft_support import frozen_parameter_ids, inject_lora, is_peft_model, unwrap_peft_model
-from .pretrained_defaults import resolve_tau_scale
+from .pretrained_defaults import resolve_tau, resolve_tau_scale
 from .remote_code import REMOTE_CODE_FILES, write_remote_code
 from .remote_code import auto_map as remote_auto_map
 from .splitting import balanced_split, check_num_modules, check_split, equal_split
@@ -239,6 +239,7 @@ class TRGLModel(PreTrainedModel):
             config.split = equal_split(num_blocks, config.num_modules)
         config.num_modules = len(config.split)
         config.tau_scale = resolve_tau_scale(config)
+        config.tau = resolve_tau(config)
         config.validate_trgl()
         ends = [sum(config.split[: k + 1]) - 1 for k in range(config.num_modules)]
         for end in ends:

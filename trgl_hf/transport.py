@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .configuration_trgl import DEFAULT_TAU
+
 
 class TransportSchedule:
     """Weights of the transport term of every module, from a [`TRGLConfig`] and the multiplier state.
@@ -61,7 +63,7 @@ class TransportSchedule:
     def taus(self) -> list[float]:
         """tau_k of every module (`inf` when the transport term is off); meaningless under multipliers."""
         num_modules = int(self.config.num_modules)
-        tau = self.config.tau
+        tau = DEFAULT_TAU if self.config.tau is None else self.config.tau
         if not self.config.use_transport:
             return [math.inf] * num_modules
         if isinstance(tau, (list, tuple)):
