@@ -15,7 +15,9 @@ does not depend on the values), global batch 128 (64 per process), SGD, no clipp
   the last module's backward, every gradient copied into one flat buffer, one blocking all-reduce, copied back
   (re-implemented here as `flat_synchronise`);
 - `TRGL overlapped`: the same with `trgl_hf.grad_sync.GradientAverager` (each module's buckets are reduced while the
-  next module computes).
+  next module computes);
+- `TRGL FSDP2`: the same sharded per module with FSDP2 (`fsdp=True, fsdp_config={"fsdp_version": 2}`; skipped in a
+  single process, where FSDP is refused).
 
 Step time: the median over the measured steps (after warm-up) of each run, the arms interleaved, medians over
 repetitions. Memory: one step of each arm traced with `torch.profiler(profile_memory=True)` on CPU (the
@@ -42,7 +44,7 @@ import torch
 from benchmarks.common import env, report
 from benchmarks.common.env import log
 
-ARMS = ("e2e DDP", "TRGL flat", "TRGL overlapped")
+ARMS = ("e2e DDP", "TRGL flat", "TRGL overlapped", "TRGL FSDP2")
 DEVICE = {"type": "cpu"}
 BUCKET_MB = 1.0
 """The benchmark's bucket cap (`ddp_bucket_cap_mb`, both DDP and TRGL): below the 3.4 MB of gradients, so the
@@ -121,6 +123,10 @@ def run_arm(arm: str, opts, work: Path) -> dict[str, Any]:
     args = training_args(work / arm.replace(" ", "_"), opts.steps, opts.batch_per_process, device=opts.device,
                          trgl_mode=None if arm.startswith("e2e") else "parallel")  # fmt: skip
     args.ddp_bucket_cap_mb = BUCKET_MB
+    if arm == "TRGL FSDP2":
+        args = training_args(work / "fsdp", opts.steps, opts.batch_per_process, device=opts.device,
+                             trgl_mode="parallel", prefix_cache="never", fsdp=True,
+                             fsdp_config={"fsdp_version": 2})  # fmt: skip
     model = build_resnet(opts.depth) if arm.startswith("e2e") else build_trgl_resnet(
         opts.depth, opts.num_modules, "equal", aux_head="linear")  # fmt: skip
     trainer = make_trainer(model, args, data)
@@ -144,7 +150,7 @@ def worker(opts) -> None:
     env.setup(opts.threads)
     DEVICE["type"] = opts.device
     rank = int(os.environ.get("RANK", 0))
-    arms = opts.arms
+    arms = [a for a in opts.arms if a != "TRGL FSDP2" or int(os.environ.get("WORLD_SIZE", 1)) > 1]
     records = []
     with tempfile.TemporaryDirectory(prefix="ddp_overlap_") as tmp:
         for rep in range(opts.reps):

@@ -73,6 +73,7 @@ def training_args(
     device: str = "cpu",
     trgl_mode: str | None = None,
     prefix_cache: str = "always",
+    **extra: Any,
 ) -> TrainingArguments:
     """Arguments of a timing run: `steps` steps (per module in sequential mode), constant lr, no clipping, no
     logging, saving or evaluation. `optim="sgd"` is SGD with momentum 0.9; `"adamw_torch"` is AdamW."""
@@ -96,6 +97,7 @@ def training_args(
         dataloader_num_workers=0,
         seed=0,
         remove_unused_columns=False,
+        **extra,
     )
     if trgl_mode is None:
         return TrainingArguments(**common)
