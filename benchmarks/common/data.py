@@ -129,3 +129,22 @@ def sst2_sentences(data_dir: Path | None, val_size: int, seed: int):
         test = Dataset.from_parquet(str(data_dir / "test.parquet"))
     split = full.train_test_split(test_size=val_size, stratify_by_column="label", seed=seed)
     return split["train"], split["test"], test
+
+
+def sst2_glue(data_dir: Path | None, train_size: int, seed: int = 0):
+    """(train, validation, test) of SST-2 as GLUE ships it: a stratified (by label, `seed`) sample of `train_size` rows
+    of `train.parquet` (phrases and sentences), `validation.parquet` (872) and `test.parquet` (1,821, labelled);
+    without `data_dir`, a synthetic sentiment set of the same shape (`--quick`)."""
+    from datasets import Dataset
+
+    if data_dir is None:
+        pool, validation = sst2_sentences(None, 32, seed)[:2]
+        test = sst2_sentences(None, 32, seed + 1)[1]
+        train = pool
+    else:
+        train = Dataset.from_parquet(str(data_dir / "train.parquet"))
+        validation = Dataset.from_parquet(str(data_dir / "validation.parquet"))
+        test = Dataset.from_parquet(str(data_dir / "test.parquet"))
+    if train_size < len(train):
+        train = train.train_test_split(train_size=train_size, stratify_by_column="label", seed=seed)["train"]
+    return train, validation, test

@@ -271,3 +271,53 @@ def trainer_step_memory(model, module_index: int, batch: dict[str, torch.Tensor]
         }
         optimizer.zero_grad(set_to_none=True)
     return result
+
+
+def plain_trainer_step_memory(model, batch: dict[str, torch.Tensor], training_args) -> dict[str, Any]:
+    """Allocator-level peak of one plain `Trainer` step (end-to-end, with or without gradient checkpointing, or a
+    PEFT model whose trainable parameters are its adapters), the same step as `trainer_step_memory`: zero_grad -
+    forward - backward - grad clipping - the Trainer's optimizer step, after a warm-up step that creates the state.
+    The model is put in training mode (gradient checkpointing only acts in training mode)."""
+    from transformers import Trainer
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    optimizer = optimizer_cls(params, **optimizer_kwargs)
+
+    def train_step(ctx=None):
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, training_args.max_grad_norm)
+        optimizer.step()
+
+    train_step()
+    optimizer.zero_grad(set_to_none=True)
+    with SavedTensorBytes(model) as saved:
+        loss = model(**batch).loss
+    del loss
+    gc.collect()
+    seen: set[int] = set()
+    weights = storage_bytes(list(model.parameters()) + list(model.buffers()), seen)
+    trainable = sum(p.numel() * p.element_size() for p in params)
+    optim_bytes = storage_bytes(optimizer_state(optimizer), seen)
+    batch_bytes = storage_bytes(batch.values(), seen)
+    trace = traced_step(train_step)
+    baseline = weights + optim_bytes + batch_bytes
+    result = {
+        "module": 1,
+        "weights_all_modules_mib": _mib(weights),
+        "trainable_weights_mib": _mib(trainable),
+        "gradients_mib": _mib(sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)),
+        "optimizer_state_mib": _mib(optim_bytes),
+        "batch_mib": _mib(batch_bytes),
+        "saved_activations_mib": _mib(saved.total),
+        "baseline_mib": _mib(baseline),
+        "step_peak_above_baseline_mib": _mib(trace["step_peak_bytes"]),
+        "alive_after_step_mib": _mib(trace["residual_bytes"]),
+        "peak_mib": _mib(baseline + trace["step_peak_bytes"]),
+        "peak_without_frozen_weights_mib": _mib(baseline + trace["step_peak_bytes"] - (weights - trainable)),
+        "allocation_events": trace["num_allocation_events"],
+    }
+    optimizer.zero_grad(set_to_none=True)
+    return result

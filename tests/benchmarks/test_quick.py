@@ -27,7 +27,7 @@ BENCHMARKS = {
     ),
     "accuracy_cifar10": ([], ["accuracy_cifar10.json", "accuracy_cifar10.md", "accuracy_cifar10.png"]),
     "lm_tiny_shakespeare": ([], ["tiny_shakespeare_gpt2.json", "tiny_shakespeare_gpt2.md"]),
-    "text_sst2_minilm": ([], ["sst2_minilm.json", "sst2_minilm.md"]),
+    "text_sst2_minilm": ([], ["sst2_minilm.json", "sst2_minilm.md", "sst2_minilm.png"]),
     "prefix_cache_speed": ([], ["prefix_cache_speed.json", "prefix_cache_speed.md"]),
     "prefix_cache_memory": ([], ["prefix_cache_memory.json", "prefix_cache_memory.md", "prefix_cache_memory.png"]),
 }
