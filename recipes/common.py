@@ -27,7 +27,11 @@ class TRGLArguments:
     """How the model is cut and which local objective each module minimises (fields of `TRGLConfig`)."""
 
     num_modules: int = field(default=4, metadata={"help": "Number of modules K."})
-    tau: float = field(default=10.0, metadata={"help": "Transport step size (tau/2 for the first half of modules)."})
+    tau: float | None = field(
+        default=None,
+        metadata={"help": "Transport step size (tau/2 for the first half of modules); default: the library's (10, or "
+                  "1000 relative to the branch energy for a pretrained base)."},
+    )  # fmt: skip
     use_transport: bool = field(default=True, metadata={"help": "False trains the VanGL baseline."})
     tau_schedule: str = field(default="halves", metadata={"help": "'halves', 'constant' or 'multipliers'."})
     split_policy: str = field(default="equal", metadata={"help": "'equal' or 'balanced' (activation memory)."})

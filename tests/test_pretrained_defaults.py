@@ -93,7 +93,7 @@ def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_pap
     from transformers import BertForSequenceClassification
 
     from trgl_hf.configuration_trgl import DEFAULT_TAU
-    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_LR_MULTIPLIER, PRETRAINED_HEAD_WARMUP_STEPS, PRETRAINED_TAU
+    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_WARMUP_STEPS, PRETRAINED_TAU
 
     _tiny_bert().save_pretrained(tmp_path / "base")
     pretrained = TRGLModel.from_base(BertForSequenceClassification.from_pretrained(tmp_path / "base"),
@@ -104,7 +104,7 @@ def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_pap
     assert pretrained.config.tau == by_path.config.tau == PRETRAINED_TAU
     assert scratch.config.tau_scale == "absolute" and scratch.config.tau == DEFAULT_TAU
     given = TRGLModel.from_base(str(tmp_path / "base"), num_modules=2, tau=3.0)
-    assert (given.config.tau, given.config.tau_scale) == (3.0, "relative")
+    assert (given.config.tau, given.config.tau_scale) == (3.0, "absolute")  # an explicit tau keeps its meaning
     assert TRGLModel.from_base(str(tmp_path / "base"), num_modules=2, tau_scale="absolute").config.tau_scale == (
         "absolute"
     )
@@ -113,8 +113,9 @@ def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_pap
     )
     args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none")
     settings = TRGLTrainer(model=pretrained, args=args).head_settings
-    assert (settings.lr_multiplier, settings.warmup_steps) == (PRETRAINED_HEAD_LR_MULTIPLIER,
-                                                               PRETRAINED_HEAD_WARMUP_STEPS)  # fmt: skip
+    assert (settings.lr_multiplier, settings.warmup_steps) == (20.0, PRETRAINED_HEAD_WARMUP_STEPS)  # 1e-3 / 5e-5
+    fast = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", learning_rate=0.01)
+    assert TRGLTrainer(model=pretrained, args=fast).head_settings.lr_multiplier == 1.0  # never below learning_rate
     assert "pretrained base" in settings.source
     settings = TRGLTrainer(model=scratch, args=args).head_settings
     assert (settings.lr_multiplier, settings.warmup_steps) == (1.0, 0)
@@ -128,7 +129,7 @@ def test_a_pretrained_base_trains_with_the_pretrained_defaults(tmp_path):
     from datasets import Dataset
     from transformers import BertForSequenceClassification
 
-    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_LR_MULTIPLIER
+    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_LEARNING_RATE
 
     _tiny_bert().save_pretrained(tmp_path / "base")
     model = TRGLModel.from_base(BertForSequenceClassification.from_pretrained(tmp_path / "base"),
@@ -137,12 +138,12 @@ def test_a_pretrained_base_trains_with_the_pretrained_defaults(tmp_path):
     data = Dataset.from_dict({"input_ids": torch.randint(5, 60, (64, 10), generator=generator).tolist(),
                               "labels": torch.randint(0, 2, (64,), generator=generator).tolist()})  # fmt: skip
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
-    args = _args(tmp_path / "run", trgl_mode="parallel", max_steps=4, learning_rate=1e-3, optim="adamw_torch")
+    args = _args(tmp_path / "run", trgl_mode="parallel", max_steps=4, learning_rate=1e-4, optim="adamw_torch")
     trainer = TRGLTrainer(model=model, args=args, train_dataset=data)
     optimizer = trainer.create_optimizer()
     heads = {id(p) for p in model.heads.parameters()}
     assert {(id(p) in heads, group["lr"]) for group in optimizer.param_groups for p in group["params"]} == {
-        (False, 1e-3), (True, 1e-3 * PRETRAINED_HEAD_LR_MULTIPLIER)}  # fmt: skip
+        (False, 1e-4), (True, PRETRAINED_HEAD_LEARNING_RATE)}  # fmt: skip
     trainer.optimizer = None
     trainer.train()
     moved = {name for name, p in model.named_parameters() if not torch.equal(initial[name], p)}

@@ -77,8 +77,8 @@ class TRGLConfig(PreTrainedConfig):
             module's tau_k is multiplied by its branch energy measured on its first training batch, so the penalty
             starts at transport / (2 tau_k) = 1 / (2 tau) whatever the scale of the branches (pretrained transformers
             have large ones); the measured energies are kept in the model's `energy_scale` buffer (saved with it).
-            Left unset, [`TRGLModel.from_base`] picks `"relative"` for a base loaded with `from_pretrained` and
-            `"absolute"` for one built from a config (see `trgl_hf.pretrained_defaults`).
+            Left unset, [`TRGLModel.from_base`] picks `"relative"` for a base loaded with `from_pretrained` when `tau`
+            is unset too, else `"absolute"` (see `trgl_hf.pretrained_defaults`).
         use_transport (`bool`, *optional*, defaults to `True`):
             Add the transport term. `False` trains the VanGL baseline.
         multiplier_init (`float`, *optional*, defaults to 1.0):

@@ -2,8 +2,9 @@
 
 A base loaded with `from_pretrained` (its config names where it came from) gets, unless the user sets them:
 
-- heads at `learning_rate x PRETRAINED_HEAD_LR_MULTIPLIER`: the auxiliary heads start from scratch (or from a copy
-  of a head trained for another depth) while the blocks only need a fine-tuning step;
+- heads at a learning rate of at least `PRETRAINED_HEAD_LEARNING_RATE` (1e-3: x20 at the usual fine-tuning rate
+  5e-5; never below `learning_rate`): the auxiliary heads start from scratch (or from a copy of a head trained for
+  another depth) while the blocks only need a fine-tuning step;
 - no head-only warm-up (`PRETRAINED_HEAD_WARMUP_STEPS = 0`: 50 warm-up steps were tried and did not help on
   validation; `trgl_head_warmup_steps` stays available);
 - `tau_scale="relative"` with `tau = PRETRAINED_TAU = 1000`: tau relative to each module's branch energy on its
@@ -26,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PRETRAINED_HEAD_LR_MULTIPLIER = 20.0
+PRETRAINED_HEAD_LEARNING_RATE = 1e-3
 PRETRAINED_HEAD_WARMUP_STEPS = 0
 PRETRAINED_TAU_SCALE = "relative"
 PRETRAINED_TAU = 1000.0
@@ -38,12 +39,14 @@ def is_pretrained_base(config: Any) -> bool:
 
 
 def resolve_tau_scale(config: Any) -> str:
-    """`tau_scale` when left unset: relative for a pretrained base trained with the transport term, else absolute."""
+    """`tau_scale` when left unset: relative for a pretrained base trained with the transport term whose `tau` is
+    unset too, else absolute."""
     if config.tau_scale is not None:
         return config.tau_scale
-    if is_pretrained_base(config) and config.use_transport and config.tau_schedule != "multipliers":
+    transport = config.use_transport and config.tau_schedule != "multipliers"
+    if config.tau is None and is_pretrained_base(config) and transport:
         return PRETRAINED_TAU_SCALE
-    return "absolute"
+    return "absolute"  # an explicit tau keeps the paper's (absolute) meaning
 
 
 def resolve_tau(config: Any) -> float | list[float]:
@@ -73,7 +76,7 @@ def head_settings(args: Any, config: Any) -> HeadSettings:
     unset = [name for name, value in (("trgl_head_lr_multiplier", multiplier),
                                       ("trgl_head_warmup_steps", warmup)) if value is None]  # fmt: skip
     if multiplier is None:
-        multiplier = PRETRAINED_HEAD_LR_MULTIPLIER if pretrained else 1.0
+        multiplier = max(1.0, PRETRAINED_HEAD_LEARNING_RATE / args.learning_rate) if pretrained else 1.0
     if warmup is None:
         warmup = PRETRAINED_HEAD_WARMUP_STEPS if pretrained else 0
     if not unset:
@@ -87,7 +90,7 @@ def head_settings(args: Any, config: Any) -> HeadSettings:
 
 __all__ = [
     "HeadSettings",
-    "PRETRAINED_HEAD_LR_MULTIPLIER",
+    "PRETRAINED_HEAD_LEARNING_RATE",
     "PRETRAINED_HEAD_WARMUP_STEPS",
     "PRETRAINED_TAU",
     "PRETRAINED_TAU_SCALE",

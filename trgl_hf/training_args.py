@@ -52,9 +52,10 @@ class TRGLTrainingArguments(TrainingArguments):
             computed dtype when read. Defaults to the dtype the modules computed (exact).
         trgl_head_lr_multiplier (`float`, *optional*):
             The auxiliary heads' learning rate is `learning_rate` times this (this library's extension, for
-            pretrained bases whose new heads need a larger step than the pretrained blocks). Defaults to
-            `trgl_hf.pretrained_defaults.PRETRAINED_HEAD_LR_MULTIPLIER` for a base loaded with `from_pretrained`
-            and to 1.0 (the paper's setting) for a base built from a config.
+            pretrained bases whose new heads need a larger step than the pretrained blocks). Defaults, for a base
+            loaded with `from_pretrained`, to what puts the heads at
+            `trgl_hf.pretrained_defaults.PRETRAINED_HEAD_LEARNING_RATE` (1e-3) or `learning_rate` if larger, and
+            to 1.0 (the paper's setting) for a base built from a config.
         trgl_head_warmup_steps (`int`, *optional*):
             At the start of every phase, train only the heads for this many optimizer steps (the modules' gradients
             are dropped), as linear-probe-then-fine-tune does (this library's extension). Defaults to
@@ -95,8 +96,8 @@ class TRGLTrainingArguments(TrainingArguments):
     )
     trgl_head_lr_multiplier: float | None = field(
         default=None,
-        metadata={"help": "Auxiliary heads' learning rate = learning_rate x this (extension; default: 20 for a "
-                  "pretrained base, 1 otherwise)."},
+        metadata={"help": "Auxiliary heads' learning rate = learning_rate x this (extension; default: heads at "
+                  "max(1e-3, learning_rate) for a pretrained base, x1 otherwise)."},
     )  # fmt: skip
     trgl_head_warmup_steps: int | None = field(
         default=None,

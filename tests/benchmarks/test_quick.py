@@ -21,10 +21,8 @@ PARALLEL = 2
 BENCHMARKS = {
     "memory_speed": ([], ["memory_speed.json", "memory_speed.md", "memory_speed.png"]),
     "memory_transformers": ([], ["memory_transformers.json", "memory_transformers.md"]),
-    "gpu_resnet110": (
-        ["--device", "cpu", "--scale-out"],
-        ["gpu_resnet110.json", "gpu_resnet110.md", "ddp_overlap.json", "ddp_overlap.md"],
-    ),
+    "gpu_resnet110": (["--device", "cpu"], ["gpu_resnet110.json", "gpu_resnet110.md"]),
+    "ddp_overlap": ([], ["ddp_overlap.json", "ddp_overlap.md"]),
     "accuracy_cifar10": ([], ["accuracy_cifar10.json", "accuracy_cifar10.md", "accuracy_cifar10.png"]),
     "lm_tiny_shakespeare": ([], ["tiny_shakespeare_gpt2.json", "tiny_shakespeare_gpt2.md"]),
     "text_sst2_minilm": ([], ["sst2_minilm.json", "sst2_minilm.md", "sst2_minilm.png"]),
