@@ -170,7 +170,7 @@ def worker(opts) -> None:
 def launch(opts, out: Path, argv_common: list[str]) -> None:
     processes = torch.cuda.device_count() if opts.device == "cuda" else 2
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-               "29671",
+               str(opts.port),
                "-m", "benchmarks.ddp_overlap", "--worker-out", str(out), "--tag", "multi", *argv_common]  # fmt: skip
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(opts.threads)})
     single = [sys.executable, "-m", "benchmarks.ddp_overlap", "--worker-out", str(out), "--tag", "single",
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--port", type=int, default=29671, help="torch.distributed.run's master port")
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="multi", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
