@@ -83,6 +83,10 @@ from .training_args import TRGLTrainingArguments
 logger = logging.getLogger(__name__)
 
 
+def _several_processes() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class TRGLPredictionOutput(PredictionOutput):
     """`Trainer.predict`'s output (predictions, label_ids, metrics) for one module, with `module_predictions` (every
     module's logits) and `module` (which module `predictions` come from)."""
@@ -661,7 +665,7 @@ class TRGLTrainer(Trainer):
         """Give every process rank 0's buffers (BatchNorm statistics) of `modules` (all by default), as DDP's
         forward does with `broadcast_buffers=True`: before each training step, before a prefix cache is built and
         before anything is evaluated or saved, so the ranks never drift apart."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not _several_processes():
             return
         net: TRGLModel = self.accelerator.unwrap_model(self.model)
         for buffer in net.module_buffers(modules):
@@ -670,7 +674,7 @@ class TRGLTrainer(Trainer):
     def _gradient_averager(self, net: TRGLModel) -> GradientAverager | None:
         """The phase's gradient averager (hooks on the trainable parameters), created at its first step; `None` in
         a single process."""
-        if self._fsdp is not None or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if self._fsdp is not None or not _several_processes():
             return None
         if self._averager is None:
             cap = self.args.ddp_bucket_cap_mb
