@@ -19,7 +19,7 @@ from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .hub_models.configuration_cifar_resnet import CifarResNetConfig
 from .hub_models.configuration_trgl_stage import TRGLStageConfig
 from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
-from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification
+from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification, TRGLStageForSequenceClassification
 from .losses import transport_cost
 from .metrics import PerModuleMetrics, accuracy
 from .modeling_trgl import TRGLModel, TRGLOutput
@@ -44,6 +44,7 @@ __all__ = [
     "TRGLOutput",
     "TRGLStageConfig",
     "TRGLStageForImageClassification",
+    "TRGLStageForSequenceClassification",
     "TRGLTrainer",
     "TRGLTrainingArguments",
     "Task",

@@ -11,7 +11,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 SPLIT_POLICIES = ("equal", "balanced")
 TAU_SCHEDULES = ("halves", "constant", "multipliers")
-AUX_HEADS = ("conv", "linear", "native")
+AUX_HEADS = ("conv", "linear", "native", "mean")
 DEFAULT_TAU = 10.0
 """tau when none is given (see `TRGLConfig.tau`)."""
 
@@ -91,7 +91,10 @@ class TRGLConfig(PreTrainedConfig):
         aux_head (`str`, *optional*):
             `"native"`: a copy of the family's own head (transformers: final norm / pooler + classifier or LM head;
             ResNets: pooling + linear), so stages export as native truncated models; `"conv"` (ResNets): the
-            paper's head (conv3x3, ReLU, average pooling, BatchNorm, linear); `"linear"` (ResNets): pooling + linear.
+            paper's head (conv3x3, ReLU, average pooling, BatchNorm, linear); `"linear"` (ResNets): pooling + linear;
+            `"mean"` (text sequence classifiers without a final norm, e.g. BERT): the mean of the token states over
+            the attention mask, LayerNorm, linear (this library's extension: the first layers' [CLS] state of a
+            pretrained encoder barely varies between sentences); its stages load with `trust_remote_code=True`.
             Defaults to `"conv"` for ResNets and `"native"` for transformers.
         head_pool_size (`int`, *optional*, defaults to 2):
             Side of the pooled feature map of the `"conv"` head (adaptive average pooling).
@@ -131,7 +134,7 @@ class TRGLConfig(PreTrainedConfig):
     multiplier_init: float = 1.0
     multiplier_step: float = 1.0
     multiplier_period: int = 50
-    aux_head: Literal["conv", "linear", "native"] | None = None
+    aux_head: Literal["conv", "linear", "native", "mean"] | None = None
     head_pool_size: int = 2
     label_smoothing: float = 0.0
     image_size: int | None = None

@@ -139,9 +139,9 @@ def save_stage_adapter(model: Any, stage: int, directory: str | Path) -> dict[st
     from .adapters.transformer import TransformerAdapter
 
     settings = model.config.peft_config
-    if not settings or not isinstance(model.adapter, TransformerAdapter):
-        raise ValueError("Only the stages of a transformer trained on a LoRA base export as PEFT adapters; the merged "
-                         "stage folder is the export of this model.")  # fmt: skip
+    if not settings or not isinstance(model.adapter, TransformerAdapter) or model.config.aux_head != "native":
+        raise ValueError("Only the stages of a transformer trained on a LoRA base with native heads export as PEFT "
+                         "adapters; the merged stage folder is the export of this model.")  # fmt: skip
     merged = model.export_stage(stage)
     head_keys = set(merged_state_dict(model.heads[stage - 1]))
     prefix = merged.base_model_prefix

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from .configuration_trgl import TRGLConfig
 from .hub_models.configuration_cifar_resnet import CifarResNetConfig
 from .hub_models.configuration_trgl_stage import TRGLStageConfig
 from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
-from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification
+from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification, TRGLStageForSequenceClassification
 from .modeling_trgl import TRGLModel
 
 
@@ -25,8 +25,10 @@ def register_auto_classes() -> None:
     AutoModelForImageClassification.register(CifarResNetConfig, CifarResNetForImageClassification, exist_ok=True)
     AutoConfig.register(TRGLStageConfig.model_type, TRGLStageConfig, exist_ok=True)
     AutoModelForImageClassification.register(TRGLStageConfig, TRGLStageForImageClassification, exist_ok=True)
+    AutoModelForSequenceClassification.register(TRGLStageConfig, TRGLStageForSequenceClassification, exist_ok=True)
     for config_class in (CifarResNetConfig, TRGLStageConfig):
         config_class.register_for_auto_class()
     CifarResNetModel.register_for_auto_class("AutoModel")
     for model_class in (CifarResNetForImageClassification, TRGLStageForImageClassification):
         model_class.register_for_auto_class("AutoModelForImageClassification")
+    TRGLStageForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

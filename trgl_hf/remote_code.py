@@ -80,7 +80,13 @@ AUTO_CLASSES = {
     "trgl_stage": (
         "hub_models.configuration_trgl_stage",
         "TRGLStageConfig",
-        {"AutoModelForImageClassification": ("hub_models.modeling_trgl_stage", "TRGLStageForImageClassification")},
+        {
+            "AutoModelForImageClassification": ("hub_models.modeling_trgl_stage", "TRGLStageForImageClassification"),
+            "AutoModelForSequenceClassification": (
+                "hub_models.modeling_trgl_stage",
+                "TRGLStageForSequenceClassification",
+            ),
+        },
     ),
 }
 """Auto classes a bundle registers when the model type is not registered yet (trgl_hf not imported)."""

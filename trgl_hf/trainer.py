@@ -879,7 +879,8 @@ class TRGLTrainer(Trainer):
         exported = model.export_stage(stage)
         info = {**self.run_facts(), "metrics": self.stage_metrics.get(stage, {})}
         write_adapter = None
-        if model.config.peft_config and isinstance(model.adapter, TransformerAdapter):  # also as a PEFT adapter
+        native = model.config.aux_head == "native"
+        if model.config.peft_config and isinstance(model.adapter, TransformerAdapter) and native:  # and as an adapter
 
             def write_adapter(staging: Path) -> dict[str, Any]:
                 return {"peft_adapter": save_stage_adapter(model, stage, staging / ADAPTER_DIR)}

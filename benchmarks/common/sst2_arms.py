@@ -33,6 +33,13 @@ ARMS: dict[str, dict[str, Any]] = {
     ),
     "trgl_defaults": dict(label="TRGL (defaults)", kind="trgl", library_defaults=True),
     "trgl_lora": dict(label="TRGL + LoRA", kind="trgl", lora=True, library_defaults=True),
+    # this library's extension: every module's head reads the mean of the token states (`aux_head="mean"`)
+    "vangl_mean": dict(
+        label="VanGL (mean heads)", kind="trgl", config=dict(use_transport=False, aux_head="mean"), args=PAPER_ARGS
+    ),
+    "trgl_mean": dict(
+        label="TRGL (defaults, mean heads)", kind="trgl", config=dict(aux_head="mean"), library_defaults=True
+    ),
 }
 SWEEP: dict[str, dict[str, Any]] = {
     name: dict(

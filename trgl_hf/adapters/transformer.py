@@ -12,6 +12,8 @@ all come from the model's registry entry ([`ArchitectureSpec`]); nothing is gues
   penalised is `r1 = (input of LN1) - x` and `r2 = (input of LN2) - h1`, the residual functions added to the stream.
   Both are checked at every call (each named submodule runs once per block on a stream-shaped tensor).
 - **Native heads.** Each module's head is a [`NativeHead`]: the task model's own head run by its own `forward`.
+- **Mean-pooling heads** (`aux_head="mean"`, text sequence classifiers whose last hidden state is the last block's
+  output): a [`MeanPoolHead`] per module; stages export as `TRGLStageForSequenceClassification` (remote code).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..hub_models.aux_heads import MeanPoolHead
+from ..hub_models.configuration_trgl_stage import TRGLStageConfig
+from ..hub_models.modeling_trgl_stage import TRGLStageForSequenceClassification
 from ..peft_support import merged_state_dict
 from .base import BlockProbe, BlockState, ModelAdapter, reset_backbone_outputs, task_model_from_config
 from .native_head import NativeHead
@@ -111,7 +116,7 @@ class TransformerAdapter(ModelAdapter):
     """Adapter for models whose residual blocks are one `nn.ModuleList` (see the module docstring)."""
 
     family = "transformer"
-    head_kinds = ("native",)
+    head_kinds = ("native", "mean")
     default_head = "native"
     context_input_names = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
 
@@ -244,7 +249,31 @@ class TransformerAdapter(ModelAdapter):
     ) -> nn.Module:
         if self.head_template is None:
             raise ValueError("The model was built without its head: cut it with `TRGLModel.from_base(task_model)`.")
+        if kind == "mean":
+            self._check_mean_head()
+            config = self.backbone.config
+            dropout = getattr(config, "classifier_dropout", None)
+            dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
+            eps = getattr(config, "layer_norm_eps", 1e-12)
+            return MeanPoolHead(probe.channels, num_labels, dropout, eps)
         return copy.deepcopy(self.head_template)
+
+    def _check_mean_head(self) -> None:
+        """A mean-pooling head needs a text sequence classifier whose last hidden state is the last block's output
+        (no final norm), so that the exported stage (the truncated backbone + the head) gives the same logits."""
+        architecture = self.architecture or ""
+        if self.main_input_name != "input_ids" or not architecture.endswith("ForSequenceClassification"):
+            raise ValueError(
+                f"`aux_head='mean'` is for text sequence classifiers; {architecture or 'this model'} is not one: "
+                "use `aux_head='native'`."
+            )
+        stand_in = getattr(self.head_template, self.head_template.prefix)
+        probe = torch.zeros(1, 1, self.backbone.config.hidden_size)
+        if self.spec.tail(stand_in, probe)["last_hidden_state"] is not probe:
+            raise ValueError(
+                f"`aux_head='mean'` reads the last block's output, but {architecture} transforms it after the last "
+                f"block ({', '.join(self.spec.tail_modules(self.backbone))}): use `aux_head='native'`."
+            )
 
     def probe_inputs(self, image_size: int | None, batch_size: int = 2) -> dict[str, torch.Tensor]:
         config = self.backbone.config
@@ -273,6 +302,8 @@ class TransformerAdapter(ModelAdapter):
         return config
 
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
+        if isinstance(head, MeanPoolHead):
+            return self._export_mean_stage(num_blocks, head, num_labels)
         model = task_model_from_config(self.stage_config(num_blocks))
         prefix = model.base_model_prefix
         source = merged_state_dict(self.backbone)
@@ -286,6 +317,24 @@ class TransformerAdapter(ModelAdapter):
             else:
                 raise ValueError(f"Cannot export {self.architecture}: no weights for {key}.")
         model.load_state_dict(state, strict=True)
+        return model.eval()
+
+    def _export_mean_stage(self, num_blocks: int, head: MeanPoolHead, num_labels: int) -> PreTrainedModel:
+        backbone_config = self.stage_config(num_blocks)
+        backbone_config.architectures = None
+        stage_config = TRGLStageConfig(
+            backbone_config=backbone_config.to_dict(),
+            aux_head="mean",
+            head_channels=head.classifier.in_features,
+            head_dropout=head.dropout.p,
+            head_layer_norm_eps=head.norm.eps,
+            num_labels=num_labels,
+            problem_type=getattr(self.backbone.config, "problem_type", None),
+        )
+        model = TRGLStageForSequenceClassification(stage_config)
+        source = merged_state_dict(self.backbone)
+        model.backbone.load_state_dict({name: source[name] for name in model.backbone.state_dict()}, strict=True)
+        model.head.load_state_dict(merged_state_dict(head), strict=True)
         return model.eval()
 
 

@@ -1,4 +1,5 @@
-"""Auxiliary heads for convolutional feature maps (batch, channels, height, width).
+"""Auxiliary heads with no native equivalent: for convolutional feature maps (batch, channels, height, width) and for
+token sequences (batch, length, hidden).
 
 Self-contained (torch only): this file is copied next to stage checkpoints that load with `trust_remote_code`.
 """
@@ -67,3 +68,44 @@ def build_conv_feature_head(kind: str, channels: int, num_labels: int, pool_size
     if kind == "linear":
         return PoolLinearHead(channels, num_labels)
     raise ValueError(f"Unknown auxiliary head {kind!r}: use 'conv' or 'linear'.")
+
+
+def masked_mean(hidden_state: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the token states over the positions the attention mask keeps (every position without a mask).
+
+    Args:
+        hidden_state (`torch.Tensor`): `(batch, length, hidden)`.
+        attention_mask (`torch.Tensor`, *optional*): `(batch, length)`, 1 for real tokens, 0 for padding.
+
+    Returns:
+        `torch.Tensor`: `(batch, hidden)`.
+    """
+    if attention_mask is None:
+        return hidden_state.mean(dim=1)
+    weights = attention_mask.to(hidden_state.dtype).unsqueeze(-1)
+    return (hidden_state * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class MeanPoolHead(nn.Module):
+    """Mean of the token states over the attention mask -> LayerNorm -> dropout -> linear: a sequence classifier
+    that reads every token, where the native head reads one (BERT's [CLS], nearly constant across sentences in the
+    first layers of a pretrained encoder). This library's extension, not the paper's head.
+
+    Args:
+        hidden_size (`int`): width of the token states it reads.
+        num_labels (`int`): number of outputs.
+        dropout (`float`, *optional*, defaults to 0.1): dropout before the linear layer.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-12): epsilon of the LayerNorm.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, layer_norm_eps: float = 1e-12):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(
+        self, hidden_state: torch.Tensor, attention_mask: torch.Tensor | None = None, **unused: object
+    ) -> torch.Tensor:
+        pooled = masked_mean(hidden_state, attention_mask)
+        return self.classifier(self.dropout(self.norm(pooled)))

@@ -10,18 +10,22 @@ from transformers import PreTrainedConfig
 
 class TRGLStageConfig(PreTrainedConfig):
     r"""
-    Configuration of a [`TRGLStageForImageClassification`]: the first modules of a greedily trained network
-    (a truncated backbone) followed by the auxiliary head of the last of them.
+    Configuration of a [`TRGLStageForImageClassification`] or [`TRGLStageForSequenceClassification`]: the first
+    modules of a greedily trained network (a truncated backbone) followed by the auxiliary head of the last of them.
 
     Args:
         backbone_config (`dict`, *optional*):
             `to_dict()` of the truncated backbone's configuration (it carries its own `model_type`).
         aux_head (`str`, *optional*, defaults to `"conv"`):
-            Kind of auxiliary head (`"conv"` or `"linear"`).
+            Kind of auxiliary head: `"conv"` or `"linear"` (images), `"mean"` (token sequences).
         head_pool_size (`int`, *optional*, defaults to 2):
             Pooled side of the `"conv"` head.
         head_channels (`int`, *optional*, defaults to 16):
-            Channels of the feature map the head reads.
+            Channels of the feature map (or width of the token states) the head reads.
+        head_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout of the `"mean"` head before its linear layer.
+        head_layer_norm_eps (`float`, *optional*, defaults to 1e-12):
+            Epsilon of the `"mean"` head's LayerNorm.
         stage_index (`int`, *optional*, defaults to 1):
             Which module's head this stage ends with (1-based).
         num_stages (`int`, *optional*, defaults to 1):
@@ -34,5 +38,7 @@ class TRGLStageConfig(PreTrainedConfig):
     aux_head: str = "conv"
     head_pool_size: int = 2
     head_channels: int = 16
+    head_dropout: float = 0.1
+    head_layer_norm_eps: float = 1e-12
     stage_index: int = 1
     num_stages: int = 1

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
-from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention, SequenceClassifierOutput
 
-from .aux_heads import build_conv_feature_head
+from .aux_heads import MeanPoolHead, build_conv_feature_head
 from .configuration_cifar_resnet import CifarResNetConfig
 from .configuration_trgl_stage import TRGLStageConfig
 from .modeling_cifar_resnet import CifarResNetModel
@@ -50,3 +50,47 @@ class TRGLStageForImageClassification(PreTrainedModel):
         logits = self.head(hidden_state)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)
+
+
+def sequence_classification_loss(config: TRGLStageConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss transformers' `*ForSequenceClassification` models compute, from `problem_type` and `num_labels`."""
+    problem_type = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+    if problem_type == "regression":
+        predictions = logits.squeeze(-1) if config.num_labels == 1 else logits
+        return nn.functional.mse_loss(predictions, labels.to(logits.dtype))
+    if problem_type == "multi_label_classification":
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return nn.functional.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+
+
+class TRGLStageForSequenceClassification(PreTrainedModel):
+    """Modules 1..k of a TRGL run on a text encoder with its mean-pooling head k, as one sequence classifier."""
+
+    config_class = TRGLStageConfig
+    base_model_prefix = "trgl_stage"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: TRGLStageConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.backbone_config)
+        if config.aux_head != "mean":
+            raise ValueError(f"A sequence-classification stage has a 'mean' head, got {config.aux_head!r}.")
+        self.head = MeanPoolHead(config.head_channels, config.num_labels, config.head_dropout,
+                                 config.head_layer_norm_eps)  # fmt: skip
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Weights come from the training run; nothing to initialise."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        inputs = {k: v for k, v in kwargs.items() if k in ("token_type_ids", "position_ids", "inputs_embeds")}
+        hidden_state = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        logits = self.head(hidden_state, attention_mask)
+        loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
