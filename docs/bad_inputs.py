@@ -164,6 +164,11 @@ def cases(workdir: Path) -> list[Case]:
                                           eos_token_id=0))  # fmt: skip
         TRGLModel.from_base(base, TRGLConfig(num_modules=2, aux_head="conv"))
 
+    def mean_head_on_gpt2_classifier():
+        base = GPT2ForSequenceClassification(GPT2Config(vocab_size=20, n_embd=16, n_layer=2, n_head=2, num_labels=2,
+                                                        pad_token_id=0))  # fmt: skip
+        TRGLModel.from_base(base, TRGLConfig(num_modules=2, aux_head="mean"))
+
     def corrupted():
         folder = workdir / "whole"
         model().save_pretrained(folder)
@@ -248,6 +253,7 @@ def cases(workdir: Path) -> list[Case]:
         Case("decoder classifier without `pad_token_id`", "pad_token_id", decoder_classifier_without_pad),
         Case("label smoothing on a regression head", "label_smoothing", regression_with_smoothing),
         Case("head that does not fit the family (a conv head on GPT-2)", "aux_head", conv_head_on_gpt2),
+        Case("a mean head on a model with a final norm (GPT-2's `ln_f`)", "aux_head", mean_head_on_gpt2_classifier),
         Case("images too small for the conv head's pooling", "head_pool_size",
              lambda: model(image_size=2, head_pool_size=2)),
         Case("unknown `trgl_mode`", "trgl_mode", lambda: args(str(workdir / "x"), trgl_mode="greedy")),

@@ -121,3 +121,29 @@ def test_stages_of_a_lora_run_also_export_as_peft_adapters_over_the_truncated_ba
         card = (stage_dir / "README.md").read_text()
         assert "Or as a PEFT adapter" in card and f"num_hidden_layers={2 * stage}" in card
         assert "from_pretrained(" in card and "adapter" in card
+
+
+def test_a_lora_run_with_mean_heads_exports_merged_stages_and_no_adapter(tmp_path):
+    """A PEFT adapter applies to the native truncated base; a mean head has none, so the merged stage is the export."""
+    model = TRGLModel.from_base(_lora_bert(), TRGLConfig(num_modules=2, aux_head="mean"))
+    args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), trgl_mode="sequential", max_steps=2,
+                                 per_device_train_batch_size=8, learning_rate=1e-2, report_to="none",
+                                 save_strategy="no", disable_tqdm=True, use_cpu=True)  # fmt: skip
+    TRGLTrainer(model=model, args=args, train_dataset=_data()).train()
+    batch = _data().with_format("torch")[:4]
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    model.eval()
+    with torch.no_grad():
+        module_logits = model(**inputs).module_logits
+    for stage in (1, 2):
+        stage_dir = tmp_path / "run" / f"stage-0{stage}"
+        assert not (stage_dir / "adapter").exists()
+        exported = AutoModelForSequenceClassification.from_pretrained(stage_dir).eval()
+        assert type(exported).__name__ == "TRGLStageForSequenceClassification"
+        assert not any("lora" in name for name, _ in exported.named_parameters())
+        with torch.no_grad():
+            torch.testing.assert_close(exported(**inputs).logits, module_logits[:, stage - 1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="native heads"):
+        from trgl_hf.peft_support import save_stage_adapter
+
+        save_stage_adapter(model, 1, tmp_path / "adapter")

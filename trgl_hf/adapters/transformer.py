@@ -19,6 +19,7 @@ all come from the model's registry entry ([`ArchitectureSpec`]); nothing is gues
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -322,8 +323,10 @@ class TransformerAdapter(ModelAdapter):
     def _export_mean_stage(self, num_blocks: int, head: MeanPoolHead, num_labels: int) -> PreTrainedModel:
         backbone_config = self.stage_config(num_blocks)
         backbone_config.architectures = None
+        takes_pooler_flag = "add_pooling_layer" in inspect.signature(type(self.backbone).__init__).parameters
         stage_config = TRGLStageConfig(
             backbone_config=backbone_config.to_dict(),
+            backbone_kwargs={"add_pooling_layer": False} if takes_pooler_flag else None,
             aux_head="mean",
             head_channels=head.classifier.in_features,
             head_dropout=head.dropout.p,

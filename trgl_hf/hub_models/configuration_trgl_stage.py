@@ -16,6 +16,9 @@ class TRGLStageConfig(PreTrainedConfig):
     Args:
         backbone_config (`dict`, *optional*):
             `to_dict()` of the truncated backbone's configuration (it carries its own `model_type`).
+        backbone_kwargs (`dict`, *optional*):
+            Keyword arguments of the backbone class (e.g. `{"add_pooling_layer": False}`: a mean head reads no
+            pooler).
         aux_head (`str`, *optional*, defaults to `"conv"`):
             Kind of auxiliary head: `"conv"` or `"linear"` (images), `"mean"` (token sequences).
         head_pool_size (`int`, *optional*, defaults to 2):
@@ -35,6 +38,7 @@ class TRGLStageConfig(PreTrainedConfig):
     model_type = "trgl_stage"
 
     backbone_config: dict | None = None
+    backbone_kwargs: dict | None = None
     aux_head: str = "conv"
     head_pool_size: int = 2
     head_channels: int = 16

@@ -16,13 +16,14 @@ from .configuration_trgl_stage import TRGLStageConfig
 from .modeling_cifar_resnet import CifarResNetModel
 
 
-def build_backbone(backbone_config: dict) -> nn.Module:
-    """Build the truncated backbone described by a configuration dictionary."""
+def build_backbone(backbone_config: dict, backbone_kwargs: dict | None = None) -> nn.Module:
+    """Build the truncated backbone described by a configuration dictionary (and the model class's keyword
+    arguments, e.g. `add_pooling_layer=False`)."""
     settings = dict(backbone_config)
     model_type = settings.pop("model_type")
     if model_type == CifarResNetConfig.model_type:
         return CifarResNetModel(CifarResNetConfig(**settings))
-    return AutoModel.from_config(AutoConfig.for_model(model_type, **settings))
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **settings), **(backbone_kwargs or {}))
 
 
 class TRGLStageForImageClassification(PreTrainedModel):
@@ -72,7 +73,7 @@ class TRGLStageForSequenceClassification(PreTrainedModel):
 
     def __init__(self, config: TRGLStageConfig):
         super().__init__(config)
-        self.backbone = build_backbone(config.backbone_config)
+        self.backbone = build_backbone(config.backbone_config, config.backbone_kwargs)
         if config.aux_head != "mean":
             raise ValueError(f"A sequence-classification stage has a 'mean' head, got {config.aux_head!r}.")
         self.head = MeanPoolHead(config.head_channels, config.num_labels, config.head_dropout,
