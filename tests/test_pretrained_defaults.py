@@ -103,6 +103,7 @@ def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_pap
     assert pretrained.config.tau_scale == by_path.config.tau_scale == "relative"
     assert pretrained.config.tau == by_path.config.tau == PRETRAINED_TAU
     assert scratch.config.tau_scale == "absolute" and scratch.config.tau == DEFAULT_TAU
+    assert pretrained.config.aux_head == by_path.config.aux_head == "mean" and scratch.config.aux_head == "native"
     given = TRGLModel.from_base(str(tmp_path / "base"), num_modules=2, tau=3.0)
     assert (given.config.tau, given.config.tau_scale) == (3.0, "absolute")  # an explicit tau keeps its meaning
     assert TRGLModel.from_base(str(tmp_path / "base"), num_modules=2, tau_scale="absolute").config.tau_scale == (
@@ -149,3 +150,19 @@ def test_a_pretrained_base_trains_with_the_pretrained_defaults(tmp_path):
     moved = {name for name, p in model.named_parameters() if not torch.equal(initial[name], p)}
     assert any(name.startswith("heads.") for name in moved) and any(not name.startswith("heads.") for name in moved)
     assert model.config.tau_scale == "relative" and (model.energy_scale > 0).all()
+
+
+def test_the_mean_head_is_the_default_only_where_it_exports_exactly(tmp_path):
+    """A pretrained text classifier with a final norm (GPT-2's `ln_f`) or a pretrained image classifier keeps the
+    native head; an explicit `aux_head` is kept."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, num_labels=2,
+                                             pad_token_id=0)).save_pretrained(tmp_path / "gpt2")  # fmt: skip
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "vit")
+    for name in ("gpt2", "vit"):
+        assert TRGLModel.from_base(str(tmp_path / name), num_modules=2).config.aux_head == "native"
+    _tiny_bert().save_pretrained(tmp_path / "bert")
+    assert TRGLModel.from_base(str(tmp_path / "bert"), num_modules=2, aux_head="native").config.aux_head == "native"

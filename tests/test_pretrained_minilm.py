@@ -17,13 +17,14 @@ SENTENCES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("num_modules", [2, 3, 6])
-def test_minilm_is_cut_trained_and_every_stage_exports_natively(num_modules, tmp_path):
+@pytest.mark.parametrize(("num_modules", "aux_head"), [(2, None), (3, None), (6, None), (3, "native")])
+def test_minilm_is_cut_trained_and_every_stage_exports_exactly(num_modules, aux_head, tmp_path):
     path = str(minilm.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     pretrained_layer = base.bert.encoder.layer[0].attention.self.query.weight.clone()
-    model = TRGLModel.from_base(base, TRGLConfig(num_modules=num_modules, tau=10.0))
+    model = TRGLModel.from_base(base, TRGLConfig(num_modules=num_modules, tau=10.0, aux_head=aux_head))
+    assert model.config.aux_head == (aux_head or "mean")  # a pretrained text classifier's default head
     assert (
         model.config.split == [6 // num_modules] * num_modules and model.config.task == "single_label_classification"
     )
@@ -48,7 +49,12 @@ def test_minilm_is_cut_trained_and_every_stage_exports_natively(num_modules, tmp
     for stage in range(1, num_modules + 1):
         folder = tmp_path / f"stage-{stage:02d}"
         loaded = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-        assert type(loaded).__name__ == "BertForSequenceClassification"
-        assert loaded.config.num_hidden_layers == sum(model.config.split[:stage])
+        depth = sum(model.config.split[:stage])
+        if aux_head == "native":
+            assert type(loaded).__name__ == "BertForSequenceClassification"
+            assert loaded.config.num_hidden_layers == depth
+        else:
+            assert type(loaded).__name__ == "TRGLStageForSequenceClassification"
+            assert loaded.config.backbone_config["num_hidden_layers"] == depth
         with torch.no_grad():
             torch.testing.assert_close(loaded(**batch).logits, steps[stage - 1].logits, rtol=1e-4, atol=1e-5)

@@ -24,7 +24,7 @@ from .fsdp import full_parameters, is_sharded
 from .guards import check_weight_folder
 from .losses import trgl_loss
 from .peft_support import frozen_parameter_ids, inject_lora, is_peft_model, unwrap_peft_model
-from .pretrained_defaults import resolve_tau, resolve_tau_scale
+from .pretrained_defaults import resolve_aux_head, resolve_tau, resolve_tau_scale
 from .remote_code import REMOTE_CODE_FILES, write_remote_code
 from .remote_code import auto_map as remote_auto_map
 from .splitting import balanced_split, check_num_modules, check_split, equal_split
@@ -213,8 +213,7 @@ class TRGLModel(PreTrainedModel):
         base_config = copy.deepcopy(base_model.config)
         base_config.architectures = [type(base_model).__name__]
         config.family = adapter_class.family
-        config.aux_head = config.aux_head or adapter_class.default_head
-        if config.aux_head not in adapter_class.head_kinds + ("native",):
+        if config.aux_head is not None and config.aux_head not in adapter_class.head_kinds + ("native",):
             raise ValueError(
                 f"`aux_head={config.aux_head!r}` does not fit the {adapter_class.family} family: use one of "
                 f"{adapter_class.head_kinds}."
@@ -227,6 +226,7 @@ class TRGLModel(PreTrainedModel):
             config.image_size = getattr(base_config, "image_size", None)
 
         adapter = adapter_class(backbone, head_template, spec)
+        config.aux_head = resolve_aux_head(config, adapter)
         config.task = task.name
         num_blocks = len(adapter.blocks)
         probes = adapter.probe_blocks(adapter.probe_inputs(config.image_size))

@@ -12,6 +12,14 @@ A base loaded with `from_pretrained` (its config names where it came from) gets,
   shrinks them; and a weak penalty (it starts at 1 / (2 tau) = 0.0005 of the energy), because a module whose head
   cannot read the task yet (MiniLM's [CLS] state carries almost no sentence information at depth 2) otherwise only
   learns to shrink its pretrained branches.
+- for a text sequence classifier whose stages can export it exactly (no final norm after the last block: BERT,
+  RoBERTa, MiniLM, ...), mean-pooling heads (`aux_head="mean"`, `PRETRAINED_TEXT_CLASSIFIER_HEAD`): the mean of the
+  token states over the attention mask, LayerNorm, linear. The native head reads the [CLS] state through the
+  pretrained pooler, and in the first layers of a pretrained encoder that state barely varies between sentences
+  (MiniLM: std 0.001 at depth 2), so early heads stayed at chance and their modules learned nothing useful. Chosen on
+  validation (SST-2, MiniLM, seed 0, with the settings below): last-module validation accuracy 82.9% with mean heads
+  vs 79.0% native at K = 3, 81.1% vs 74.5% at K = 6. Stages then load with `trust_remote_code=True`
+  (`TRGLStageForSequenceClassification`); pass `aux_head="native"` for stages that are plain transformers models.
 
 The values were chosen on SST-2's validation split with the pretrained MiniLM-L6 (`benchmarks/text_sst2_minilm.py`,
 results in `benchmarks/results/sst2_minilm.md`): among heads at x20 with or without 50 warm-up steps, with relative
@@ -31,11 +39,24 @@ PRETRAINED_HEAD_LEARNING_RATE = 1e-3
 PRETRAINED_HEAD_WARMUP_STEPS = 0
 PRETRAINED_TAU_SCALE = "relative"
 PRETRAINED_TAU = 1000.0
+PRETRAINED_TEXT_CLASSIFIER_HEAD = "mean"
 
 
 def is_pretrained_base(config: Any) -> bool:
     """Whether the TRGL config's base was loaded from pretrained weights (`from_pretrained` records its source)."""
     return bool(getattr(config, "base_model_name_or_path", None))
+
+
+def resolve_aux_head(config: Any, adapter: Any) -> str:
+    """`aux_head` when left unset: `PRETRAINED_TEXT_CLASSIFIER_HEAD` ("mean") for a pretrained text sequence
+    classifier whose stages can export it exactly (see `TransformerAdapter.mean_head_problem`), else the family's
+    default head."""
+    if config.aux_head is not None:
+        return config.aux_head
+    mean_head_problem = getattr(adapter, "mean_head_problem", None)
+    if is_pretrained_base(config) and mean_head_problem is not None and mean_head_problem() is None:
+        return PRETRAINED_TEXT_CLASSIFIER_HEAD
+    return adapter.default_head
 
 
 def resolve_tau_scale(config: Any) -> str:

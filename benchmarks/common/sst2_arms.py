@@ -31,14 +31,24 @@ ARMS: dict[str, dict[str, Any]] = {
         config=dict(tau=10.0, tau_schedule="constant", tau_scale="absolute"),
         args=PAPER_ARGS,
     ),
+    # library defaults: for this pretrained text classifier, mean-pooling heads (`aux_head="mean"`), heads at 1e-3,
+    # relative tau = 1000 (this library's extensions, see `trgl_hf/pretrained_defaults.py`)
     "trgl_defaults": dict(label="TRGL (defaults)", kind="trgl", library_defaults=True),
     "trgl_lora": dict(label="TRGL + LoRA", kind="trgl", lora=True, library_defaults=True),
-    # this library's extension: every module's head reads the mean of the token states (`aux_head="mean"`)
+    # the paper's VanGL with the defaults' mean heads: what the transport term adds with the same heads
     "vangl_mean": dict(
         label="VanGL (mean heads)", kind="trgl", config=dict(use_transport=False, aux_head="mean"), args=PAPER_ARGS
     ),
-    "trgl_mean": dict(
-        label="TRGL (defaults, mean heads)", kind="trgl", config=dict(aux_head="mean"), library_defaults=True
+    # the library defaults with the task model's own head (the defaults before mean heads were chosen on validation)
+    "trgl_native": dict(
+        label="TRGL (defaults, native heads)", kind="trgl", config=dict(aux_head="native"), library_defaults=True
+    ),
+    "trgl_lora_native": dict(
+        label="TRGL + LoRA (native heads)",
+        kind="trgl",
+        lora=True,
+        config=dict(aux_head="native"),
+        library_defaults=True,
     ),
 }
 SWEEP: dict[str, dict[str, Any]] = {
@@ -151,6 +161,7 @@ def run_arm(arm: str, k: int | None, seed: int, data, tokenizer, model_path: str
         )
         trainer = TRGLTrainer(model=model, args=args, train_dataset=data["train"], data_collator=collator)
         settings = {
+            "aux_head": model.config.aux_head,
             "split": list(model.config.split),
             "use_transport": bool(model.config.use_transport),
             "tau": model.config.tau,

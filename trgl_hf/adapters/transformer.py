@@ -260,21 +260,28 @@ class TransformerAdapter(ModelAdapter):
         return copy.deepcopy(self.head_template)
 
     def _check_mean_head(self) -> None:
-        """A mean-pooling head needs a text sequence classifier whose last hidden state is the last block's output
-        (no final norm), so that the exported stage (the truncated backbone + the head) gives the same logits."""
+        problem = self.mean_head_problem()
+        if problem is not None:
+            raise ValueError(problem)
+
+    def mean_head_problem(self) -> str | None:
+        """Why `aux_head="mean"` cannot be exact here, or `None`: it needs a text sequence classifier whose last
+        hidden state is the last block's output (no final norm), so that the exported stage (the truncated backbone
+        + the head) gives the same logits."""
         architecture = self.architecture or ""
         if self.main_input_name != "input_ids" or not architecture.endswith("ForSequenceClassification"):
-            raise ValueError(
+            return (
                 f"`aux_head='mean'` is for text sequence classifiers; {architecture or 'this model'} is not one: "
                 "use `aux_head='native'`."
             )
-        stand_in = getattr(self.head_template, self.head_template.prefix)
+        stand_in = getattr(self.head_template, self.head_template.prefix, None) if self.head_template else None
         probe = torch.zeros(1, 1, self.backbone.config.hidden_size)
-        if self.spec.tail(stand_in, probe)["last_hidden_state"] is not probe:
-            raise ValueError(
+        if stand_in is None or self.spec.tail(stand_in, probe)["last_hidden_state"] is not probe:
+            return (
                 f"`aux_head='mean'` reads the last block's output, but {architecture} transforms it after the last "
                 f"block ({', '.join(self.spec.tail_modules(self.backbone))}): use `aux_head='native'`."
             )
+        return None
 
     def probe_inputs(self, image_size: int | None, batch_size: int = 2) -> dict[str, torch.Tensor]:
         config = self.backbone.config
