@@ -39,8 +39,10 @@ def protocol(cfg: dict[str, Any]) -> str:
   usual LoRA learning rate), weight decay 0.01, linear decay, max_grad_norm 1.0, {cfg["epochs"]:g} epoch (per module
   for the module-wise arms). Seeds {", ".join(map(str, cfg["seeds"]))}: the seed sets the new classifier / heads'
   initialisation and the data order; the data sample stays fixed.
-- Module-wise arms: `TRGLModel.from_base(base, TRGLConfig(num_modules=K, ...))`, K in {cfg["ks"]}, native heads (a
-  copy of the pretrained pooler + dropout + a new classifier per module), `trgl_mode="sequential"`,
+- Module-wise arms: `TRGLModel.from_base(base, TRGLConfig(num_modules=K, ...))`, K in {cfg["ks"]}; heads: mean
+  pooling (`aux_head="mean"`: the mask-weighted mean of the token states, LayerNorm, a new linear layer; the default
+  for a pretrained text classifier, this library's extension) or native (a copy of the pretrained pooler on [CLS] +
+  dropout + a new classifier per module, the paper's choice for transformers); `trgl_mode="sequential"`,
   `trgl_prefix_cache="never"` (the frozen prefix is recomputed under no_grad on length-grouped batches: the cache
   would pad every row to the longest training sentence).
 - Arms: **E2E** (plain `transformers.Trainer`); **E2E + GC** (the same with `gradient_checkpointing=True`); **LoRA
@@ -48,8 +50,11 @@ def protocol(cfg: dict[str, Any]) -> str:
   Trainer); **VanGL** (`use_transport=False`, heads at the modules' lr); **TRGL (paper)** (`tau=10`,
   `tau_schedule="constant"`, `tau_scale="absolute"`, `trgl_head_lr_multiplier=1.0`, `trgl_head_warmup_steps=0`: the
   paper's transformer setting); **TRGL (defaults)** (`TRGLConfig(num_modules=K)` and no TRGL-specific training
-  argument: what a user gets); **TRGL + LoRA** (the LoRA-wrapped base of LoRA E2E given to `TRGLModel.from_base`,
-  library defaults, lr {cfg["lora_lr"]:g}).
+  argument: what a user gets, i.e. mean heads, heads at lr 1e-3, relative tau = 1000 halved on the first half of
+  the modules); **TRGL + LoRA** (the LoRA-wrapped base of LoRA E2E given to `TRGLModel.from_base`, library
+  defaults, lr {cfg["lora_lr"]:g}); **VanGL (mean heads)** (VanGL with the defaults' heads: what the transport term
+  adds with the same heads); **TRGL (defaults, native heads)** and **TRGL + LoRA (native heads)** (`aux_head="native"`,
+  the library defaults before the head was chosen on validation). VanGL and TRGL (paper) keep the native heads.
 - Accuracy: every module's head is evaluated on validation and test (the early-exit curve); "last" is module K,
   "best" is the module with the highest validation accuracy (its test accuracy is reported).
 - Memory: one training step per phase (zero_grad, forward, backward, grad clipping, the Trainer's AdamW step) on one
