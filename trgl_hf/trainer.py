@@ -197,6 +197,13 @@ class TRGLTrainer(Trainer):
             logger.info("Auxiliary heads at learning_rate x %g with %d head-only warm-up steps per phase: %s.",
                         self.head_settings.lr_multiplier, self.head_settings.warmup_steps,
                         self.head_settings.source)  # fmt: skip
+        config = self.model.config
+        if config.peft_config and config.aux_head != "native" and self.args.trgl_save_stages:
+            logger.info(
+                "LoRA base with aux_head=%r: stages are written with the adapters merged, not also as PEFT adapters "
+                "(an adapter applies to the native truncated model, whose head is not this one). Pass "
+                "aux_head='native' to TRGLConfig for adapter exports.", config.aux_head,
+            )  # fmt: skip
         if self.processing_class is None and self.args.trgl_save_stages:
             logger.warning(
                 "No `processing_class` (tokenizer / image processor) was given to TRGLTrainer: the stage folders will "
