@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             opts.sweep = ["S1"]
         if "--ks" not in argv:
             opts.ks = [3]
+        if "--arms" not in argv:  # one arm per code path: plain, plain + LoRA, module-wise, module-wise + LoRA
+            opts.arms = ["e2e", "lora_e2e", "vangl_mean", "trgl_defaults", "trgl_lora"]
     if opts.runs_dir is None:
         base = env.out_dir(opts.out_dir, True, "sst2_minilm") if opts.quick else Path(tempfile.gettempdir())
         opts.runs_dir = Path(base) / "trgl_sst2_minilm_runs"

@@ -35,7 +35,9 @@ class TRGLArguments:
     use_transport: bool = field(default=True, metadata={"help": "False trains the VanGL baseline."})
     tau_schedule: str = field(default="halves", metadata={"help": "'halves', 'constant' or 'multipliers'."})
     split_policy: str = field(default="equal", metadata={"help": "'equal' or 'balanced' (activation memory)."})
-    aux_head: str | None = field(default=None, metadata={"help": "'conv', 'linear' (ResNets), 'native', 'mean' (text classifiers)."})
+    aux_head: str | None = field(
+        default=None, metadata={"help": "'conv', 'linear' (ResNets), 'native', 'mean' (text classifiers)."}
+    )
     head_pool_size: int = field(default=2, metadata={"help": "Pooled side of the conv head."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of every module's loss."})
 

@@ -135,6 +135,7 @@ TRAINING_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 2 min; test_run_safety kills at every kind of write point in the default suite
 def test_sigkill_at_random_points_never_leaves_a_broken_stage_and_resume_matches(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TRAINING_SCRIPT)

@@ -102,7 +102,7 @@ def test_stages_of_a_lora_run_also_export_as_peft_adapters_over_the_truncated_ba
     torch.manual_seed(0)
     BertForSequenceClassification(_lora_bert().get_base_model().config).save_pretrained(tmp_path / "base")  # "Hub"
     lora = peft.get_peft_model(BertForSequenceClassification.from_pretrained(tmp_path / "base"), config)
-    model = TRGLModel.from_base(lora, TRGLConfig(num_modules=2))
+    model = TRGLModel.from_base(lora, TRGLConfig(num_modules=2, aux_head="native"))  # pretrained: mean by default
     args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), trgl_mode="sequential", max_steps=4,
                                  per_device_train_batch_size=8, learning_rate=1e-2, report_to="none",
                                  save_strategy="no", disable_tqdm=True, use_cpu=True)  # fmt: skip

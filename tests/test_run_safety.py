@@ -94,7 +94,10 @@ def kill_and_resume(setting, train, tmp_path, monkeypatch, every_point):
             assert after[name] == value, f"{name} was rewritten after a kill at {seen[-1]} (#{n})"
 
 
-@pytest.mark.parametrize("setting", sorted(SETTINGS))
+@pytest.mark.parametrize(
+    "setting",
+    [pytest.param(name, marks=pytest.mark.slow) if "multilap" in name else name for name in sorted(SETTINGS)],
+)  # the multilap one writes ~3x more points (3 min): run it with -m slow
 def test_a_kill_at_each_kind_of_write_point_resumes_to_the_uninterrupted_stages(setting, train, tmp_path, monkeypatch):
     kill_and_resume(setting, train, tmp_path, monkeypatch, every_point=False)
 

@@ -188,7 +188,7 @@ class InterruptAt(TrainerCallback):
             raise KeyboardInterrupt("simulated interruption")
 
 
-@pytest.mark.parametrize("mode", ["sequential", "multilap"])
+@pytest.mark.parametrize("mode", ["sequential", pytest.param("multilap", marks=pytest.mark.slow)])
 def test_interrupted_run_resumes_to_the_same_weights(mode, tmp_path, digits, make_cifar_resnet):
     train = digits["train"].select(range(512))
     phase = "module-02" if mode == "sequential" else "lap-2-module-01"

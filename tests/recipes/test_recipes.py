@@ -222,8 +222,13 @@ def test_digits_processor_maps_a_digit_picture_to_the_library_pixels():
     assert splits["train"].features["labels"].names == [str(d) for d in range(10)]
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("mode", ["parallel", "sequential", "multilap"])
+@pytest.mark.parametrize(
+    "mode", ["parallel", pytest.param("sequential", marks=SLOW), pytest.param("multilap", marks=SLOW)]
+)  # one mode in the default suite (~1 min each); the others with -m slow
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(mode, tmp_path):
     args = ["recipes/train_image_classification.py", "--dataset_name", "digits", "--model_type", "vit",
             "--patch_size", "2", "--hidden_size", "16", "--num_hidden_layers", "2", "--num_modules", "2",
