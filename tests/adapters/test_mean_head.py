@@ -116,3 +116,9 @@ def test_a_model_that_is_not_a_text_classifier_is_refused():
     vit = ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, num_labels=3, **SMALL))
     with pytest.raises(ValueError, match=r"text sequence classifiers.*aux_head='native'"):
         TRGLModel.from_base(vit, TRGLConfig(num_modules=2, aux_head="mean"))
+
+
+def test_the_head_follows_the_backbone_dtype():
+    model = TRGLModel.from_base(encoder().to(torch.bfloat16), TRGLConfig(num_modules=2, aux_head="mean"))
+    assert all(p.dtype == torch.bfloat16 for p in model.heads.parameters())
+    assert model(**padded_batch()).module_logits.dtype == torch.bfloat16

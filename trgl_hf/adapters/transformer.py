@@ -256,7 +256,9 @@ class TransformerAdapter(ModelAdapter):
             dropout = getattr(config, "classifier_dropout", None)
             dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
             eps = getattr(config, "layer_norm_eps", 1e-12)
-            return MeanPoolHead(probe.channels, num_labels, dropout, eps)
+            parameter = next(self.backbone.parameters())  # like a copied native head: the backbone's device, dtype
+            head = MeanPoolHead(probe.channels, num_labels, dropout, eps)
+            return head.to(device=parameter.device, dtype=parameter.dtype)
         return copy.deepcopy(self.head_template)
 
     def _check_mean_head(self) -> None:
@@ -275,7 +277,8 @@ class TransformerAdapter(ModelAdapter):
                 "use `aux_head='native'`."
             )
         stand_in = getattr(self.head_template, self.head_template.prefix, None) if self.head_template else None
-        probe = torch.zeros(1, 1, self.backbone.config.hidden_size)
+        parameter = next(self.backbone.parameters())  # the tail runs where the model is (GPU, meta, bf16)
+        probe = torch.zeros(1, 1, self.backbone.config.hidden_size, device=parameter.device, dtype=parameter.dtype)
         if stand_in is None or self.spec.tail(stand_in, probe)["last_hidden_state"] is not probe:
             return (
                 f"`aux_head='mean'` reads the last block's output, but {architecture} transforms it after the last "
