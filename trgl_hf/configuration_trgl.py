@@ -95,7 +95,8 @@ class TRGLConfig(PreTrainedConfig):
             `"mean"` (text sequence classifiers without a final norm, e.g. BERT): the mean of the token states over
             the attention mask, LayerNorm, linear (this library's extension: the first layers' [CLS] state of a
             pretrained encoder barely varies between sentences); its stages load with `trust_remote_code=True`.
-            Defaults to `"conv"` for ResNets and `"native"` for transformers.
+            Defaults to `"conv"` for ResNets, `"mean"` for pretrained text classifiers that can export it exactly
+            (see `trgl_hf.pretrained_defaults`) and `"native"` for other transformers.
         head_pool_size (`int`, *optional*, defaults to 2):
             Side of the pooled feature map of the `"conv"` head (adaptive average pooling).
         label_smoothing (`float`, *optional*, defaults to 0.0):

@@ -6,6 +6,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
+    ConvNextConfig,
+    ConvNextForImageClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
     RobertaConfig,
@@ -116,6 +118,21 @@ def test_a_model_that_is_not_a_text_classifier_is_refused():
     vit = ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, num_labels=3, **SMALL))
     with pytest.raises(ValueError, match=r"text sequence classifiers.*aux_head='native'"):
         TRGLModel.from_base(vit, TRGLConfig(num_modules=2, aux_head="mean"))
+    convnext = ConvNextForImageClassification(
+        ConvNextConfig(hidden_sizes=[8, 16], depths=[2, 2], num_stages=2, image_size=32, num_labels=3)
+    )
+    with pytest.raises(ValueError, match=r"aux_head='mean'.*use one of \('native',\)"):
+        TRGLModel.from_base(convnext, TRGLConfig(num_modules=2, aux_head="mean"))
+
+
+def test_the_stage_loss_is_the_trgl_loss_for_column_regression_labels():
+    model = TRGLModel.from_base(encoder(problem_type=None, num_labels=1), TRGLConfig(num_modules=2, aux_head="mean"))
+    model.eval()
+    labels = torch.randn(3, 1)  # one-element label rows are accepted by the trainer
+    with torch.no_grad():
+        expected = model(**padded_batch(), labels=labels).module_losses[1]
+        stage_loss = model.export_stage(2)(**padded_batch(), labels=labels).loss
+    torch.testing.assert_close(stage_loss, expected)
 
 
 def test_the_head_follows_the_backbone_dtype():

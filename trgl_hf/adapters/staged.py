@@ -42,6 +42,7 @@ class StagedAdapter(TransformerAdapter):
     stage_list: str
     block_list: str
     context_input_names = ("pixel_values",)
+    head_kinds = ("native",)  # image models: the head of the model truncated after the module
 
     def stages(self, backbone: nn.Module | None = None) -> list[nn.Module]:
         """The backbone's stages, in order."""

@@ -54,11 +54,13 @@ class TRGLStageForImageClassification(PreTrainedModel):
 
 
 def sequence_classification_loss(config: TRGLStageConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The loss transformers' `*ForSequenceClassification` models compute, from `problem_type` and `num_labels`."""
+    """The loss of transformers' `*ForSequenceClassification` models for `problem_type`; when it is unset, decided
+    once from `num_labels` as trgl_hf trains (1: regression, else single-label), not from the labels' dtype."""
     problem_type = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
     if problem_type == "regression":
-        predictions = logits.squeeze(-1) if config.num_labels == 1 else logits
-        return nn.functional.mse_loss(predictions, labels.to(logits.dtype))
+        if config.num_labels == 1:
+            return nn.functional.mse_loss(logits.view(-1), labels.view(-1).to(logits.dtype))
+        return nn.functional.mse_loss(logits, labels.to(logits.dtype))
     if problem_type == "multi_label_classification":
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     return nn.functional.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
