@@ -42,7 +42,8 @@ What the numbers say (3 seeds for the targets' arms; 95% t-intervals over paired
   87 MiB: the step's peak is activations, and the adapters' dropout and low-rank products add saved tensors).
 - **TRGL (paper)** (tau = 10 constant, absolute, native heads at the modules' lr) is unstable on this pretrained
   base: 70.5 / 82.3 / 82.1% last-module test over the seeds at K = 3, depending on whether module 1's head leaves
-  chance (seed 0: it never did; seeds 1-2: 77.2 / 77.0%).
+  chance (seed 0: it never did; seeds 1-2: 77.2 / 77.0%), and 67.2 / 80.8 / 81.4% at K = 6 (seed 0: modules 1-5 at
+  or near chance).
 - **Time.** Two to four runs at a time on 2 CPU cores (with the test suite beside them for part of the matrix): the
   train-time column does not rank the methods."""
 

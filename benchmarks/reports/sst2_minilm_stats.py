@@ -200,6 +200,7 @@ def assemble(runs: dict[str, dict[str, Any]], opts, command: str) -> dict[str, A
         "command": command,
         "environment": {**env.environment(command), "runs_environment": any_run.get("environment")},
         "defaults_run_environment": defaults_run.get("environment") if defaults_run else None,
+        "renamed_runs": {r["run_id"]: r["renamed_from"] for r in runs.values() if r.get("renamed_from")},
         "library_commits": library_commits(runs),
         "sweep": [{k: v for k, v in r.items() if k not in ("train_log", "environment")} for r in sweep],
         "sweep_winner": winner,

@@ -151,6 +151,19 @@ def runs_table(runs) -> str:
                          "steps", "train s", "eval s"], out)  # fmt: skip
 
 
+def renamed_note(renamed: dict[str, str]) -> str:
+    """Run files renamed when the library's defaults changed (their settings were the new defaults already)."""
+    if not renamed:
+        return ""
+    pairs = ", ".join(f"{new} (ran as {old})" for new, old in sorted(renamed.items()))
+    return (
+        "Run files renamed when the defaults changed to mean heads: "
+        + pairs
+        + ": the `trgl_mean` runs gave `aux_head=\"mean\"` explicitly with the other defaults, i.e. today's defaults; "
+        "the earlier `trgl_defaults` / `trgl_lora` runs had native heads. "
+    )
+
+
 def body(result: dict[str, Any], sweep_table: str) -> str:
     from .sst2_minilm_notes import notes
 
@@ -181,9 +194,10 @@ def body(result: dict[str, Any], sweep_table: str) -> str:
         "",
         f"Report built {env['date_utc']}; torch {env['torch']}, transformers {env['transformers']}, datasets "
         f"{env['datasets']}, Python {env['python']}, {env['cpu']} ({env['cpu_count']} cores shared with other jobs). "
-        f"The TRGL (defaults) runs read the library at `{(defaults_env.get('git_commit') or '?')[:7]}` "
-        f"(uncommitted library changes then: {defaults_env.get('git_uncommitted_trgl_hf') or 'none'}). "
-        "Sum of the runs' wall times: "
+        f"Uncommitted library changes when the TRGL (defaults) runs ran: "
+        f"{defaults_env.get('git_uncommitted_trgl_hf') or 'none'}. "
+        + renamed_note(result.get("renamed_runs") or {})
+        + "Sum of the runs' wall times: "
         f"{result['total_run_wall_s'] / 3600:.1f} h."
         + (" **Quick smoke run: the numbers mean nothing.**" if result["quick"] else ""),
         "",
