@@ -119,6 +119,15 @@ def unmerged_state_dict(module: nn.Module) -> dict[str, Any]:
             if f".{LORA_MARKER}" not in key}  # fmt: skip
 
 
+def exports_stage_adapters(model: Any) -> bool:
+    """Whether the stages of `model` also export as PEFT adapters: a LoRA base cut by the transformer adapter with
+    native heads (an adapter applies to the native truncated model, whose head must be the stage's)."""
+    from .adapters.transformer import TransformerAdapter
+
+    native = model.config.aux_head == "native"
+    return bool(model.config.peft_config) and isinstance(model.adapter, TransformerAdapter) and native
+
+
 def save_stage_adapter(model: Any, stage: int, directory: str | Path) -> dict[str, Any]:
     """Write stage `stage` of a TRGL model trained on a LoRA base as a PEFT adapter in `directory`.
 
@@ -136,10 +145,8 @@ def save_stage_adapter(model: Any, stage: int, directory: str | Path) -> dict[st
     """
     from peft import LoraConfig, get_peft_model
 
-    from .adapters.transformer import TransformerAdapter
-
     settings = model.config.peft_config
-    if not settings or not isinstance(model.adapter, TransformerAdapter) or model.config.aux_head != "native":
+    if not exports_stage_adapters(model):
         raise ValueError("Only the stages of a transformer trained on a LoRA base with native heads export as PEFT "
                          "adapters; the merged stage folder is the export of this model.")  # fmt: skip
     merged = model.export_stage(stage)
@@ -191,6 +198,7 @@ __all__ = [
     "frozen_parameter_ids",
     "inject_lora",
     "is_peft_model",
+    "exports_stage_adapters",
     "merged_state_dict",
     "save_stage_adapter",
     "unmerged_state_dict",

@@ -24,7 +24,6 @@ from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PredictionOutput, TrainOutput
 
-from .adapters.transformer import TransformerAdapter
 from .checkpointing import save_stage, stage_dirname
 from .data import check_labels
 from .fsdp import (
@@ -64,7 +63,7 @@ from .input_checks import (
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .model_cards import PLOT_FILE, load_arguments, module_plot_svg, module_table, run_model_card
 from .modeling_trgl import TRGLModel
-from .peft_support import ADAPTER_DIR, save_stage_adapter
+from .peft_support import ADAPTER_DIR, exports_stage_adapters, save_stage_adapter
 from .phases import Phase, lap_order, plan_phases
 from .prefix_cache import (
     TOKEN_COLUMNS,
@@ -886,8 +885,7 @@ class TRGLTrainer(Trainer):
         exported = model.export_stage(stage)
         info = {**self.run_facts(), "metrics": self.stage_metrics.get(stage, {})}
         write_adapter = None
-        native = model.config.aux_head == "native"
-        if model.config.peft_config and isinstance(model.adapter, TransformerAdapter) and native:  # and as an adapter
+        if exports_stage_adapters(model):  # and as a PEFT adapter
 
             def write_adapter(staging: Path) -> dict[str, Any]:
                 return {"peft_adapter": save_stage_adapter(model, stage, staging / ADAPTER_DIR)}

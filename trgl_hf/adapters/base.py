@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 
 from ..losses import DifferenceEnergy, branch_energy
+from ..peft_support import merged_state_dict
 
 if TYPE_CHECKING:
     from .registry import ArchitectureSpec
@@ -209,6 +210,11 @@ class ModelAdapter(ABC):
     @abstractmethod
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
         """A standalone model made of the stem, the first `num_blocks` blocks and `head`, with identical outputs."""
+
+    def load_truncated_backbone(self, target: nn.Module) -> None:
+        """Load every weight of `target`, a shallower copy of the backbone, from the trained backbone (LoRA merged)."""
+        source = merged_state_dict(self.backbone)
+        target.load_state_dict({name: source[name] for name in target.state_dict()}, strict=True)
 
     @abstractmethod
     def probe_inputs(self, image_size: int | None, batch_size: int = 2) -> dict[str, torch.Tensor]:

@@ -21,7 +21,6 @@ from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
 from ..losses import BatchNormBranchEnergy
-from ..peft_support import merged_state_dict
 from .base import BlockProbe, BlockState, ModelAdapter, truncate_depths
 
 
@@ -139,15 +138,11 @@ class ResNetAdapter(ModelAdapter):
         config.architectures = None
         return config
 
-    def _load_truncated_backbone(self, target: nn.Module) -> None:
-        source = merged_state_dict(self.backbone)
-        target.load_state_dict({name: source[name] for name in target.state_dict()}, strict=True)
-
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
         config = self.truncated_config(num_blocks, num_labels)
         if isinstance(head, PoolLinearHead):
             model = AutoModelForImageClassification.from_config(config)
-            self._load_truncated_backbone(model.base_model)
+            self.load_truncated_backbone(model.base_model)
             classifier = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
             classifier.load_state_dict(head.linear.state_dict())
         else:
@@ -161,6 +156,6 @@ class ResNetAdapter(ModelAdapter):
                 num_labels=num_labels,
             )
             model = TRGLStageForImageClassification(stage_config)
-            self._load_truncated_backbone(model.backbone)
+            self.load_truncated_backbone(model.backbone)
             model.head.load_state_dict(head.state_dict())
         return model.eval()

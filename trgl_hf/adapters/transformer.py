@@ -251,7 +251,9 @@ class TransformerAdapter(ModelAdapter):
         if self.head_template is None:
             raise ValueError("The model was built without its head: cut it with `TRGLModel.from_base(task_model)`.")
         if kind == "mean":
-            self._check_mean_head()
+            problem = self.mean_head_problem()
+            if problem is not None:
+                raise ValueError(problem)
             config = self.backbone.config
             dropout = getattr(config, "classifier_dropout", None)
             dropout = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
@@ -260,11 +262,6 @@ class TransformerAdapter(ModelAdapter):
             head = MeanPoolHead(probe.channels, num_labels, dropout, eps)
             return head.to(device=parameter.device, dtype=parameter.dtype)
         return copy.deepcopy(self.head_template)
-
-    def _check_mean_head(self) -> None:
-        problem = self.mean_head_problem()
-        if problem is not None:
-            raise ValueError(problem)
 
     def mean_head_problem(self) -> str | None:
         """Why `aux_head="mean"` cannot be exact here, or `None`: it needs a text sequence classifier whose last
@@ -345,8 +342,7 @@ class TransformerAdapter(ModelAdapter):
             problem_type=getattr(self.backbone.config, "problem_type", None),
         )
         model = TRGLStageForSequenceClassification(stage_config)
-        source = merged_state_dict(self.backbone)
-        model.backbone.load_state_dict({name: source[name] for name in model.backbone.state_dict()}, strict=True)
+        self.load_truncated_backbone(model.backbone)
         model.head.load_state_dict(merged_state_dict(head), strict=True)
         return model.eval()
 
