@@ -10,8 +10,26 @@ import torch
 from torch import nn
 
 
+class PooledBatchNorm2d(nn.BatchNorm2d):
+    """`nn.BatchNorm2d` that also trains on a batch holding one value per channel (one row pooled to 1x1), where
+    `nn.BatchNorm2d` raises: such a batch has no batch statistics, so it is normalised with the running statistics,
+    which it leaves unchanged (exactly as in eval mode). Any other batch is normalised as by `nn.BatchNorm2d`.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or input.numel() != input.shape[1] or self.running_mean is None:
+            return super().forward(input)
+        return nn.functional.batch_norm(
+            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+
 class ConvAuxHead(nn.Module):
     """The auxiliary head of DGL / TRGL: conv3x3 -> ReLU -> average pooling -> BatchNorm -> linear.
+
+    A training batch that pools to one value per channel (a batch of one row with `pool_size=1`, e.g. the last batch
+    of an epoch) trains too: its BatchNorm uses the running statistics and leaves them unchanged (see
+    [`PooledBatchNorm2d`]), as a stage exported from this head does in eval mode.
 
     Args:
         channels (`int`): channels of the module output it reads.
@@ -24,7 +42,7 @@ class ConvAuxHead(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1, bias=False)
         self.activation = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
-        self.norm = nn.BatchNorm2d(channels)
+        self.norm = PooledBatchNorm2d(channels)
         self.flatten = nn.Flatten()
         self.linear = nn.Linear(channels * pool_size * pool_size, num_labels)
 
