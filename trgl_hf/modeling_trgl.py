@@ -379,9 +379,7 @@ class TRGLModel(PreTrainedModel):
         stem's with module 0, plus the model's own (`multipliers`) when all are asked for."""
         own = [self.multipliers, self.energy_scale] if indices is None else []
         indices = range(self.num_modules) if indices is None else indices
-        return [
-            b for index in indices for module in self._members[index] for b in module.buffers(recurse=False)
-        ] + own
+        return [b for index in indices for module in self._members[index] for b in module.buffers(recurse=False)] + own
 
     def set_trainable_modules(self, indices: Iterable[int]) -> None:
         """Train only the modules in `indices` (0-based): the others get `requires_grad=False` and stay in eval mode.
@@ -587,6 +585,7 @@ class TRGLModel(PreTrainedModel):
         num_blocks = sum(self.config.split[:stage])
         exported = self.adapter.export_stage(num_blocks, self.heads[stage - 1], self.config.num_labels)
         exported.config.id2label, exported.config.label2id = dict(self.config.id2label), dict(self.config.label2id)
+        exported.config.dtype = self.adapter.dtype  # saved as the stage's dtype (a bfloat16 base: bfloat16 stages)
         if hasattr(exported.config, "stage_index"):
             exported.config.stage_index, exported.config.num_stages = stage, self.num_modules
         generation = getattr(self.config, "base_generation_config", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -54,6 +55,23 @@ class BlockState:
     def call(self, index: int) -> tuple[tuple, dict[str, Any]]:
         """Positional (after the hidden state) and keyword arguments of block `index`."""
         return self.calls[index] if self.calls else ((), {})
+
+
+def floating_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of `module`'s first floating-point parameter (`torch.float32` when it has none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Build modules in `dtype` (a floating dtype): a stage of a bfloat16 model is created in bfloat16, never in
+    float32 first (which would take twice the memory)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def truncate_depths(depths: list[int], num_blocks: int) -> list[int]:
@@ -138,6 +156,11 @@ class ModelAdapter(ABC):
         self.backbone = backbone
         self.head_template = head_template
         self.blocks: list[nn.Module] = self.find_blocks(backbone)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's floating dtype: heads and exported stages are built in it."""
+        return floating_dtype(self.backbone)
 
     def energy(self, residual: torch.Tensor, differentiable: bool, needs_copy: bool = False) -> torch.Tensor:
         """mean(r ** 2) of a residual branch: differentiable when the transport term is trained, else a detached

@@ -21,7 +21,7 @@ from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
 from ..losses import BatchNormBranchEnergy
-from .base import BlockProbe, BlockState, ModelAdapter, truncate_depths
+from .base import BlockProbe, BlockState, ModelAdapter, default_dtype, truncate_depths
 
 
 def _is_residual_block(module: nn.Module) -> bool:
@@ -106,7 +106,9 @@ class ResNetAdapter(ModelAdapter):
                 f"A module output is only {probe.spatial_size} pixels but the conv head pools to "
                 f"{pool_size}x{pool_size}: use larger images, a smaller `head_pool_size`, or `aux_head='linear'`."
             )
+        parameter = next(self.backbone.parameters())  # the backbone's device and dtype (e.g. bfloat16)
         head = build_conv_feature_head(kind, probe.channels, num_labels, pool_size)
+        head = head.to(device=parameter.device, dtype=parameter.dtype)
         classifier = self.head_template
         if is_last and isinstance(head, PoolLinearHead) and classifier is not None:
             if classifier.weight.shape == head.linear.weight.shape:
@@ -141,7 +143,8 @@ class ResNetAdapter(ModelAdapter):
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
         config = self.truncated_config(num_blocks, num_labels)
         if isinstance(head, PoolLinearHead):
-            model = AutoModelForImageClassification.from_config(config)
+            with default_dtype(self.dtype):
+                model = AutoModelForImageClassification.from_config(config)
             self.load_truncated_backbone(model.base_model)
             classifier = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
             classifier.load_state_dict(head.linear.state_dict())
@@ -155,7 +158,8 @@ class ResNetAdapter(ModelAdapter):
                 head_channels=head.conv.in_channels,
                 num_labels=num_labels,
             )
-            model = TRGLStageForImageClassification(stage_config)
+            with default_dtype(self.dtype):
+                model = TRGLStageForImageClassification(stage_config)
             self.load_truncated_backbone(model.backbone)
             model.head.load_state_dict(head.state_dict())
         return model.eval()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BlockProbe, BlockState, task_model_from_config, truncate_depths
+from .base import BlockProbe, BlockState, default_dtype, task_model_from_config, truncate_depths
 from .native_head import NativeHead
 from .transformer import TransformerAdapter
 
@@ -92,7 +92,8 @@ class StagedAdapter(TransformerAdapter):
             raise ValueError("The model was built without its head: cut it with `TRGLModel.from_base(task_model)`.")
         if num_blocks == len(self.blocks):
             return copy.deepcopy(self.head_template)
-        truncated = task_model_from_config(self.stage_config(num_blocks))
+        with default_dtype(self.dtype):
+            truncated = task_model_from_config(self.stage_config(num_blocks))
         head = NativeHead(truncated, self.spec.tail_modules(truncated.base_model), self.spec.tail)
         head.load_matching(self.head_template)
         return head

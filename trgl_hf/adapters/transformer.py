@@ -31,7 +31,14 @@ from ..hub_models.aux_heads import MeanPoolHead
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForSequenceClassification
 from ..peft_support import merged_state_dict
-from .base import BlockProbe, BlockState, ModelAdapter, reset_backbone_outputs, task_model_from_config
+from .base import (
+    BlockProbe,
+    BlockState,
+    ModelAdapter,
+    default_dtype,
+    reset_backbone_outputs,
+    task_model_from_config,
+)
 from .native_head import NativeHead
 
 if TYPE_CHECKING:
@@ -312,7 +319,8 @@ class TransformerAdapter(ModelAdapter):
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
         if isinstance(head, MeanPoolHead):
             return self._export_mean_stage(num_blocks, head, num_labels)
-        model = task_model_from_config(self.stage_config(num_blocks))
+        with default_dtype(self.dtype):
+            model = task_model_from_config(self.stage_config(num_blocks))
         prefix = model.base_model_prefix
         source = merged_state_dict(self.backbone)
         head_state = merged_state_dict(head)
@@ -341,7 +349,8 @@ class TransformerAdapter(ModelAdapter):
             num_labels=num_labels,
             problem_type=getattr(self.backbone.config, "problem_type", None),
         )
-        model = TRGLStageForSequenceClassification(stage_config)
+        with default_dtype(self.dtype):
+            model = TRGLStageForSequenceClassification(stage_config)
         self.load_truncated_backbone(model.backbone)
         model.head.load_state_dict(merged_state_dict(head), strict=True)
         return model.eval()
