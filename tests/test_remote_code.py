@@ -249,3 +249,59 @@ def test_save_pretrained_push_to_hub_uploads_the_remote_code(tmp_path, make_cifa
         model.save_pretrained(tmp_path / "model", push_to_hub=True, repo_id="fake-user/trgl")
         assert not fake.unhandled
     assert sorted(fake.store["fake-user/trgl"]["main"]) == sorted(SAVED_FILES + ["README.md"])
+
+
+def saved_stages(folder: Path, make_cifar_resnet) -> dict[str, dict[str, torch.Tensor]]:
+    """Export stage 1 of a mean-head BERT and of a conv-head CIFAR ResNet into `folder/<kind>`; return each one's
+    inputs and the hidden states of its truncated backbone (eval mode)."""
+    bert = TRGLModel.from_base(tiny_bert(), TRGLConfig(num_modules=2, aux_head="mean"))
+    cifar = TRGLModel.from_base(make_cifar_resnet(num_channels=1), TRGLConfig(num_modules=3, aux_head="conv"))
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "mean": {"input_ids": torch.randint(0, 50, (2, 8), generator=generator),
+                 "attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3])},
+        "conv": {"pixel_values": torch.randn(2, 1, 8, 8, generator=generator)},
+    }  # fmt: skip
+    cifar.train()(**inputs["conv"])  # move BatchNorm statistics away from their initial values
+    io = {}
+    for kind, model in (("mean", bert), ("conv", cifar)):
+        stage = model.eval().export_stage(1)
+        stage.save_pretrained(folder / kind)
+        with torch.no_grad():
+            hidden = stage.backbone(**inputs[kind]).last_hidden_state
+        io[kind] = {**inputs[kind], "expected": hidden}
+    return io
+
+
+def test_auto_model_gives_the_truncated_backbone_of_a_stage(tmp_path, make_cifar_resnet):
+    io = saved_stages(tmp_path, make_cifar_resnet)
+    for kind, values in io.items():
+        inputs = {k: v for k, v in values.items() if k != "expected"}
+        config = json.loads((tmp_path / kind / "config.json").read_text())
+        assert config["auto_map"]["AutoModel"] == "modeling_trgl_stage.TRGLStageModel"
+        model = AutoModel.from_pretrained(tmp_path / kind)
+        assert (type(model).__module__, type(model).__name__) == ("trgl_hf.hub_models.modeling_trgl_stage",
+                                                                  "TRGLStageModel")  # fmt: skip
+        assert not hasattr(model, "head")
+        assert model.main_input_name == ("input_ids" if kind == "mean" else "pixel_values")
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).last_hidden_state, values["expected"])
+
+
+def test_auto_model_gives_the_truncated_backbone_of_a_stage_without_trgl_hf(tmp_path, make_cifar_resnet):
+    torch.save(saved_stages(tmp_path, make_cifar_resnet), tmp_path / "io.pt")
+    script = WITHOUT_TRGL_HF + textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModel
+        for kind, io in torch.load(r"{tmp_path / "io.pt"}", weights_only=True).items():
+            expected = io.pop("expected")
+            model = AutoModel.from_pretrained(r"{tmp_path}/" + kind, trust_remote_code=True)
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            assert type(model).__name__ == "TRGLStageModel", type(model)
+            with torch.no_grad():
+                assert torch.equal(model(**io).last_hidden_state, expected), kind
+        print("remote-code-ok")
+        """
+    )
+    run_fresh_python(tmp_path, script)

@@ -81,6 +81,7 @@ AUTO_CLASSES = {
         "hub_models.configuration_trgl_stage",
         "TRGLStageConfig",
         {
+            "AutoModel": ("hub_models.modeling_trgl_stage", "TRGLStageModel"),
             "AutoModelForImageClassification": ("hub_models.modeling_trgl_stage", "TRGLStageForImageClassification"),
             "AutoModelForSequenceClassification": (
                 "hub_models.modeling_trgl_stage",
