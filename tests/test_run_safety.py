@@ -3,8 +3,10 @@ per output folder; damaged stages are exported again; files follow the umask; no
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments, checkpointing
-from trgl_hf.run_lock import LOCK_FILE
+from trgl_hf.run_lock import LOCK_FILE, RunLock
 
 from .conftest import tiny_cifar_resnet
 
@@ -121,6 +123,19 @@ def test_a_damaged_stage_is_exported_again_and_intact_stages_are_not_touched(tra
         assert after[name] == files[name]
 
 
+def test_a_truncated_remote_code_file_is_restored_on_resume(train, tmp_path):
+    out = tmp_path / "run"
+    run(out, train)
+    files = stage_files(out)
+    modeling = out / "stage-02" / "modeling_trgl_stage.py"
+    modeling.write_bytes(modeling.read_bytes()[:64])
+    run(out, train, resume=True)
+    after = stage_files(out)
+    assert after["stage-02/modeling_trgl_stage.py"][0] == files["stage-02/modeling_trgl_stage.py"][0]
+    for name in ("stage-01/modeling_trgl_stage.py", "stage-03/model.safetensors"):
+        assert after[name] == files[name]
+
+
 def test_resuming_a_finished_run_restores_its_weights(train, tmp_path):
     trained = run(tmp_path / "run", train).model
     resumed = run(tmp_path / "run", train, resume=True).model
@@ -159,6 +174,57 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(train, tmp_path):
     (out / LOCK_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout)}))
     run(out, train)
     assert (out / "stage-03" / "model.safetensors").exists() and not (out / LOCK_FILE).exists()
+
+
+def test_an_empty_lock_left_by_a_run_killed_while_taking_it_is_taken_over(train, tmp_path, caplog):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("")
+    os.utime(out / LOCK_FILE, (time.time() - 60, time.time() - 60))
+    run(out, train)
+    assert (out / "stage-03" / "model.safetensors").exists() and not (out / LOCK_FILE).exists()
+    assert "Taking over" in caplog.text and "names no owner (empty)" in caplog.text
+
+
+def test_a_young_torn_lock_is_waited_for_and_a_live_owner_that_writes_itself_in_keeps_the_folder(tmp_path):
+    live = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+    (tmp_path / LOCK_FILE).write_text("")  # a live run between creating its lock and writing it
+    writer = threading.Timer(0.2, (tmp_path / LOCK_FILE).write_text, [live])
+    writer.start()
+    started = time.time()
+    with pytest.raises(ValueError, match="in use by another run"):
+        RunLock(tmp_path, grace=1.0).acquire()
+    writer.join()
+    assert time.time() - started >= 0.2 and (tmp_path / LOCK_FILE).read_text() == live
+    (tmp_path / LOCK_FILE).write_text('{"host": "cut sho')  # a torn record nobody completes: stale after the grace
+    lock = RunLock(tmp_path, grace=0.3).acquire()
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_the_lock_appears_with_its_owner_and_is_released_only_by_it(tmp_path, monkeypatch, hard_links):
+    seen = []
+    real_link = os.link
+
+    def link(source, target):
+        if not hard_links:
+            raise PermissionError(1, "Operation not permitted")  # a filesystem without hard links
+        real_link(source, target)
+        seen.append(json.loads(Path(target).read_text()))  # the lock exists only with its record
+
+    monkeypatch.setattr(os, "link", link)
+    lock = RunLock(tmp_path).acquire()
+    assert seen == ([json.loads((tmp_path / LOCK_FILE).read_text())] if hard_links else [])
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]  # no temporary file left
+    with pytest.raises(ValueError, match="in use by another run"):
+        RunLock(tmp_path).acquire()
+    other = json.dumps({"host": "elsewhere", "pid": 1})  # the folder was taken over (e.g. after a manual delete)
+    (tmp_path / LOCK_FILE).write_text(other)
+    lock.release()
+    assert (tmp_path / LOCK_FILE).read_text() == other
 
 
 @pytest.mark.multiprocess

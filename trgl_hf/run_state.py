@@ -45,12 +45,28 @@ def file_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
+UNCHECKED_STAGE_FILES = ("README.md",)
+"""Files of a stage folder left out of its checksums: the model card, which loading does not read (and a user may
+edit)."""
+
+
 def stage_checksums(directory: Path) -> dict[str, str]:
-    """Checksums of a stage folder's weight and config files."""
-    files = [
-        path for path in sorted(directory.glob("*")) if path.suffix in (".safetensors", ".json") and path.is_file()
-    ]
-    return {path.name: file_checksum(path) for path in files}
+    """Checksums of every file of a stage folder that loading it needs, by path relative to it: weights, configs,
+    the remote-code modeling files (`*.py`), the processor's files, `trgl_stage.json` and a PEFT adapter's folder;
+    everything but [`UNCHECKED_STAGE_FILES`]."""
+    files = [path for path in sorted(Path(directory).rglob("*")) if path.is_file()]
+    relative = {path.relative_to(directory).as_posix(): path for path in files}
+    return {name: file_checksum(path) for name, path in relative.items() if name not in UNCHECKED_STAGE_FILES}
+
+
+def stage_intact(directory: Path, recorded: dict[str, str]) -> bool:
+    """Whether every file recorded for a stage is still in `directory` with its recorded checksum (files added to the
+    folder since are not the stage's and are ignored)."""
+    for name, checksum in recorded.items():
+        path = Path(directory) / name
+        if not path.is_file() or file_checksum(path) != checksum:
+            return False
+    return bool(recorded)
 
 
 class RunState:
@@ -139,9 +155,10 @@ class RunState:
             self.lap_states = torch.load(folder / LAP_STATES_FILE, weights_only=True)
 
     def damaged_stages(self) -> list[int]:
-        """Recorded stages whose files are missing or differ from the checksums taken when they were written."""
+        """Recorded stages with a file missing or different from the checksum taken when it was written (see
+        [`stage_checksums`]: remote-code `*.py` files included)."""
         return [stage for stage, sums in sorted(self.stages.items())
-                if stage_checksums(self.root / stage_dirname(stage)) != sums]  # fmt: skip
+                if not stage_intact(self.root / stage_dirname(stage), sums)]  # fmt: skip
 
     # ------------------------------------------------------------------ writing
 
@@ -249,4 +266,5 @@ __all__ = [
     "check_checkpoint",
     "file_checksum",
     "stage_checksums",
+    "stage_intact",
 ]
