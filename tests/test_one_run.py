@@ -110,8 +110,8 @@ def test_settings_that_would_silently_differ_are_refused(overrides, field, tmp_p
 
 def test_resumed_runs_continue_the_global_step(tmp_path, digits):
     class StopAfterModule2(TrainerCallback):
-        def on_train_end(self, args, state, control, **kwargs):
-            if args.output_dir.endswith("module-02"):
+        def on_phase_end(self, args, state, control, phase=None, **kwargs):
+            if phase.name == "module-02":
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -170,7 +170,7 @@ def test_multilap_laps_continue_one_data_order_and_see_every_example(budget, tmp
         return collated
 
     class NewPhase(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_phase_begin(self, args, state, control, **kwargs):
             seen.append([])
 
     model = TRGLModel.from_base(tiny_cifar_resnet(num_labels=10, num_channels=1), TRGLConfig(num_modules=2))
@@ -225,8 +225,8 @@ def test_persistent_lap_optimizers_survive_a_resume_between_laps(tmp_path, digit
     reference.train()
 
     class StopAfterLap1(TrainerCallback):
-        def on_train_end(self, args, state, control, **kwargs):
-            if args.output_dir.endswith("lap-1-module-03"):
+        def on_phase_end(self, args, state, control, phase=None, **kwargs):
+            if phase.name == "lap-1-module-03":
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -25,7 +25,7 @@ class CountSteps(TrainerCallback):
     def __init__(self):
         self.steps = []
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_phase_end(self, args, state, control, **kwargs):
         self.steps.append(state.global_step)
 
 

@@ -180,11 +180,16 @@ def test_bad_trainer_inputs(tmp_path, hf_resnet):
 
 
 class InterruptAt(TrainerCallback):
-    def __init__(self, phase_dir_name, step):
-        self.phase_dir_name, self.step = phase_dir_name, step
+    """Interrupts the run at the first checkpoint of `phase_name` at or after its `step`-th step."""
+
+    def __init__(self, phase_name, step):
+        self.phase_name, self.step, self.phase, self.phase_start = phase_name, step, None, 0
+
+    def on_phase_begin(self, args, state, control, phase=None, **kwargs):
+        self.phase, self.phase_start = phase.name, state.global_step
 
     def on_save(self, args, state, control, **kwargs):
-        if os.path.basename(args.output_dir) == self.phase_dir_name and state.global_step >= self.step:
+        if self.phase == self.phase_name and state.global_step - self.phase_start >= self.step:
             raise KeyboardInterrupt("simulated interruption")
 
 
@@ -225,7 +230,7 @@ def test_progress_bar_names_the_phase(tmp_path, digits, make_cifar_resnet):
     seen = []
 
     class Recorder(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_phase_begin(self, args, state, control, **kwargs):
             seen.append(trainer.describe_phase())
 
     model = digits_model(make_cifar_resnet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import DefaultFlowCallback, ProgressCallback
 from transformers.trainer_utils import PredictionOutput, TrainOutput
 
 from .checkpointing import save_stage, stage_dirname
@@ -64,7 +65,7 @@ from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .model_cards import PLOT_FILE, load_arguments, module_plot_svg, module_table, run_model_card
 from .modeling_trgl import TRGLModel
 from .peft_support import ADAPTER_DIR, exports_stage_adapters, save_stage_adapter
-from .phases import Phase, lap_order, plan_phases
+from .phases import PHASES_DIR, Phase, lap_order, plan_phases
 from .prefix_cache import (
     TOKEN_COLUMNS,
     PrefixCache,
@@ -75,7 +76,9 @@ from .prefix_cache import (
     prefix_cache_decision,
 )
 from .pretrained_defaults import head_settings
+from .run_callbacks import RunCallbackHandler, RunPosition, shift_entry
 from .run_lock import RunLock
+from .run_markers import check_marker, read_marker, write_marker
 from .run_state import RunCheckpointCallback, RunState, check_checkpoint
 from .training_args import TRGLTrainingArguments
 
@@ -177,7 +180,7 @@ class TRGLTrainer(Trainer):
         self.is_distributed_loading_by_transformers = self._fsdp is not None
         self.best_module: int | None = None
         self._lap_states: dict[int, dict[str, Any]] = {}
-        self._step_offset, self._in_run = 0, False
+        self._step_offset, self._epoch_offset = 0, 0.0
         self.loss_is_scaled_for_ga = False
         self.trgl_log_history: list[dict[str, Any]] = []
         self.stage_metrics: dict[int, dict[str, float]] = {}
@@ -210,6 +213,9 @@ class TRGLTrainer(Trainer):
             )
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(PhaseProgressCallback(self.describe_phase))
+        self.callback_handler = RunCallbackHandler(
+            self.callback_handler, phase_local=(ProgressCallback, RunCheckpointCallback), flow=(DefaultFlowCallback,)
+        )
 
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's `Accelerator`, without the FSDP plugin when this trainer applies FSDP2 per module itself."""
@@ -279,7 +285,7 @@ class TRGLTrainer(Trainer):
         if self.args.push_to_hub and self.args.should_save:
             self._pusher = BackgroundPusher(
                 root, self.hub_repo_id, self.args.trgl_hub_strategy, api=self.hub_api, token=self.args.hub_token,
-                private=self.args.hub_private_repo,
+                private=self.args.hub_private_repo, push_at_end=self.args.hub_strategy == "end",
             )  # fmt: skip
         try:
             output = self._train_phases(
@@ -288,7 +294,7 @@ class TRGLTrainer(Trainer):
         finally:
             lock.release()
             if self._pusher is not None:
-                self.hub_push_failures = self._pusher.finish()
+                self.hub_push_failures = self._pusher.finish(timeout=self.args.trgl_hub_finish_timeout)
                 self._pusher = None
         return output
 
@@ -300,6 +306,9 @@ class TRGLTrainer(Trainer):
         self._run_root = root
         check_output_dir(root, self.fingerprint, bool(resume_from_checkpoint), identity)
         writer = self.args.should_save
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)) and read_marker(resume_from_checkpoint) is not None:
+            check_marker(resume_from_checkpoint, self.fingerprint)  # get_last_checkpoint(output_dir) found the run
+            resume_from_checkpoint = True
         if resume_from_checkpoint:
             run = RunState.load(root, phases, self.fingerprint, identity, writer)
             explicit = None
@@ -328,16 +337,23 @@ class TRGLTrainer(Trainer):
         _, cache_reason = self.prefix_cache_decision()
         self.trgl_log_history = list(run.log_history)
         self._step_offset = sum(run.phase_steps.get(name, 0) for name in run.completed)
+        self._epoch_offset = max((e.get("epoch") or 0.0 for e in self.trgl_log_history), default=0.0)
         totals = {"steps": self._step_offset, "loss": 0.0, "runtime": 0.0, "samples": 0.0}
-        output, started, self._in_run = None, time.time(), True
+        output, started = None, time.time()
         callback = RunCheckpointCallback(self.fingerprint)
         self.add_callback(callback)
         self._pin_log_folders(root)
+        handler: RunCallbackHandler = self.callback_handler
+        handler.run_args, first = copy.copy(self.args), True
         try:
             for phase in phases:
                 if phase.name in run.completed:
                     continue
+                handler.position = self._run_position(phase, first)
+                first = False
                 with self._phase_scope(phase, root, cache_reason):
+                    handler.run_event("on_phase_begin", self.args, handler.position.begin_state(), self.control,
+                                      phase=phase)  # fmt: skip
                     checkpoint = None
                     if explicit is not None and explicit == phase:
                         checkpoint = str(resume_from_checkpoint)
@@ -352,6 +368,7 @@ class TRGLTrainer(Trainer):
                     self._finish_phase(phase, run, root, output.global_step)
                 self.trgl_log_history = list(run.log_history)
                 self._step_offset += output.global_step
+                self._epoch_offset = round(self._epoch_offset + (self.state.epoch or 0.0), 4)
                 runtime = output.metrics.get("train_runtime", 0.0)
                 totals["steps"] += output.global_step
                 totals["loss"] += output.training_loss * output.global_step
@@ -359,9 +376,21 @@ class TRGLTrainer(Trainer):
                 totals["samples"] += output.metrics.get("train_samples_per_second", 0.0) * runtime
         finally:
             self.remove_callback(callback)
-            self._in_run = False
+            handler.position = None
             self._drop_prefix_cache()
         return self._end_run(root, totals, started, output)
+
+    def _run_position(self, phase: Phase, first: bool) -> RunPosition:
+        """Where `phase` starts in the run, for the callbacks that see one run (`trgl_hf.run_callbacks`)."""
+        later = self._phases[self._phases.index(phase) + 1 :]
+
+        def planned_steps(state: Any) -> int:  # the run's total, with the later phases sized like this one
+            per_epoch = state.max_steps / phase.num_train_epochs if phase.max_steps <= 0 else None
+            rest = sum(p.max_steps if p.max_steps > 0 or per_epoch is None else round(per_epoch * p.num_train_epochs)
+                       for p in later)  # fmt: skip
+            return self._step_offset + state.max_steps + rest
+
+        return RunPosition(self._step_offset, self._epoch_offset, list(self.trgl_log_history), planned_steps, first)
 
     def _pin_log_folders(self, root: Path) -> None:
         """Loggers that write under `output_dir` (TensorBoard) write under the run's folder, not a phase's (phase
@@ -385,11 +414,13 @@ class TRGLTrainer(Trainer):
             "train_steps_per_second": round(steps / runtime, 3) if runtime else 0.0,
             "total_flos": float(getattr(self.state, "total_flos", 0.0) or 0.0),
         }
-        if output is not None and "epoch" in output.metrics:
-            metrics["epoch"] = output.metrics["epoch"]
         self.state.global_step = self.state.max_steps = steps
+        self.state.epoch = self._epoch_offset
         self.state.log_history = list(self.trgl_log_history)
-        self.state.best_model_checkpoint = None  # phase checkpoints are removed once their phase is recorded
+        self._record_best_stage(root)
+        super().log(dict(metrics))  # the run's one summary, at its last step (each phase's own reached no callback)
+        self.trgl_log_history = list(self.state.log_history)
+        self.control = self.callback_handler.run_event("on_train_end", self.args, self.state, self.control)
         if self.args.should_save:
             self.state.save_to_json(str(root / "trainer_state.json"))
             self.save_metrics("train", metrics)
@@ -400,6 +431,21 @@ class TRGLTrainer(Trainer):
             if self._pusher is not None and self.args.trgl_hub_strategy == "subfolder":
                 self._pusher.submit_run_card(self._run_card_files())
         return TrainOutput(steps, metrics["train_loss"], metrics)
+
+    def _record_best_stage(self, root: Path) -> None:
+        """`state.best_model_checkpoint` and `best_metric`: the stage folder of the best module
+        (by `metric_for_best_model`, as `evaluate()` chose it), as `Trainer` names its best checkpoint; None when no
+        module was evaluated or no stage was written. (Phase checkpoints are removed once their phase is recorded.)"""
+        state = self.state
+        state.best_model_checkpoint = state.best_metric = state.best_global_step = None
+        evaluation = next((e for e in reversed(self.trgl_log_history) if "eval_best_module" in e), None)
+        if evaluation is None or self.args.metric_for_best_model is None:
+            return
+        best = int(evaluation["eval_best_module"])
+        folder = root / stage_dirname(best)
+        metric = next((v for k, v in evaluation.items() if k.startswith("eval_best_module_")), None)
+        if self.args.trgl_save_stages and folder.is_dir():
+            state.best_model_checkpoint, state.best_metric = str(folder), metric
 
     def _completed_checkpoint(self, checkpoint: str) -> TrainOutput | None:
         """The output of a phase whose last checkpoint already holds its final step (the run was killed after it),
@@ -753,6 +799,10 @@ class TRGLTrainer(Trainer):
         """Trainer's checkpoint, never of weights a NaN or infinite loss has reached."""
         self.check_finite()
         super()._save_checkpoint(model, trial)
+        if self.args.should_save and self._phase is not None:
+            local = f"checkpoint-{self.state.global_step}"
+            write_marker(self._run_root, self._step_offset + self.state.global_step, self.fingerprint,
+                         f"{PHASES_DIR}/{self._phase.name}/{local}")  # fmt: skip
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each trained module's task loss and transport cost (averaged since the last log) to training logs."""
@@ -766,12 +816,7 @@ class TRGLTrainer(Trainer):
             self._module_sums = {}
         if self._phase is not None:
             logs["trgl_phase"] = self._phase.name
-        offset = self._step_offset if self._in_run else 0
-        self.state.global_step += offset  # integrations and the history see one monotone step for the whole run
-        try:
-            super().log(logs, start_time)
-        finally:
-            self.state.global_step -= offset
+        super().log(logs, start_time)  # callbacks see the run's step and epoch (trgl_hf.run_callbacks)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -828,7 +873,7 @@ class TRGLTrainer(Trainer):
         model: TRGLModel = self.model
         self.check_finite(phase.name)  # before anything of the phase is evaluated or recorded
         self._broadcast_buffers()
-        metrics = self.evaluate() if self.eval_dataset is not None and phase.final_modules else {}
+        metrics = self._phase_end_evaluation() if self.eval_dataset is not None and phase.final_modules else {}
         for index in phase.final_modules:
             stage = index + 1
             prefix = f"eval_module_{stage}_"
@@ -840,11 +885,34 @@ class TRGLTrainer(Trainer):
         run.phase_steps[phase.name] = steps
         self._keep_lap_state(phase)
         run.lap_states = full_lap_states(self._lap_states, self._fsdp, writer=self.args.should_save)
-        run.log_history = self.trgl_log_history + [{**e, "trgl_phase": phase.name} for e in self.state.log_history]
+        run.log_history = self.trgl_log_history + [
+            {**shift_entry(entry, self._step_offset, self._epoch_offset), "trgl_phase": phase.name}
+            for entry in self.state.log_history
+        ]
         with gathered_for_saving(model, self._fsdp, writer=self.args.should_save):  # FSDP: full weights to write
             run.complete_phase(phase, model)
+            if self.args.should_save:
+                write_marker(root, self._step_offset + steps, self.fingerprint, f"{phase.name} finished")
             self._write_pending_stages(run, final=phase == self._phases[-1])
         self.accelerator.wait_for_everyone()
+        handler: RunCallbackHandler = self.callback_handler
+        if handler.position is not None:
+            handler.run_event("on_phase_end", self.args, handler.position.state(self.state), self.control,
+                              phase=phase, metrics=metrics)  # fmt: skip
+
+    def _phase_end_evaluation(self) -> dict[str, float]:
+        """The metrics of the phase's trained modules: those of the evaluation the loop ran at the phase's last step
+        when there was one (one process: nothing changed since), else a new `evaluate()`."""
+        ran = [
+            e
+            for e in self.state.log_history[-2:]
+            if "eval_best_module" in e and e.get("step") == self.state.global_step
+        ]
+        if ran and not _several_processes():
+            metrics = {name: value for name, value in ran[-1].items() if name.startswith("eval_")}
+            self.best_module = int(metrics["eval_best_module"])
+            return metrics
+        return self.evaluate()
 
     def _write_pending_stages(self, run: RunState, final: bool) -> None:
         """Export the stages recorded as pending (from the weights now in the model) and record their checksums."""

@@ -27,7 +27,7 @@ class RecordBuffers(TrainerCallback):
         self.events += 1
         assert net is not None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_phase_begin(self, args, state, control, model=None, **kwargs):
         self.save(args, state, model, "begin")
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):

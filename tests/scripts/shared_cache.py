@@ -20,7 +20,7 @@ class RecordCache(TrainerCallback):
     def __init__(self):
         self.trainer = None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_phase_begin(self, args, state, control, model=None, **kwargs):
         cache = self.trainer._prefix_cache
         if cache is None or self.trainer._phase.cached_from is None:
             return
