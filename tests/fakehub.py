@@ -34,7 +34,8 @@ base64-encoded in the NDJSON commit: no LFS or Xet transfer is ever started. It 
 Writes need an `Authorization: Bearer hf_...` header; so do reads of a private repo (401 `RepoNotFound` without).
 Errors carry `X-Error-Code` / `X-Error-Message` like the Hub, so `huggingface_hub` raises its usual
 `RepositoryNotFoundError`, `RevisionNotFoundError`, `EntryNotFoundError`, `HfHubHTTPError`. Unknown routes answer 404
-and are recorded in `FakeHub.unhandled`. Faults are injected with `FakeHub.fail_next`.
+and are recorded in `FakeHub.unhandled`. Faults are injected with `FakeHub.fail_next` (an error answer) and
+`FakeHub.hang_next` (a request held until the test releases it, then answered normally: an upload that hangs).
 
 huggingface_hub's default HTTP client refuses every request while `HF_HUB_OFFLINE=1` (set by `tests/conftest.py`):
 [`fake_hub_session`] swaps in a client that only reaches loopback addresses, with bounded timeouts. Uploads need only
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -122,13 +124,20 @@ class RawResponse:
 
 @dataclass
 class Fault:
-    """Answer `status` to the next `remaining` requests (`None`: all of them) that match `method` and `path`."""
+    """Answer `status` to the next `remaining` requests (`None`: all of them) that match `method` and `path`; or,
+    with `hold`, keep each of them waiting until `hold` is set, then answer it normally."""
 
     status: int
     remaining: int | None
     method: str | None
     path: re.Pattern | None
     hits: int = 0
+    hold: threading.Event | None = None
+
+    def release(self) -> None:
+        """Let the requests held by a [`FakeHub.hang_next`] fault go on (they are then handled normally)."""
+        if self.hold is not None:
+            self.hold.set()
 
     def matches(self, method: str, path: str) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -174,6 +183,15 @@ class FakeHub:
         """Answer `status` to the next `n` requests (`None`: until [`clear_faults`]) matching `method` and the regex
         `path` (searched in the raw request path, e.g. `"/commit/stage-02"`). Returns the [`Fault`] (see `.hits`)."""
         fault = Fault(status, n, method, re.compile(path) if path else None)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def hang_next(self, n: int | None = 1, *, method: str | None = None, path: str | None = None) -> Fault:
+        """Hold the next `n` requests (`None`: until [`clear_faults`]) matching `method` and the regex `path`, after
+        their body is read, until `fault.release()`; then handle them normally (a commit is applied). The client sees
+        an upload that hangs (until its own timeout, see [`fake_hub_session`]). Returns the [`Fault`]."""
+        fault = Fault(0, n, method, re.compile(path) if path else None, hold=threading.Event())
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -228,7 +246,9 @@ class FakeHub:
                 fault.hits += 1
                 if fault.remaining is not None:
                     fault.remaining -= 1
-        if fault is not None:
+        if fault is not None and fault.hold is not None:
+            fault.hold.wait()
+        elif fault is not None:
             return _error_response(HubError(fault.status, f"Injected fault (HTTP {fault.status})"))
         lookup = "GET" if method == "HEAD" else method
         for route_method, pattern, name in _ROUTES:
@@ -652,27 +672,28 @@ def _loopback_only(request: httpx2.Request) -> None:
         raise OfflineModeIsEnabled(f"fake_hub_session: refusing to reach {request.url} (loopback only)")
 
 
-def loopback_client() -> httpx2.Client:
+def loopback_client(timeout: float = SOCKET_TIMEOUT_S) -> httpx2.Client:
     """An `httpx2.Client` for huggingface_hub that reaches loopback hosts only, ignores proxy variables, and times
-    out after `SOCKET_TIMEOUT_S`."""
+    out after `timeout` seconds."""
     return httpx2.Client(
         event_hooks={"request": [_loopback_only]},
         follow_redirects=True,
-        timeout=httpx2.Timeout(SOCKET_TIMEOUT_S),
+        timeout=httpx2.Timeout(timeout),
         trust_env=False,
     )
 
 
 @contextlib.contextmanager
-def fake_hub_session() -> Iterator[None]:
-    """Route huggingface_hub's shared HTTP client through [`loopback_client`] for the duration of the block.
+def fake_hub_session(timeout: float = SOCKET_TIMEOUT_S) -> Iterator[None]:
+    """Route huggingface_hub's shared HTTP client through [`loopback_client`] (with its `timeout`, in seconds) for the
+    duration of the block; a test of a hanging upload gives a `timeout` longer than the test.
 
     huggingface_hub's default client raises `OfflineModeIsEnabled` for every request while `HF_HUB_OFFLINE=1`; this
     one does not check offline mode but refuses any host other than 127.0.0.1/localhost, so nothing can reach
     huggingface.co. `HF_HUB_OFFLINE` itself stays set (it still disables, e.g., the agent-registry fetch).
     """
     previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
-    set_client_factory(loopback_client)
+    set_client_factory(functools.partial(loopback_client, timeout))
     try:
         yield
     finally:

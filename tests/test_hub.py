@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import re
 import shutil
 import socket
 import sys
@@ -364,7 +365,7 @@ def test_trainer_pushes_each_stage_as_soon_as_it_is_final(tmp_path, fake_hub, ap
 def no_retry_sleep(monkeypatch):
     """The background pusher waits minutes between attempts: record the waits instead."""
     waits: list[float] = []
-    monkeypatch.setattr(hub_pusher, "sleep", waits.append)
+    monkeypatch.setattr(hub_pusher, "sleep", lambda seconds, stop: waits.append(seconds))
     return waits
 
 
@@ -385,9 +386,13 @@ def test_a_hub_failing_every_upload_never_stops_training(
     assert failed == ["branch 'main'", "branch 'stage-01'", "branch 'stage-02'", "branch 'stage-03'"]
     assert all(REPO in str(error) and "intact" in str(error) for error in trainer.hub_push_failures)
     report = next(record.getMessage() for record in caplog.records if "Push them again with" in record.getMessage())
-    assert "pushing stage-01, stage-02, stage-03, main to the Hub repo" in report
-    call = report.split("Push them again with:\n    ", 1)[1].splitlines()[0]
+    assert "4 push(es) to the Hub repo" in report
+    for name in ("stage-01", "stage-02", "stage-03", "main"):
+        assert f"  {name} (branch '{name}'): 4 failed attempt(s), last: HfHubHTTPError: " in report
+    assert "Push them again with `trainer.push_to_hub()`" in report
+    call = report.split("from any process with:\n    ", 1)[1].splitlines()[0]
     assert call == f"trgl_hf.hub.push_run_stages({str(out)!r}, {REPO!r}, strategy='branch')"
+    assert "trgl_hf.hub.trgl_hf" not in str(trainer.hub_push_failures[0])  # the errors name the same call
 
     # The Hub is back: the printed call, run as a user would (token and endpoint from the environment), pushes it all.
     fake_hub.clear_faults()
@@ -474,9 +479,10 @@ def test_pushed_stages_load_back_like_the_local_ones(tmp_path, fake_hub, api, st
             pushed = AutoModelForSequenceClassification.from_pretrained(REPO, **where).eval()
             with torch.no_grad():
                 torch.testing.assert_close(pushed(**inputs).logits, local(**inputs).logits, rtol=0, atol=0)
-            assert AutoTokenizer.from_pretrained(REPO, **where)(sentences[0])["input_ids"] == tokenizer(sentences[0])[
-                "input_ids"
-            ]
+            assert (
+                AutoTokenizer.from_pretrained(REPO, **where)(sentences[0])["input_ids"]
+                == tokenizer(sentences[0])["input_ids"]
+            )
             if strategy == "branch":  # `pipeline` has no `subfolder`: the card's snippet passes the loaded objects
                 answer = hf_pipeline("text-classification", model=REPO, **where)(sentences[0])[0]
                 assert answer["label"] in config.label2id
@@ -494,3 +500,146 @@ def test_pushed_stages_load_back_like_the_local_ones(tmp_path, fake_hub, api, st
             main = AutoModelForSequenceClassification.from_pretrained(REPO).eval()
             with torch.no_grad():
                 torch.testing.assert_close(main(**inputs).logits, local(**inputs).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("strategy", ["checkpoint", "all_checkpoints"])
+def test_hub_strategies_that_push_checkpoints_are_refused_with_push_to_hub(tmp_path, strategy):
+    settings = dict(output_dir=str(tmp_path / "run"), trgl_mode="sequential", max_steps=2, use_cpu=True,
+                    report_to="none", hub_strategy=strategy)  # fmt: skip
+    with pytest.raises(ValueError, match=r"resumes from its `output_dir`.*use `hub_strategy='every_save'`"):
+        TRGLTrainingArguments(push_to_hub=True, hub_model_id=REPO, **settings)
+    assert TRGLTrainingArguments(**settings).hub_strategy == strategy  # ignored without push_to_hub, as by Trainer
+
+
+@pytest.mark.parametrize("timeout", [-1.0, "soon", True, float("inf")])
+def test_a_bad_hub_finish_timeout_is_refused(tmp_path, timeout):
+    with pytest.raises(ValueError, match="`trgl_hub_finish_timeout` must be a number of seconds >= 0"):
+        TRGLTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, trgl_hub_finish_timeout=timeout)
+
+
+def test_hub_strategy_end_pushes_every_stage_only_at_the_end_of_train(
+    tmp_path, fake_hub, api, make_cifar_resnet, digits, monkeypatch
+):
+    events: list[tuple[str, str]] = []
+    save_stage = TRGLTrainer.save_stage
+
+    def recording_save_stage(self, stage, directory):
+        time.sleep(0.3)  # time enough for a push of the stage before to start, were it pushed at once
+        hub_writes = [path for _, path in fake_hub.requests if re.search(r"/(branch|preupload|commit)/", path)]
+        events.append(("saved", stage_dirname(stage), len(hub_writes)))
+        return save_stage(self, stage, directory)
+
+    def recording(push, name):
+        def record(folder, *args, **kwargs):
+            events.append(("push", name(Path(folder)), None))
+            return push(folder, *args, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(TRGLTrainer, "save_stage", recording_save_stage)
+    monkeypatch.setattr(hub_pusher, "push_stage", recording(hub_pusher.push_stage, lambda folder: folder.name))
+    monkeypatch.setattr(hub_pusher, "push_final", recording(hub_pusher.push_final, lambda folder: "main"))
+    trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, hub_strategy="end")
+    trainer.train()
+
+    saved = [("saved", stage_dirname(stage), 0) for stage in (1, 2, 3)]
+    assert events == saved + [("push", name, None) for name in ("stage-01", "stage-02", "stage-03", "main")]
+    assert trainer.hub_push_failures == []
+    for branch in ("main", "stage-01", "stage-02", "stage-03"):
+        assert fake_hub.tree(REPO, branch) == STAGE_FILES
+
+
+@pytest.fixture
+def finish_calls(monkeypatch):
+    """Every `BackgroundPusher.finish` (the wait at the end of `train()`): the pusher and how long it took."""
+    calls: list[tuple[hub_pusher.BackgroundPusher, float]] = []
+    finish = hub_pusher.BackgroundPusher.finish
+
+    def timed_finish(self, timeout=None):
+        started = time.monotonic()
+        try:
+            return finish(self, timeout)
+        finally:
+            calls.append((self, time.monotonic() - started))
+
+    monkeypatch.setattr(hub_pusher.BackgroundPusher, "finish", timed_finish)
+    return calls
+
+
+BOUND_S, SLACK_S = 1.0, 2.0
+
+
+def _assert_pushed_like_the_local_run(fake_hub, out: Path) -> None:
+    for branch in ("main", "stage-01", "stage-02", "stage-03"):
+        assert fake_hub.tree(REPO, branch) == STAGE_FILES, branch
+        local = out / ("stage-03" if branch == "main" else branch)
+        assert fake_hub.store[REPO][branch]["model.safetensors"] == (local / "model.safetensors").read_bytes()
+
+
+def test_a_hung_upload_does_not_hold_the_end_of_train(
+    tmp_path, fake_hub, api, make_cifar_resnet, digits, finish_calls, caplog
+):
+    hang = fake_hub.hang_next(1, method="POST", path=r"/commit/stage-02$")  # never released while training
+    with fakehub.fake_hub_session(timeout=300):  # the client waits as huggingface_hub would: longer than the test
+        trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, trgl_hub_finish_timeout=BOUND_S)
+        with caplog.at_level(logging.ERROR, logger="trgl_hf"):
+            assert trainer.train().global_step == 6
+
+        ((pusher, waited),) = finish_calls
+        assert BOUND_S <= waited < BOUND_S + SLACK_S
+        assert hang.hits == 1 and pusher._worker.is_alive() and pusher._worker.daemon  # never keeps the process
+        left = {error.target: error for error in trainer.hub_push_failures}
+        assert list(left) == ["branch 'stage-02'", "branch 'stage-03'", "branch 'main'"]
+        assert all(isinstance(error.error, TimeoutError) for error in left.values())
+        assert "still uploading" in str(left["branch 'stage-02'"]) and "not started" in str(left["branch 'main'"])
+        report = next(r.getMessage() for r in caplog.records if "Push them again with" in r.getMessage())
+        assert "3 push(es)" in report and "`trgl_hub_finish_timeout`" in report
+        assert "Push them again with `trainer.push_to_hub()`" in report
+        assert fake_hub.tree(REPO, "stage-01") == STAGE_FILES and "stage-03" not in fake_hub.branches(REPO)
+
+        assert trainer.push_to_hub() == {1: "stage-01", 2: "stage-02", 3: "stage-03"}  # the retry call of the report
+        _assert_pushed_like_the_local_run(fake_hub, tmp_path / "run")
+        commits = len(fake_hub.commits)
+
+        hang.release()  # the hung upload completes after all: the same files, and the dropped pushes stay dropped
+        pusher._worker.join(timeout=30)
+        assert not pusher._worker.is_alive()
+    assert [commit["branch"] for commit in fake_hub.commits[commits:]] == ["stage-02"]
+    _assert_pushed_like_the_local_run(fake_hub, tmp_path / "run")
+    assert pusher.pushed == {"stage-01": "stage-01", "stage-02": "stage-02"}
+    assert not pusher._scratch.exists()
+
+
+def test_retries_of_a_hub_failing_every_upload_stop_at_the_bound(
+    tmp_path, fake_hub, api, make_cifar_resnet, digits, no_backoff_sleep, finish_calls
+):
+    fault = fake_hub.fail_next(None, status=500, method="POST", path=r".*/commit/.*")
+    trainer = _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, trgl_hub_finish_timeout=BOUND_S)
+    trainer.train()  # with the real retry schedule: 10 s, 60 s and 300 s between attempts
+
+    ((pusher, waited),) = finish_calls
+    assert BOUND_S <= waited < BOUND_S + SLACK_S
+    pusher._worker.join(timeout=SLACK_S)  # the worker stops at once: no attempt after the bound
+    assert not pusher._worker.is_alive() and not pusher._scratch.exists()
+    hits = fault.hits
+    errors = {error.target: error.error for error in trainer.hub_push_failures}
+    assert list(errors) == ["branch 'stage-01'", "branch 'stage-02'", "branch 'stage-03'", "branch 'main'"]
+    assert isinstance(errors["branch 'stage-01'"], HfHubHTTPError)  # tried, failed, its retry never came
+    assert all(isinstance(errors[f"branch '{name}'"], TimeoutError) for name in ("stage-02", "stage-03", "main"))
+
+    fake_hub.clear_faults()
+    assert trainer.push_to_hub() == {1: "stage-01", 2: "stage-02", 3: "stage-03"}
+    _assert_pushed_like_the_local_run(fake_hub, tmp_path / "run")
+    assert fault.hits == hits
+
+
+def test_a_push_failing_for_a_local_reason_is_reported_and_the_others_go_on(fake_hub, api, stage_run):
+    (stage_run / "stage-01" / "trgl_stage.json").unlink()  # not a complete stage: push_stage refuses it
+    pusher = hub_pusher.BackgroundPusher(stage_run, REPO, "branch", api=api)
+    pusher.submit_stage(1, stage_run / "stage-01", final=False)
+    pusher.submit_stage(2, stage_run / "stage-02", final=False)
+
+    (error,) = pusher.finish(timeout=30)
+
+    assert error.target == "branch 'stage-01'" and isinstance(error.error, FileNotFoundError)
+    assert pusher.pushed == {"stage-02": "stage-02"} and fake_hub.tree(REPO, "stage-02") == STAGE_FILES

@@ -122,6 +122,21 @@ def stage_subfolder(stage: int) -> str:
     return f"{STAGES_FOLDER}/{stage_dirname(stage)}"
 
 
+def push_target(stage: int, strategy: str) -> str:
+    """Where [`push_stage`] writes stage `stage`, in the words of [`HubPushError`] and of the end-of-run report.
+
+    Args:
+        stage (`int`): 1-based stage index.
+        strategy (`str`): `"branch"` or `"subfolder"`.
+
+    Returns:
+        `str`: e.g. `"branch 'stage-03'"` or `"subfolder 'stages/stage-03' of main"`.
+    """
+    if strategy == "branch":
+        return f"branch '{stage_branch(stage)}'"
+    return f"subfolder '{stage_subfolder(stage)}' of main"
+
+
 def read_stage_metadata(stage_dir: str | os.PathLike) -> dict[str, Any]:
     """The run facts and metrics that [`save_stage`] wrote to `trgl_stage.json` in a stage folder.
 
@@ -203,7 +218,7 @@ def push_stage(
     num_stages = int(metadata["num_stages"])
     branch = stage_branch(stage) if strategy == "branch" else None
     subfolder = stage_subfolder(stage) if strategy == "subfolder" else None
-    target = f"branch '{branch}'" if branch else f"subfolder '{subfolder}' of main"
+    target = push_target(stage, strategy)
     retry = [
         f"push_run_stages({str(stage_dir.parent)!r}, {repo_id!r}, strategy={strategy!r})",
         f"push_stage({str(stage_dir)!r}, {repo_id!r}, {stage}, strategy={strategy!r})",
@@ -481,6 +496,7 @@ __all__ = [
     "push_run_card",
     "push_run_stages",
     "push_stage",
+    "push_target",
     "read_stage_metadata",
     "stage_branch",
     "stage_subfolder",

@@ -7,11 +7,15 @@ import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import HubStrategy
 
 logger = logging.getLogger(__name__)
 
 TRGL_MODES = ("parallel", "sequential", "multilap")
 PREFIX_CACHE_CHOICES = ("auto", "always", "never")
+HUB_FINISH_TIMEOUT_S = 60.0
+"""Default of `trgl_hub_finish_timeout`: the last stage of a base-size model and one retry of a transient failure fit;
+a Hub that is down costs a minute, not the 6 minutes per push of the whole retry schedule."""
 
 
 @dataclass
@@ -68,6 +72,20 @@ class TRGLTrainingArguments(TrainingArguments):
             (`"subfolder"`). `hub_token` and `hub_private_repo` are honoured; the endpoint is `HF_ENDPOINT`. Pushes run
             in the background while training goes on; a failed push is retried with backoff, and what still fails is
             reported at the end of `train()` with the call that pushes it again (training never stops for the Hub).
+        hub_strategy (`str` or [`~trainer_utils.HubStrategy`], *optional*, defaults to `"every_save"`):
+            When stages are pushed with `push_to_hub=True`: each stage as soon as its module is final and the stage
+            is saved (`"every_save"`), or every stage once training is over, at the end of `train()` (`"end"`).
+            `"checkpoint"` and `"all_checkpoints"` push `Trainer` checkpoints to resume from the Hub, and a TRGL run
+            resumes from its `output_dir` (`trgl_state.json`, `trgl-progress-NN/`, `phases/`), which is not pushed:
+            they are refused when `push_to_hub=True` (and ignored without it, as `Trainer` does).
+        trgl_hub_finish_timeout (`float`, *optional*, defaults to 60):
+            Seconds the end of `train()` waits at most for the pushes still queued, running or being retried
+            (huggingface_hub has no timeout of its own: an upload can hang forever). Then `train()` returns, no new
+            attempt starts, and what is not pushed is logged with the retry call (`trainer.push_to_hub()`) and kept in
+            `trainer.hub_push_failures`; an upload still running is left to a daemon thread (it never keeps the
+            process alive, and writes the same files as the retry if it completes). `None` waits for every push and
+            all its retries (10 s, 60 s and 300 s apart). The default leaves time for the last stage of a base-size
+            model and one retry of a transient failure, and costs a minute when the Hub is down.
         trgl_dataset_name (`str`, *optional*):
             The dataset's Hub id (e.g. `"stanfordnlp/sst2"`), recorded in the stages' model cards. Defaults to the
             training dataset's own name when it has one (a dataset loaded from local files has none).
@@ -110,6 +128,17 @@ class TRGLTrainingArguments(TrainingArguments):
         default="branch",
         metadata={"help": "Push stages to one branch each ('branch') or to subfolders ('subfolder')."},
     )
+    hub_strategy: HubStrategy | str = field(
+        default="every_save",
+        metadata={"help": "When stages are pushed: each as soon as it is final ('every_save') or all at the end of "
+                  "train() ('end'); 'checkpoint' and 'all_checkpoints' cannot apply (a TRGL run resumes from "
+                  "output_dir) and are refused with push_to_hub."},
+    )  # fmt: skip
+    trgl_hub_finish_timeout: float | None = field(
+        default=HUB_FINISH_TIMEOUT_S,
+        metadata={"help": "Seconds the end of train() waits at most for the Hub pushes still running; "
+                  "then it returns and logs what to push again with trainer.push_to_hub()."},
+    )  # fmt: skip
     trgl_dataset_name: str | None = field(
         default=None, metadata={"help": "Hub id of the dataset, for the model cards (default: the dataset's name)."}
     )
@@ -134,6 +163,7 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(f"`trgl_lap_optimizer` must be 'persist' or 'fresh', got {self.trgl_lap_optimizer!r}.")
         if self.trgl_hub_strategy not in ("branch", "subfolder"):
             raise ValueError(f"`trgl_hub_strategy` must be 'branch' or 'subfolder', got {self.trgl_hub_strategy!r}.")
+        self._check_hub_settings()
         if self.max_steps == 0 or (self.max_steps < 0 and not self.num_train_epochs > 0):
             raise ValueError(
                 f"Nothing to train: `max_steps={self.max_steps}`, `num_train_epochs={self.num_train_epochs}`; give a "
@@ -178,6 +208,24 @@ class TRGLTrainingArguments(TrainingArguments):
         from .prefix_cache import parse_bytes
 
         parse_bytes(self.trgl_prefix_cache_max_memory)  # refuses what is not a size
+
+    def _check_hub_settings(self) -> None:
+        """Refuse `hub_strategy` values that cannot apply to a TRGL run, and a wait bound that is not a duration."""
+        if self.push_to_hub and self.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            raise ValueError(
+                f"`hub_strategy={HubStrategy(self.hub_strategy).value!r}` pushes Trainer checkpoints to resume from "
+                "the Hub, but a TRGL run resumes from its `output_dir` (trgl_state.json, trgl-progress-NN/, phases/), "
+                "which is not pushed: use `hub_strategy='every_save'` (each stage as soon as it is final) or 'end' "
+                "(every stage at the end of `train()`), and resume with `resume_from_checkpoint=True` on the same "
+                "`output_dir`."
+            )
+        timeout = self.trgl_hub_finish_timeout
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 <= timeout < float("inf")):  # fmt: skip
+            raise ValueError(
+                f"`trgl_hub_finish_timeout` must be a number of seconds >= 0 (or None to wait for every push), got "
+                f"{timeout!r}."
+            )
 
 
 def _accelerator_available() -> bool:
