@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -83,15 +84,21 @@ def find_label_column(dataset: Any) -> str | None:
 
 
 def check_labels(
-    dataset: Any, num_labels: int, name: str = "train_dataset", task: Task | str = "single_label_classification"
+    dataset: Any,
+    num_labels: int,
+    name: str = "train_dataset",
+    task: Task | str = "single_label_classification",
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> None:
-    """Raise a `ValueError` when a dataset is empty, has no label column, or holds labels its task cannot train on.
+    """Raise a `ValueError` when a dataset is empty, has no labels, or holds labels its task cannot train on.
 
     Args:
         dataset: a `datasets.Dataset` or a map-style torch dataset of dicts.
         num_labels (`int`): number of classes of the model (`vocab_size` for language models).
         name (`str`, *optional*): how to call the dataset in the message.
         task ([`Task`] or `str`, *optional*): the model's task (see `trgl_hf.tasks`), which decides what labels are.
+        collate (`Callable`, *optional*): the data collator; when the rows hold no labels, a batch of the first rows
+            is collated and the labels it makes are checked (`DataCollatorForLanguageModeling`, a transform).
     """
     if dataset is None:
         return
@@ -99,9 +106,21 @@ def check_labels(
     if len(dataset) == 0:
         raise ValueError(f"`{name}` is empty: pass a dataset with at least one example.")
     column = find_label_column(dataset)
+    if column is None and collate is not None:
+        made = collated_labels(dataset, collate)
+        if made is not None:
+            task.check_labels(made, "labels", num_labels, f"{name} (labels made by the data collator)")
+            return
     if column is None:
         raise ValueError(
-            f"`{name}` has no label column: add one named 'labels' or 'label' holding class indices "
-            f"in [0, {num_labels})."
+            f"`{name}` has no labels: add a column named 'labels' or 'label' holding class indices in [0, "
+            f"{num_labels}), or a data collator that makes `labels` (e.g. `DataCollatorForLanguageModeling`)."
         )
     task.check_labels(dataset, column, num_labels, name)
+
+
+def collated_labels(dataset: Any, collate: Callable, rows: int = 64) -> list[dict[str, Any]] | None:
+    """The `labels` the collator makes from the first `rows` rows, one dict per example; None when it makes none."""
+    batch = collate([dataset[index] for index in range(min(rows, len(dataset)))])
+    labels = batch.get("labels") if hasattr(batch, "get") else None
+    return None if labels is None else [{"labels": label} for label in labels]

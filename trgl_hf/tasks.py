@@ -99,7 +99,7 @@ class Task:
             return F.binary_cross_entropy_with_logits(logits, labels.float())
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), label_smoothing=label_smoothing)
 
-    def numpy_loss(self, logits: np.ndarray, labels: np.ndarray) -> float:
+    def numpy_loss(self, logits: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0) -> float:
         """The same loss as [`Task.loss`], computed in float64 on evaluation arrays (classification tasks)."""
         logits = np.asarray(logits, dtype=np.float64)
         if self.name == "regression":
@@ -111,7 +111,8 @@ class Task:
         shifted = logits - logits.max(axis=-1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         labels = np.asarray(labels).astype(np.int64)
-        return float(-log_probs[np.arange(len(labels)), labels].mean())
+        nll = -log_probs[np.arange(len(labels)), labels].mean()
+        return float((1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean())
 
     def default_metrics(self, eval_prediction: EvalPrediction) -> dict[str, float]:
         """Metrics of one head: accuracy, micro F1 and exact match, or MSE (language models are scored elsewhere)."""

@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch.distributed as dist
 from huggingface_hub import HfApi
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from transformers import Trainer
+from transformers import EvalPrediction, Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_callback import DefaultFlowCallback, ProgressCallback
@@ -79,7 +81,7 @@ from .pretrained_defaults import head_settings
 from .run_callbacks import RunCallbackHandler, RunPosition, shift_entry
 from .run_lock import RunLock
 from .run_markers import check_marker, read_marker, write_marker
-from .run_state import RunCheckpointCallback, RunState, check_checkpoint
+from .run_state import STATE_FILE, RunCheckpointCallback, RunState, check_checkpoint
 from .training_args import TRGLTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -163,22 +165,20 @@ class TRGLTrainer(Trainer):
         if not isinstance(args, TRGLTrainingArguments):
             raise ValueError("TRGLTrainer needs `TRGLTrainingArguments` (they add `trgl_mode` and friends).")
         self.hub_api = hub_api
+        adopt_label_smoothing(model, args)
         self._fsdp = fsdp_settings(args)  # FSDP2 per module, applied by this trainer (trgl_hf.fsdp)
         check_writable(args.output_dir)
         check_streaming(kwargs.get("train_dataset"), args)
-        compute_metrics = kwargs.pop("compute_metrics", None)
-        if model.task.is_language_model:
-            metrics = PerModuleLanguageModelMetrics()
-        else:
-            selection = args.metric_for_best_model
-            selection = selection[len("eval_") :] if selection and selection.startswith("eval_") else selection
-            metrics = PerModuleMetrics(compute_metrics, selection, model.task, args.greater_is_better)
+        check_given_optimizers(kwargs.get("optimizers"), model, args)
+        metrics = per_module_metrics(model, args, kwargs.pop("compute_metrics", None),
+                                     kwargs.get("preprocess_logits_for_metrics"))  # fmt: skip
         super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
         check_one_world(self.args)
         check_fsdp_setup(self._fsdp, self.accelerator, model)
         # The trainer shards the model itself: the Trainer must neither wrap it (DDP, FSDP) nor average its gradients.
         self.is_distributed_loading_by_transformers = self._fsdp is not None
         self.best_module: int | None = None
+        self._given_optimizers = (self.optimizer, self.lr_scheduler)  # `optimizers=`: kept for the run's one phase
         self._lap_states: dict[int, dict[str, Any]] = {}
         self._step_offset, self._epoch_offset = 0, 0.0
         self.loss_is_scaled_for_ga = False
@@ -266,13 +266,15 @@ class TRGLTrainer(Trainer):
             **{f"eval_dataset[{key!r}]" if key else "eval_dataset": value for key, value in eval_sets.items()},
         }
         check_streaming(self.train_dataset, self.args)
+        collate = collator_without_unused_columns(self, self.data_collator, description="label check")
         for name, dataset in datasets.items():
             dataset = first_rows(dataset) if is_iterable(dataset) else dataset  # streams: checked on their first rows
-            check_labels(dataset, num_labels, name, model.task)
+            check_labels(dataset, num_labels, name, model.task, collate)
             check_sequence_lengths(dataset, model, name)
             check_model_inputs(dataset, model, name)
         check_batch_fits(self.train_dataset, self.args, "train_dataset")
         check_hub_credentials(self.args, self.hub_api)
+        self.check_selection_metric()
         self._phases = phases = self.plan_phases()
         root = Path(self.args.output_dir)
         data = {name: dataset_fingerprint(dataset) for name, dataset in datasets.items()}
@@ -392,6 +394,46 @@ class TRGLTrainer(Trainer):
 
         return RunPosition(self._step_offset, self._epoch_offset, list(self.trgl_log_history), planned_steps, first)
 
+    def check_selection_metric(self) -> None:
+        """Before training: score one evaluation batch with the run's metrics, so that a `metric_for_best_model` they
+        do not report is refused now rather than after the first module has trained (the model is unchanged; the
+        random number generators are restored).
+
+        Raises:
+            `ValueError`: naming the metrics that are reported.
+        """
+        selection = self.args.metric_for_best_model
+        eval_set = next(iter(self.eval_dataset.values())) if isinstance(self.eval_dataset, dict) else self.eval_dataset
+        if selection is None or eval_set is None or self._fsdp is not None:
+            return
+        name = selection[len("eval_") :] if selection.startswith("eval_") else selection
+        rows = self.args.per_device_eval_batch_size
+        sample = first_rows(eval_set, rows) if is_iterable(eval_set) else (
+            eval_set.select(range(min(rows, len(eval_set)))) if hasattr(eval_set, "select") else
+            Subset(eval_set, range(min(rows, len(eval_set)))))  # fmt: skip
+        model, was_training = self.model, self.model.training
+        with torch.random.fork_rng(devices=[]):
+            batch = next(iter(self.get_eval_dataloader(sample)))
+            model.eval()
+            try:
+                loss, logits, labels = self.prediction_step(model, batch, prediction_loss_only=False)
+            finally:
+                model.train(was_training)
+        include = self.args.include_for_metrics
+        extra = {"inputs": batch.get(self.model.main_input_name) if "inputs" in include else None,
+                 "losses": loss.reshape(1) if "loss" in include and loss is not None else None}  # fmt: skip
+        if self.args.batch_eval_metrics:  # tensors, as Trainer passes them batch by batch
+            reported = self.compute_metrics(EvalPrediction(logits, labels, **extra), compute_result=True)
+        else:  # raises for a selection metric the module heads' metrics do not report
+            extra = {key: value.cpu().numpy() if torch.is_tensor(value) else value for key, value in extra.items()}
+            reported = self.compute_metrics(EvalPrediction(logits.cpu().numpy(), labels.cpu().numpy(), **extra))
+        if name != "loss" and name not in reported:
+            raise ValueError(
+                f"`metric_for_best_model={selection!r}` is not among the evaluation metrics "
+                f"({sorted({'loss', *(k for k in reported if not k.startswith('module_'))})}): set it to one of them, "
+                "or return it from `compute_metrics`."
+            )
+
     def _pin_log_folders(self, root: Path) -> None:
         """Loggers that write under `output_dir` (TensorBoard) write under the run's folder, not a phase's (phase
         folders are removed as phases finish), one folder for the whole run."""
@@ -414,6 +456,7 @@ class TRGLTrainer(Trainer):
             "train_steps_per_second": round(steps / runtime, 3) if runtime else 0.0,
             "total_flos": float(getattr(self.state, "total_flos", 0.0) or 0.0),
         }
+        metrics["epoch"] = self._epoch_offset
         self.state.global_step = self.state.max_steps = steps
         self.state.epoch = self._epoch_offset
         self.state.log_history = list(self.trgl_log_history)
@@ -576,7 +619,7 @@ class TRGLTrainer(Trainer):
         self._drop_gradient_averager()
         if self._fsdp is not None:  # sharded the first time; before every optimizer, the trained parameters are set
             shard_modules(self.model, self._fsdp, self.args.device)
-        self.optimizer, self.lr_scheduler = None, None
+        self.optimizer, self.lr_scheduler = self._given_optimizers
         self.model_wrapped = self.model
         reset_accelerator(self.accelerator)
         self._module_sums = {}
@@ -840,7 +883,8 @@ class TRGLTrainer(Trainer):
         if self.model.task.is_language_model or output.predictions is None:
             return output
         module = self.best_module or output.predictions.shape[1]
-        result = TRGLPredictionOutput(output.predictions[:, module - 1], output.label_ids, output.metrics)
+        metrics = metrics_of_module(output.metrics, module, metric_key_prefix)
+        result = TRGLPredictionOutput(output.predictions[:, module - 1], output.label_ids, metrics)
         result.module_predictions, result.module = output.predictions, module
         return result
 
@@ -961,6 +1005,32 @@ class TRGLTrainer(Trainer):
         return save_stage(exported, directory, stage, model.num_modules, info, processor=self.processing_class,
                           write_extra=write_adapter)  # fmt: skip
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Write the chosen stage to `output_dir` (default `args.output_dir`) as `Trainer.save_model` writes a model:
+        modules 1..k with head k, where k is the best module of the last `evaluate()` (the last module when none ran),
+        loadable with the task's `AutoModelFor*` class and `pipeline(model=output_dir)`, with the processor and
+        `trgl_stage.json`. In the run's own folder the run's model card is kept; the run (state, stages, resume
+        points) is untouched. The Trainer's own checkpoints (`_internal_call`) hold the whole TRGL model, which resume
+        reads."""
+        if _internal_call:
+            super().save_model(output_dir, _internal_call=True)
+            return
+        target = Path(output_dir or self.args.output_dir)
+        stage = self.best_module or self.model.num_modules
+        with gathered_for_saving(self.model, self._fsdp, writer=self.args.should_save):
+            if self.args.should_save:
+                target.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=".trgl-save-model.", dir=target))
+                try:
+                    self.save_stage(stage, staging / "stage")
+                    run_card = (target / STATE_FILE).exists() and (target / "README.md").exists()
+                    move_files_into(staging / "stage", target, skip={"README.md"} if run_card else set())
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:  # as Trainer.save_model does
+            self.push_to_hub()
+
     def run_facts(self) -> dict[str, Any]:
         """What the stages' `trgl_stage.json` and the model cards record about the run."""
         model: TRGLModel = self.model
@@ -1040,6 +1110,102 @@ class TRGLTrainer(Trainer):
     def module_table(self) -> str:
         """Markdown table of the evaluation metrics of every finished stage."""
         return module_table(self.stage_metrics)
+
+
+def move_files_into(source: Path, target: Path, skip: set[str]) -> None:
+    """Move every entry of `source` into `target` (each replaced atomically; a folder replaces the folder of the same
+    name), except the names in `skip`."""
+    for entry in sorted(source.iterdir()):
+        if entry.name in skip:
+            continue
+        destination = target / entry.name
+        if entry.is_dir() and destination.is_dir():
+            shutil.rmtree(destination)
+        os.replace(entry, destination)
+
+
+def check_given_optimizers(optimizers: Any, model: TRGLModel, args: TRGLTrainingArguments) -> None:
+    """`optimizers=(optimizer, scheduler)` drives one training loop; a run of several phases (sequential or multilap
+    with K > 1, multilap laps) builds a fresh optimizer for each phase, so the pair is refused there.
+
+    Raises:
+        `ValueError`: naming `optimizer_cls_and_kwargs`, which builds the optimizer of each phase.
+    """
+    if not optimizers or all(item is None for item in optimizers):
+        return
+    phases = 1 if args.trgl_mode == "parallel" else model.num_modules * (args.trgl_laps if args.trgl_mode ==
+                                                                         "multilap" else 1)  # fmt: skip
+    if phases > 1:
+        raise ValueError(
+            f"`optimizers=(optimizer, scheduler)` gives one optimizer for one training loop, but this "
+            f"{args.trgl_mode} run trains {phases} phases, each with a fresh optimizer over its own module: pass "
+            "`optimizer_cls_and_kwargs=(optimizer_class, kwargs)` instead (and `lr_scheduler_type`), or use "
+            "`trgl_mode='parallel'`."
+        )
+
+
+def metrics_of_module(metrics: dict[str, float], module: int, prefix: str) -> dict[str, float]:
+    """`metrics` whose plain names (`{prefix}_loss`, `{prefix}_accuracy`, ...) hold module `module`'s values (1-based)
+    instead of the last module's; the per-module names are kept."""
+    chosen = f"{prefix}_module_{module}_"
+    result = dict(metrics)
+    for name, value in metrics.items():
+        if name.startswith(chosen):
+            result[f"{prefix}_{name[len(chosen) :]}"] = value
+    return result
+
+
+def per_module_metrics(
+    model: TRGLModel, args: TRGLTrainingArguments, compute_metrics: Callable | None, preprocess: Callable | None
+) -> PerModuleMetrics | PerModuleLanguageModelMetrics:
+    """The `compute_metrics` the Trainer runs: the user's (or the task's) applied to every module's head.
+
+    Raises:
+        `ValueError`: for what cannot apply to every head exactly (metrics of a causal LM's logits, which are never
+            gathered; a plain function with `batch_eval_metrics` and several modules, whose running state would mix
+            the modules).
+    """
+    if model.task.is_language_model:
+        if compute_metrics is not None or preprocess is not None:
+            raise ValueError(
+                "TRGLTrainer scores causal language models itself (each module's loss and perplexity, per token; the "
+                "vocabulary-sized logits of K heads are never gathered): drop `compute_metrics` and "
+                "`preprocess_logits_for_metrics`."
+            )
+        return PerModuleLanguageModelMetrics()
+    if args.batch_eval_metrics and isinstance(compute_metrics, types.FunctionType) and model.num_modules > 1:
+        raise ValueError(
+            "With `batch_eval_metrics=True`, `compute_metrics` keeps running statistics between batches, and each "
+            f"of the {model.num_modules} modules needs its own: pass an object with `__call__(eval_pred, "
+            "compute_result)` (copied once per module), not a function, or set `batch_eval_metrics=False`."
+        )
+    selection = args.metric_for_best_model
+    selection = selection[len("eval_") :] if selection and selection.startswith("eval_") else selection
+    return PerModuleMetrics(compute_metrics, selection, model.task, args.greater_is_better,
+                            model.config.label_smoothing)  # fmt: skip
+
+
+def adopt_label_smoothing(model: TRGLModel, args: TRGLTrainingArguments) -> None:
+    """`label_smoothing_factor` (Trainer's argument) becomes the TRGL loss's label smoothing, the one every module's
+    task loss applies, as `Trainer`'s label smoother would apply it to the model's loss.
+
+    Raises:
+        `ValueError`: when `TRGLConfig.label_smoothing` already says something else, or the task has no cross-entropy.
+    """
+    factor = args.label_smoothing_factor
+    if not factor:
+        return
+    config = model.config
+    if config.label_smoothing and config.label_smoothing != factor:
+        raise ValueError(
+            f"`label_smoothing_factor={factor}` but the model's TRGLConfig has `label_smoothing="
+            f"{config.label_smoothing}`: set only one of them (they are the same setting)."
+        )
+    if model.task.name not in ("single_label_classification", "causal_lm"):
+        raise ValueError(
+            f"`label_smoothing_factor` applies to cross-entropy; the {model.task.name} task has none: set it to 0."
+        )
+    config.label_smoothing = factor
 
 
 PACKAGED_BUILDERS = frozenset({"arrow", "audiofolder", "cache", "csv", "generator", "imagefolder", "json", "pandas",
