@@ -56,13 +56,13 @@ def shaped(tmp_path, mode="sequential", plain=True, trgl_budget=None, plain_budg
     trainer = TRGLTrainer(model=wrap(tiny_resnet(), K, aux_head="linear"), callbacks=[recorder],
                           args=trgl_args(tmp_path / "trgl", trgl_mode=mode, **{**args, **trgl_budget}),
                           **common)  # fmt: skip
-    trainer.train()
+    trainer.output = trainer.train()
     plain_trainer = plain_recorder = None
     if plain:
         plain_recorder = Recorder()
         plain_trainer = Trainer(model=tiny_resnet(), callbacks=[plain_recorder],
                                 args=plain_args(tmp_path / "plain", **{**args, **plain_budget}), **common)  # fmt: skip
-        plain_trainer.train()
+        plain_trainer.output = plain_trainer.train()
     return trainer, recorder, plain_trainer, plain_recorder
 
 
@@ -146,13 +146,14 @@ def test_save_total_limit(tmp_path):
     data = pixel_dataset()
     counter = CheckpointCount(tmp_path / "trgl")
     TRGLTrainer(model=wrap(tiny_resnet(), K, aux_head="linear"), callbacks=[counter], train_dataset=data,
-                args=trgl_args(tmp_path / "trgl", save_strategy="steps", save_steps=1, save_total_limit=2)).train()
+                args=trgl_args(tmp_path / "trgl", save_strategy="steps", save_steps=1, save_total_limit=2,
+                               max_steps=3)).train()  # fmt: skip
     plain = CheckpointCount(tmp_path / "plain")
     Trainer(model=tiny_resnet(), callbacks=[plain], train_dataset=data,
             args=plain_args(tmp_path / "plain", save_strategy="steps", save_steps=1, save_total_limit=2,
-                            max_steps=8)).train()  # fmt: skip
+                            max_steps=6)).train()  # fmt: skip
     assert max(plain.counts) == 2
-    assert len(counter.counts) == 8 and max(counter.counts) <= 2, counter.counts
+    assert len(counter.counts) == 6 and max(counter.counts) <= 2, counter.counts
 
 
 # ------------------------------------------------------------------------------------------- files and loggers
@@ -191,10 +192,7 @@ def test_train_output_metrics_keys(tmp_path):
     `train_samples_per_second`, `train_steps_per_second`, `total_flos`, `train_loss`, `epoch`) and whose `global_step`
     is the run's total."""
     trainer, _, plain, _ = shaped(tmp_path, eval_data=False)
-    data = pixel_dataset()
-    trgl_output = TRGLTrainer(model=wrap(tiny_resnet(), K, aux_head="linear"), train_dataset=data,
-                              args=trgl_args(tmp_path / "again")).train()  # fmt: skip
-    plain_output = Trainer(model=tiny_resnet(), train_dataset=data, args=plain_args(tmp_path / "p", max_steps=8)).train()
+    trgl_output, plain_output = trainer.output, plain.output
     assert set(plain_output.metrics) <= set(trgl_output.metrics), sorted(set(plain_output.metrics) -
                                                                           set(trgl_output.metrics))  # fmt: skip
     assert trgl_output.global_step == plain_output.global_step == 8
@@ -234,24 +232,25 @@ class Interrupt(TrainerCallback):
 
 
 def test_get_last_checkpoint_after_an_interrupted_run_resumes_it(tmp_path):
-    """run_glue's resume idiom: after a run interrupted in module 2 (step 7 of 8, checkpoints every 2 steps),
-    `get_last_checkpoint(output_dir)` is not None, and `train(resume_from_checkpoint=that)` ends with the weights of
-    an uninterrupted run (exact up to 1e-6) and global step 8."""
+    """run_glue's resume idiom: after a run interrupted (Ctrl-C) in module 2 (at step 5 of 2 x 3, checkpoints every
+    step), `get_last_checkpoint(output_dir)` is not None, and `train(resume_from_checkpoint=that)` ends with the
+    weights of an uninterrupted run (1e-6) and global step 6."""
     data = pixel_dataset()
 
     def trainer(folder, callbacks=()):
         return TRGLTrainer(model=wrap(tiny_resnet(), K, aux_head="linear"), callbacks=list(callbacks),
-                           train_dataset=data, args=trgl_args(folder, save_strategy="steps", save_steps=2))
+                           train_dataset=data, args=trgl_args(folder, save_strategy="steps", save_steps=1,
+                                                               max_steps=3))  # fmt: skip
 
     reference = trainer(tmp_path / "reference")
     reference.train()
     with pytest.raises(KeyboardInterrupt):
-        trainer(tmp_path / "run", [Interrupt(7)]).train()
+        trainer(tmp_path / "run", [Interrupt(5)]).train()
     last = get_last_checkpoint(str(tmp_path / "run"))
     assert last is not None
     resumed = trainer(tmp_path / "run")
     output = resumed.train(resume_from_checkpoint=last)
-    assert output.global_step == 8
+    assert output.global_step == 6
     for (name, tensor), other in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(other, tensor, msg=lambda m, n=name: f"{n}: {m}", **ORACLE_TOL)
 
