@@ -162,7 +162,7 @@ def test_bad_datasets_are_refused_before_writing(problem, tmp_path, digits, make
         message = "num_labels=10"
     elif problem == "no_labels":
         dataset = dataset.remove_columns("labels")
-        message = "no label column"
+        message = "has no labels"
     else:
         dataset = dataset.select([])
         message = "empty"

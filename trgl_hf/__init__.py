@@ -19,11 +19,16 @@ from .hub import HubPushError, push_final, push_run_stages, push_stage
 from .hub_models.configuration_cifar_resnet import CifarResNetConfig
 from .hub_models.configuration_trgl_stage import TRGLStageConfig
 from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
-from .hub_models.modeling_trgl_stage import TRGLStageForImageClassification, TRGLStageForSequenceClassification
+from .hub_models.modeling_trgl_stage import (
+    TRGLStageForImageClassification,
+    TRGLStageForSequenceClassification,
+    TRGLStageModel,
+)
 from .losses import transport_cost
 from .metrics import PerModuleMetrics, accuracy
 from .modeling_trgl import TRGLModel, TRGLOutput
 from .registration import register_auto_classes
+from .run_callbacks import TRGLCallback
 from .tasks import Task, get_task
 from .trainer import NonFiniteLossError, TRGLTrainer
 from .training_args import TRGLTrainingArguments
@@ -39,12 +44,14 @@ __all__ = [
     "HubPushError",
     "NonFiniteLossError",
     "PerModuleMetrics",
+    "TRGLCallback",
     "TRGLConfig",
     "TRGLModel",
     "TRGLOutput",
     "TRGLStageConfig",
     "TRGLStageForImageClassification",
     "TRGLStageForSequenceClassification",
+    "TRGLStageModel",
     "TRGLTrainer",
     "TRGLTrainingArguments",
     "Task",
