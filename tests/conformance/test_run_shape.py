@@ -88,29 +88,53 @@ def test_on_step_end_sees_one_monotone_global_step(tmp_path):
 
 
 def test_on_log_events_equal_trainer(tmp_path):
-    """`logging_steps=2`: `on_log` fires at the same global steps as Trainer's 8-step run (the loss logs strictly
-    increasing, then the end-of-training summary), so a logger sees one run."""
-    _, recorder, _, plain = shaped(tmp_path, eval_data=False, logging_steps=2)
+    """`logging_steps=3` (not a divisor of the 4 steps per module): `on_log` fires at the same global steps as
+    Trainer's 8-step run (loss logs at the run's multiples 3, 6, strictly increasing, then the end-of-training
+    summary), so a logger sees one run."""
+    _, recorder, _, plain = shaped(tmp_path, eval_data=False, logging_steps=3)
     loss_steps = [log["_step"] for log in recorder.logs if "loss" in log]
     assert strictly_increasing(loss_steps)
-    assert loss_steps == [log["_step"] for log in plain.logs if "loss" in log] == [2, 4, 6, 8]
+    assert loss_steps == [log["_step"] for log in plain.logs if "loss" in log] == [3, 6]
     assert recorder.steps("on_log") == plain.steps("on_log")
 
 
-def test_eval_strategy_steps(tmp_path):
-    """`eval_strategy="steps", eval_steps=2`: `on_evaluate` fires at Trainer's steps (2, 4, 6, 8), strictly
-    increasing."""
-    _, recorder, _, plain = shaped(tmp_path, eval_strategy="steps", eval_steps=2)
-    assert plain.steps("on_evaluate") == [2, 4, 6, 8]
-    assert recorder.steps("on_evaluate") == plain.steps("on_evaluate")
+PHASE_ENDS = {PER_MODULE, 2 * PER_MODULE}
 
 
-def test_save_strategy_steps(tmp_path):
-    """`save_strategy="steps", save_steps=2`: `on_save` fires at Trainer's steps (2, 4, 6, 8), strictly
-    increasing."""
-    _, recorder, _, plain = shaped(tmp_path, save_strategy="steps", save_steps=2, eval_data=False)
-    assert plain.steps("on_save") == [2, 4, 6, 8]
-    assert recorder.steps("on_save") == plain.steps("on_save")
+def assert_trainer_steps_plus_phase_ends(mine, theirs):
+    """Trainer's steps, each once, strictly increasing; the only extra steps allowed are the ends of the modules'
+    phases (where TRGL evaluates / records a finished module: the documented difference)."""
+    assert strictly_increasing(mine), mine
+    assert set(theirs) <= set(mine) <= set(theirs) | PHASE_ENDS, (mine, theirs)
+
+
+@pytest.mark.parametrize(("interval", "expected"), [(2, [2, 4, 6, 8]), (3, [3, 6, 8])])
+def test_eval_strategy_steps(tmp_path, interval, expected):
+    """`eval_strategy="steps"`, `eval_steps` 2 (phase ends fall on multiples) or 3 (they do not): `on_evaluate` fires
+    at every one of Trainer's steps for the 8-step run (multiples of `eval_steps` and the last step), once, strictly
+    increasing; the only other steps allowed are the phase ends (4, 8: each module is evaluated when it is final)."""
+    _, recorder, _, plain = shaped(tmp_path, eval_strategy="steps", eval_steps=interval)
+    assert plain.steps("on_evaluate") == expected
+    assert_trainer_steps_plus_phase_ends(recorder.steps("on_evaluate"), plain.steps("on_evaluate"))
+
+
+def test_eval_strategy_no_evaluates_only_at_phase_ends(tmp_path):
+    """`eval_strategy="no"` with an `eval_dataset`: Trainer never evaluates; TRGL may evaluate each module when its
+    phase ends (its stage's metrics, the best module) — at most once per phase end, strictly increasing — and never
+    elsewhere."""
+    _, recorder, _, plain = shaped(tmp_path)
+    assert plain.steps("on_evaluate") == []
+    assert_trainer_steps_plus_phase_ends(recorder.steps("on_evaluate"), [])
+
+
+@pytest.mark.parametrize(("interval", "expected"), [(2, [2, 4, 6, 8]), (3, [3, 6, 8])])
+def test_save_strategy_steps(tmp_path, interval, expected):
+    """`save_strategy="steps"`, `save_steps` 2 or 3: `on_save` fires at every one of Trainer's steps for the 8-step
+    run (multiples of `save_steps` and the last step), once, strictly increasing; the only other steps allowed are
+    the phase ends (a module's end is saved)."""
+    _, recorder, _, plain = shaped(tmp_path, save_strategy="steps", save_steps=interval, eval_data=False)
+    assert plain.steps("on_save") == expected
+    assert_trainer_steps_plus_phase_ends(recorder.steps("on_save"), plain.steps("on_save"))
 
 
 def test_epoch_strategies(tmp_path):
@@ -199,12 +223,13 @@ def test_train_output_metrics_keys(tmp_path):
 
 
 def test_tensorboard_sees_one_strictly_increasing_loss_curve(tmp_path):
-    """`report_to="tensorboard"`, `logging_steps=2`: one run folder, whose `train/loss` steps are Trainer's
-    (2, 4, 6, 8), strictly increasing — no duplicated step where one module ends and the next begins."""
+    """`report_to="tensorboard"`, `logging_steps=3`: one run folder, whose `train/loss` steps are Trainer's for the
+    8-step run (3, 6), strictly increasing — no duplicated or shifted step where one module ends and the next
+    begins."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    shaped(tmp_path, eval_data=False, logging_steps=2, report_to=["tensorboard"])
+    shaped(tmp_path, eval_data=False, logging_steps=3, report_to=["tensorboard"])
     curves = {}
     for kind in ("trgl", "plain"):
         runs = [p for p in (tmp_path / kind / "runs").glob("*") if p.is_dir()]
@@ -212,7 +237,7 @@ def test_tensorboard_sees_one_strictly_increasing_loss_curve(tmp_path):
         events = EventAccumulator(str(runs[0]))
         events.Reload()
         curves[kind] = [s.step for s in events.Scalars("train/loss")]
-    assert curves["plain"] == [2, 4, 6, 8]
+    assert curves["plain"] == [3, 6]
     assert curves["trgl"] == curves["plain"]
 
 
