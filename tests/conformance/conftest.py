@@ -109,11 +109,11 @@ def tiny_bert(seed: int = 0, num_layers: int = 2, **overrides) -> BertForSequenc
     return BertForSequenceClassification(BertConfig(**settings))
 
 
-def tiny_gpt2(seed: int = 0, num_layers: int = 2) -> GPT2LMHeadModel:
+def tiny_gpt2(seed: int = 0, num_layers: int = 2, tie_word_embeddings: bool = True) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(VOCAB), n_embd=32, n_layer=num_layers, n_head=2, n_positions=64,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=2, eos_token_id=3,
-                        pad_token_id=0)  # fmt: skip
+                        pad_token_id=0, tie_word_embeddings=tie_word_embeddings)  # fmt: skip
     return GPT2LMHeadModel(config)
 
 

@@ -73,12 +73,15 @@ def test_k1_bert_with_padding_collator_equals_trainer(tmp_path, tokenizer, colla
 
 def test_k1_causal_lm_with_lm_collator_equals_trainer(tmp_path, tokenizer):
     """run_clm / the causal-LM tutorial: tokenized text without labels, `DataCollatorForLanguageModeling(mlm=False)`
-    makes them. K = 1 trains to the plain Trainer's weights (1e-6) and `evaluate()["eval_loss"]` (from which run_clm
-    computes `perplexity = math.exp(eval_loss)`) equals Trainer's (1e-6)."""
+    makes them. K = 1 trains to the plain Trainer's weights (1e-6, SGD) and `evaluate()["eval_loss"]` (from which
+    run_clm computes `perplexity = math.exp(eval_loss)`) equals Trainer's (1e-6). The GPT-2 has untied embeddings:
+    TRGL's native LM heads are untied copies (README, Heads), so a tied GPT-2 at K = 1 is not end-to-end training
+    (a documented difference). With AdamW the weights agree to 1.5e-6 only (Adam lifts rounding differences)."""
     data = lm_dataset(tokenizer)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    pair = run_pair(tmp_path, tiny_gpt2, train_dataset=data, eval_dataset=data, data_collator=collator,
-                    processing_class=tokenizer)  # fmt: skip
+    pair = run_pair(tmp_path, lambda: tiny_gpt2(tie_word_embeddings=False), train_dataset=data, eval_dataset=data,
+                    data_collator=collator, processing_class=tokenizer,
+                    args=dict(optim="sgd", learning_rate=0.1))  # fmt: skip
     assert_same_weights(pair.stage(), pair.plain.model)
     plain, trgl = pair.plain.evaluate(), pair.trgl.evaluate()
     assert trgl["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-6)
