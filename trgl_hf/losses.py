@@ -2,15 +2,51 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def branch_energy(residual: torch.Tensor) -> torch.Tensor:
-    """Kinetic energy of one residual branch: mean(r ** 2) over batch x features, in float32."""
-    return residual.float().pow(2).mean()
+def token_mask_for(mask: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor | None:
+    """A padding mask (`(batch, length)`, nonzero = a real token) as a boolean tensor broadcastable to `residual`
+    (`(batch, length, ...)`); `None` when there is none.
+
+    Raises:
+        `ValueError`: the mask's shape is not the first two dimensions of the residual stream.
+    """
+    if mask is None:
+        return None
+    if mask.dim() != 2 or tuple(mask.shape) != tuple(residual.shape[:2]):
+        raise ValueError(
+            f"The attention mask has shape {tuple(mask.shape)} but the residual stream has shape "
+            f"{tuple(residual.shape)}: the transport term on real tokens needs one mask entry per (row, position). "
+            "Pass a 2-d `attention_mask` of the input's shape (1 = real token, 0 = padding)."
+        )
+    return mask.ne(0).reshape(*mask.shape, *([1] * (residual.dim() - 2)))
+
+
+def _masked_mean_of_squares(values: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """mean(v ** 2) over all entries, or over the real tokens' entries (`real`: from [`token_mask_for`])."""
+    squares = values.pow(2)
+    if real is None:
+        return squares.mean()
+    count = real.sum(dtype=torch.float32) * math.prod(values.shape[2:])
+    return torch.where(real, squares, 0.0).sum() / count.clamp_min(1.0)
+
+
+def branch_energy(residual: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Kinetic energy of one residual branch, in float32: mean(r ** 2) over batch x features (the paper's
+    normalisation), or, for padded text, over the real tokens x features.
+
+    Args:
+        residual (`torch.Tensor`): the branch output, `(batch, ...)`; with a mask, `(batch, length, ...)`.
+        mask (`torch.Tensor`, *optional*): the padding mask `(batch, length)` (nonzero = real token). The energy is
+            then sum over real positions of r ** 2 / (number of real positions x features): padded positions do not
+            count, however many there are. An all-ones mask gives the plain mean.
+    """
+    return _masked_mean_of_squares(residual.float(), token_mask_for(mask, residual))
 
 
 class BatchNormBranchEnergy(torch.autograd.Function):
@@ -55,29 +91,39 @@ class DifferenceEnergy(torch.autograd.Function):
     In a transformer both ends of a branch are kept anyway (each is the input of a LayerNorm or a linear layer, which
     saves it for its own backward); autograd's plain energy would also keep `after - before`, one more stream-sized
     tensor per branch. This function saves only references to the two ends and recomputes the difference in
-    backward. Same value as `branch_energy(after - before)`, gradients equal to float32 rounding.
+    backward. Same value as `branch_energy(after - before, mask)`, gradients equal to float32 rounding.
+
+    `apply(after, before, mask)`: `mask` is the padding mask `(batch, length)` or `None` (see [`branch_energy`]).
     """
 
     @staticmethod
-    def forward(ctx, after, before):  # noqa: D102
-        ctx.save_for_backward(after, before)
-        return branch_energy(after - before)
+    def forward(ctx, after, before, mask=None):  # noqa: D102
+        real = token_mask_for(mask, after)
+        ctx.save_for_backward(after, before, real)
+        return _masked_mean_of_squares((after - before).float(), real)
 
     @staticmethod
     def backward(ctx, grad_energy):  # noqa: D102
-        after, before = ctx.saved_tensors
-        gradient = (after.float() - before.float()).mul_(grad_energy.float() * 2.0 / after.numel())
-        return gradient.to(after.dtype), (-gradient).to(before.dtype)
+        after, before, real = ctx.saved_tensors
+        difference = after.float() - before.float()
+        if real is None:
+            gradient = difference.mul_(grad_energy.float() * 2.0 / after.numel())
+        else:
+            count = (real.sum(dtype=torch.float32) * math.prod(after.shape[2:])).clamp_min(1.0)
+            gradient = torch.where(real, difference, 0.0).mul_(grad_energy.float() * 2.0 / count)
+        return gradient.to(after.dtype), (-gradient).to(before.dtype), None
 
 
-def transport_cost(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+def transport_cost(residuals: Sequence[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
     """Discrete kinetic energy of a module: the sum over its residual branches r of mean(r ** 2).
 
     The mean runs over batch x features (the official code's normalisation; tau values are only meaningful with it)
-    and is computed in float32 whatever the autocast dtype.
+    and is computed in float32 whatever the autocast dtype. For padded text (`mask`), it runs over the real tokens x
+    features, so that padding never changes the objective (see [`branch_energy`]).
 
     Args:
         residuals (`Sequence[torch.Tensor]`): the residual-branch outputs of the module's blocks.
+        mask (`torch.Tensor`, *optional*): the padding mask `(batch, length)` of token residuals (nonzero = real).
 
     Returns:
         `torch.Tensor`: a scalar; zero when `residuals` is empty.
@@ -90,7 +136,7 @@ def transport_cost(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     if len(residuals) == 0:
         return torch.zeros(())
-    return torch.stack([branch_energy(r) for r in residuals]).sum()
+    return torch.stack([branch_energy(r, mask) for r in residuals]).sum()
 
 
 def trgl_loss(task: torch.Tensor, transport: torch.Tensor, transport_weight: float | torch.Tensor) -> torch.Tensor:
@@ -108,6 +154,7 @@ __all__ = [
     "BatchNormBranchEnergy",
     "DifferenceEnergy",
     "branch_energy",
+    "token_mask_for",
     "transport_cost",
     "trgl_loss",
 ]

@@ -6,10 +6,18 @@ token columns, the tokens of its rows without their padding (`[tokens, ...]`) an
 in memory, or on disk as a safetensors file that is memory-mapped (one copy in the page cache for every process of
 a machine). A batch is gathered with one indexing operation per shard it touches, already collated and padded: no
 per-row Python work and no per-row tensor (whose overhead cost 8x the activations it held).
+
+Padding: a batch gathered from the cache has the layout the uncached batch would have, so that cached and uncached
+training run the same computation (the transport term and the heads read only real tokens; dropout draws the same
+masks only on tensors of the same shape). Rows padded to one fixed width (right or left) come back at that width; rows
+padded per batch (`DataCollatorWithPadding`) come back right-padded to the gathered batch's longest row, as the
+collator pads them. Left padding per batch is refused: it moves every token by the batch's padding, which changes the
+prefix's outputs (absolute positions), so no cache can give them.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -41,6 +49,10 @@ SHARD_BYTES = 64 * 1024**2
 DEFAULT_MEMORY_FRACTION = 0.25
 """Without `trgl_prefix_cache_max_memory`, a cache may take this fraction of the memory available when it is built."""
 _OFFSETS = ".offsets"
+_WIDTHS, _LAYOUT = ".widths", ".layout"
+"""Layout of the stored batches: the widths they were padded to; whether any row was padded on the left, and whether
+any batch was padded beyond its longest row (padding to a fixed width, not per batch)."""
+_META = (_WIDTHS, _LAYOUT)
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None, "I64": np.int64,
                        "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}  # fmt: skip
 
@@ -53,12 +65,22 @@ def prefix_cache_decision(choice: str, dataset: Any, collator: Any) -> tuple[boo
 
     Anything that may give other inputs on another pass counts as random unless `choice` is `"always"`: a dataset
     transform, a lazily mapped or iterable (streaming) dataset, a dataset of unknown kind, a custom collator.
+    A collator that pads on the left to each batch's longest row is never cached (`"always"` is refused): the prefix's
+    outputs then depend on the batch.
 
     Args:
         choice (`str`): `TRGLTrainingArguments.trgl_prefix_cache` (`"auto"`, `"always"` or `"never"`).
         dataset: the training dataset.
         collator: the data collator.
     """
+    if choice == "always" and pads_left_per_batch(collator):
+        raise ValueError(
+            "`trgl_prefix_cache='always'`, but the collator pads on the left to each batch's longest row: every token "
+            "then moves with its batch's padding, so the frozen prefix's outputs of a row depend on the batch it is "
+            "in and cannot be cached. Pad on the right (`tokenizer.padding_side = 'right'`), pad to one length "
+            "(`DataCollatorWithPadding(tokenizer, padding='max_length', max_length=...)`), or use "
+            "`trgl_prefix_cache='auto'` (which recomputes the prefix here)."
+        )
     if choice != "auto":
         return choice == "always", f"trgl_prefix_cache={choice!r}"
     if is_iterable(dataset):
@@ -69,7 +91,20 @@ def prefix_cache_decision(choice: str, dataset: Any, collator: Any) -> tuple[boo
         return False, f"a {type(dataset).__name__} may compute its examples randomly; say 'always' to cache"
     if not (collator is default_data_collator or isinstance(collator, (DefaultDataCollator, DataCollatorWithPadding))):
         return False, f"the collator {type(collator).__name__} may be random; say 'always' to cache"
+    if pads_left_per_batch(collator):
+        return False, (
+            "the collator pads on the left to each batch's longest row, which moves every token by its batch's "
+            "padding: the frozen prefix's outputs depend on the batch (pad on the right to cache them)"
+        )
     return True, "the input pipeline is deterministic (a stored dataset, no transform, a standard collator)"
+
+
+def pads_left_per_batch(collator: Any) -> bool:
+    """Whether `collator` is a `DataCollatorWithPadding` padding on the left to each batch's longest row."""
+    if not isinstance(collator, DataCollatorWithPadding):
+        return False
+    padding = "longest" if collator.padding is True else getattr(collator.padding, "value", collator.padding)
+    return padding == "longest" and getattr(collator.tokenizer, "padding_side", "right") == "left"
 
 
 def available_memory() -> int:
@@ -140,6 +175,42 @@ def _memory_map(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def fixed_width(widths: Iterable[int], left_padded: bool, beyond_longest: bool) -> int | None:
+    """The one width every stored batch was padded to when the rows were padded to a fixed width (some batch was
+    padded beyond its longest row, or on the left), else `None`: rows padded per batch (`DataCollatorWithPadding`)
+    come back padded to the gathered batch's own longest row, as the collator would pad them.
+
+    Where every stored batch had a row of the full width, fixed and per-batch padding look alike; they are taken as
+    per batch (the same values: only real tokens are read, but dropout draws its masks on a narrower tensor).
+
+    Raises:
+        `ValueError`: left padding to different widths. Every token's position then depends on the batch's padding
+            (absolute position embeddings, rotary angles), so the prefix's outputs of a row depend on the batch it is
+            in, and cached outputs cannot be those of another batch.
+    """
+    widths = set(widths)
+    if left_padded and len(widths) > 1:
+        raise ValueError(
+            f"The training batches are padded on the left to different widths ({sorted(widths)}): each token's "
+            "position depends on how much padding its batch has, so the frozen prefix's outputs cannot be cached "
+            "exactly. Pad on the right (`tokenizer.padding_side = 'right'`), pad every row to one length "
+            "(`padding='max_length'`), or set `trgl_prefix_cache='never'`."
+        )
+    return next(iter(widths)) if len(widths) == 1 and (left_padded or beyond_longest) else None
+
+
+def _check_dropped_labels(labels: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Token labels after a row's last real token are dropped by the cache (and come back as -100): refuse labels
+    that the loss would read there."""
+    dropped = torch.arange(labels.shape[1])[None, :] >= lengths[:, None]
+    if bool((labels[dropped] != -100).any()):
+        raise ValueError(
+            "Some labels at padding positions are not -100, so the loss reads padding, which the prefix cache does "
+            "not store. Set the labels of padding to -100 (as `DataCollatorForLanguageModeling` does), or set "
+            "`trgl_prefix_cache='never'`."
+        )
+
+
 class ShardWriter:
     """Accumulates batches of prefix outputs and writes them as shards (in memory or safetensors files).
 
@@ -155,6 +226,8 @@ class ShardWriter:
         self.shards: list[Shard] = []
         self._buffer: dict[str, list[torch.Tensor]] = {}
         self._buffered_rows = self._buffered_bytes = 0
+        self.widths: set[int] = set()
+        self.left_padded = self.beyond_longest = False
 
     def add(self, columns: dict[str, torch.Tensor]) -> None:
         """Add a batch (`[B, ...]` per column, on any device)."""
@@ -164,12 +237,12 @@ class ShardWriter:
         mask = columns.get("attention_mask")
         lengths = None
         if mask is not None and mask.dim() == 2:
-            position = torch.arange(mask.shape[1])
-            lengths = torch.where(mask.bool(), position + 1, 0).amax(dim=1)
-            lengths = torch.where(mask.bool().any(dim=1), lengths, mask.shape[1])
+            lengths = self._record_layout(mask)
         for name, value in columns.items():
             is_tokens = lengths is not None and name in self.token_columns and value.dim() >= 2
             if is_tokens and value.shape[1] == mask.shape[1]:
+                if name == "labels":
+                    _check_dropped_labels(value, lengths)
                 tokens, counts = _flatten_tokens(value, lengths)
                 self._buffer.setdefault(name, []).append(tokens)
                 self._buffer.setdefault(name + _OFFSETS, []).append(counts.to(torch.int64))
@@ -179,6 +252,19 @@ class ShardWriter:
         self._buffered_bytes += sum(v.numel() * v.element_size() for v in columns.values())
         if self._buffered_bytes >= SHARD_BYTES:
             self.flush()
+
+    def _record_layout(self, mask: torch.Tensor) -> torch.Tensor:
+        """Note the batch's padded width and side; return each row's stored length (up to its last real token, so
+        right padding is dropped and left padding kept)."""
+        real = mask.bool()
+        position = torch.arange(mask.shape[1])
+        lengths = torch.where(real, position + 1, 0).amax(dim=1)
+        lengths = torch.where(real.any(dim=1), lengths, mask.shape[1])
+        self.widths.add(int(mask.shape[1]))
+        self.left_padded = self.left_padded or bool((real.any(dim=1) & ~real[:, 0]).any())
+        self.beyond_longest = self.beyond_longest or int(lengths.amax()) < mask.shape[1]
+        fixed_width(self.widths, self.left_padded, self.beyond_longest)  # refuses per-batch left padding at once
+        return lengths
 
     def flush(self) -> None:
         """Write the buffered rows as one shard."""
@@ -190,6 +276,9 @@ class ShardWriter:
                 tensors[name] = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cat(parts).cumsum(0)])
             else:
                 tensors[name] = torch.cat(parts)
+        if self.widths:
+            tensors[_WIDTHS] = torch.tensor(sorted(self.widths), dtype=torch.int64)
+            tensors[_LAYOUT] = torch.tensor([int(self.left_padded), int(self.beyond_longest)], dtype=torch.int64)
         shard = Shard(self._buffered_rows, tensors)
         if self.folder is not None:
             path = self.folder / f"{self.prefix}-shard-{len(self.shards):05d}.safetensors"
@@ -219,6 +308,9 @@ class PrefixCache(Dataset):
         self.pad_values = {"labels": -100, **(pad_values or {})}
         self.starts = np.cumsum([0] + [shard.rows for shard in shards])
         self.index: np.ndarray | None = None  # row order of a `select` view
+        widths = {int(w) for shard in shards for w in shard.tensors.get(_WIDTHS, torch.zeros(0)).tolist()}
+        layouts = [shard.tensors[_LAYOUT].tolist() for shard in shards if _LAYOUT in shard.tensors]
+        self.padded_width = fixed_width(widths, any(left for left, _ in layouts), any(beyond for _, beyond in layouts))
 
     @property
     def on_disk(self) -> bool:
@@ -257,13 +349,14 @@ class PrefixCache(Dataset):
         which = np.searchsorted(self.starts, rows, side="right") - 1
         lengths = self._token_lengths(rows, which)
         longest = int(lengths.max()) if lengths is not None and len(lengths) else 0
+        longest = max(longest, self.padded_width or 0)  # rows padded to one width come back at that width
         batch: dict[str, torch.Tensor] = {}
         for number in np.unique(which):
             shard, positions = self.shards[number], np.flatnonzero(which == number)
             local = torch.from_numpy(rows[positions] - self.starts[number])
             target = torch.from_numpy(positions)
             for name, tensor in shard.tensors.items():
-                if name.endswith(_OFFSETS):
+                if name.endswith(_OFFSETS) or name in _META:
                     continue
                 offsets = shard.tensors.get(name + _OFFSETS)
                 if offsets is None:
@@ -373,6 +466,18 @@ def compute_prefix_outputs(
         yield {HIDDEN: hidden, "labels": labels, **context}
 
 
+def keeps_random_state(function: Callable) -> Callable:
+    """Run `function` with the CPU random number generator forked: its state afterwards is the state before."""
+
+    @functools.wraps(function)
+    def forked(*args: Any, **kwargs: Any) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            return function(*args, **kwargs)
+
+    return forked
+
+
+@keeps_random_state
 def build_prefix_cache(
     outputs: Iterator[dict[str, torch.Tensor]],
     rows: int | None,
@@ -395,6 +500,9 @@ def build_prefix_cache(
     `folder` as safetensors shards written as batches arrive. `held` bytes of the in-memory cache this one is
     computed from count against the budget. With several processes on a machine, each computes its share of the rows
     (`local_rank` of `local_world`), and all of them then map the same files.
+
+    Building the cache leaves the random number generator as it found it (the data loader that feeds `outputs` draws
+    a seed from it): a cached run then draws the same dropout masks and batch order as an uncached one.
     """
     barrier = barrier or (lambda: None)
     outputs = iter(outputs)
@@ -419,7 +527,7 @@ def build_prefix_cache(
         barrier()
         shards = [Shard(0, _memory_map(path), path) for path in sorted(plan.folder.glob("rank-*-shard-*.safetensors"))]
         for shard in shards:
-            any_column = next(name for name in shard.tensors if not name.endswith(_OFFSETS))
+            any_column = next(name for name in shard.tensors if not name.endswith(_OFFSETS) and name not in _META)
             offsets = shard.tensors.get(any_column + _OFFSETS)
             shard.rows = len(offsets) - 1 if offsets is not None else len(shard.tensors[any_column])
     cache = PrefixCache(shards, pad_values, plan.folder, first_module, lap, hidden_dtype)
@@ -440,5 +548,6 @@ __all__ = [
     "compute_prefix_outputs",
     "parse_bytes",
     "plan_storage",
+    "pads_left_per_batch",
     "prefix_cache_decision",
 ]

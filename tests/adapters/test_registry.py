@@ -112,7 +112,8 @@ def perturb(model):
 
 
 def ground_truth_energies(base, class_name, inputs):
-    """Transport energy of every block, from hooks on the branch modules of the uncut model."""
+    """Transport energy of every block, from hooks on the branch modules of the uncut model (mean over the real tokens
+    x features of padded text)."""
     _, _, names, *combine = CASES[class_name]
     located = TRGLModel.from_base(copy.deepcopy(base), TRGLConfig(num_modules=1))  # where the blocks are
     names_in_copy = {id(module): name for name, module in located.backbone.named_modules()}
@@ -139,7 +140,10 @@ def ground_truth_energies(base, class_name, inputs):
             branches = [b.reshape(branches[0].shape) for b in branches]
         if combine == ["sum"]:
             branches = [sum(branches)]
-        energies.append(sum(b.float().pow(2).mean() for b in branches))
+        mask = inputs.get("attention_mask")  # padded text: the mean over real tokens x features
+        real = mask.bool()[..., None] if mask is not None else None
+        energies.append(sum(b.float().pow(2)[real.expand_as(b)].mean() if real is not None else b.float().pow(2).mean()
+                            for b in branches))  # fmt: skip
     return energies
 
 

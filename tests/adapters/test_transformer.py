@@ -88,7 +88,8 @@ def test_transport_matches_branch_outputs(family):
         steps = list(model.iter_modules(labels=labels, **inputs))
     for handle in handles:
         handle.remove()
-    energies = [branch.pow(2).mean() for branch in captured]
+    real = inputs["attention_mask"].bool() if "attention_mask" in inputs else None  # padded text: real tokens only
+    energies = [branch.pow(2).mean() if real is None else branch.pow(2)[real].mean() for branch in captured]
     assert len(energies) == 8  # 4 blocks x (attention, MLP)
     for step, expected in zip(steps, [sum(energies[:4]), sum(energies[4:])]):
         torch.testing.assert_close(step.transport, expected, rtol=1e-4, atol=1e-6)
@@ -180,7 +181,7 @@ def test_recomputed_branch_difference_trains_like_plain_autograd(family, monkeyp
         return loss.detach(), torch.autograd.grad(loss, parameters, allow_unused=True)
 
     recomputed_loss, recomputed_grads = loss_and_gradients()
-    plain = lambda after, before, differentiable: branch_energy(after - before)  # noqa: E731
+    plain = lambda after, before, differentiable, mask=None: branch_energy(after - before, mask)  # noqa: E731
     monkeypatch.setattr(model.adapter, "difference_energy", plain)
     plain_loss, plain_grads = loss_and_gradients()
     torch.testing.assert_close(recomputed_loss, plain_loss)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,10 +37,13 @@ class BlockState:
         calls (`list[tuple[tuple, dict]]`): per block, the positional arguments after the hidden state and the
             keyword arguments the base model passes it (masks, rotary embeddings, ...); empty for blocks that take
             only the hidden state.
+        token_mask (`torch.Tensor`, *optional*): the padding mask `(batch, length)` of text inputs (nonzero = a real
+            token): the transport term averages over the real tokens only (padding never changes the objective).
     """
 
     hidden: torch.Tensor
     calls: list[tuple[tuple, dict[str, Any]]] = field(default_factory=list)
+    token_mask: torch.Tensor | None = None
 
     def detach(self) -> BlockState:
         """The same state cut from the autograd graph, context included (a later module must not train the stem
@@ -72,6 +75,18 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def buffers_restored(modules: list[nn.Module]) -> Iterator[None]:
+    """Put the buffers of `modules` (e.g. BatchNorm running statistics) back as they were on exit."""
+    saved = [(buffer, buffer.detach().clone()) for module in modules for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def truncate_depths(depths: list[int], num_blocks: int) -> list[int]:
@@ -162,26 +177,32 @@ class ModelAdapter(ABC):
         """The backbone's floating dtype: heads and exported stages are built in it."""
         return floating_dtype(self.backbone)
 
-    def energy(self, residual: torch.Tensor, differentiable: bool, needs_copy: bool = False) -> torch.Tensor:
+    def energy(
+        self, residual: torch.Tensor, differentiable: bool, needs_copy: bool = False, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """mean(r ** 2) of a residual branch: differentiable when the transport term is trained, else a detached
         value for logging that keeps nothing alive (VanGL pays no memory for it).
 
         Args:
             residual (`torch.Tensor`): the branch output.
             needs_copy (`bool`): the tensor is modified in place later (copy it before autograd saves it).
+            mask (`torch.Tensor`, *optional*): the padding mask `(batch, length)`: the mean runs over real tokens.
         """
         if not differentiable or not torch.is_grad_enabled():
             with torch.no_grad():
-                return branch_energy(residual)
-        return branch_energy(residual.clone() if needs_copy else residual)
+                return branch_energy(residual, mask)
+        return branch_energy(residual.clone() if needs_copy else residual, mask)
 
-    def difference_energy(self, after: torch.Tensor, before: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    def difference_energy(
+        self, after: torch.Tensor, before: torch.Tensor, differentiable: bool, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """mean((after - before) ** 2) of a branch given by the residual stream around it, like `energy` (detached
-        when the transport term is not trained); the difference is recomputed in backward rather than kept."""
+        when the transport term is not trained; over the real tokens of `mask`); the difference is recomputed in
+        backward rather than kept."""
         if not differentiable or not torch.is_grad_enabled():
             with torch.no_grad():
-                return branch_energy(after - before)
-        return DifferenceEnergy.apply(after, before)
+                return branch_energy(after - before, mask)
+        return DifferenceEnergy.apply(after, before, mask)
 
     @abstractmethod
     def find_blocks(self, backbone: nn.Module) -> list[nn.Module]:
@@ -210,6 +231,26 @@ class ModelAdapter(ABC):
             energy (`bool`): the energies are trained (differentiable); otherwise they are detached values for
                 logging that keep nothing alive.
         """
+
+    def run_block_checkpointed(
+        self, index: int, state: BlockState, energy: bool, checkpoint: Callable[..., Any]
+    ) -> tuple[BlockState, list[torch.Tensor]]:
+        """`run_block` under activation checkpointing: the block (its branch energies included) keeps only its input
+        and runs again in backward, with the same random state (dropout masks); buffers it updates (BatchNorm
+        statistics) are updated once, by the first run, not again by the recomputation.
+
+        Args:
+            checkpoint (`Callable`): `torch.utils.checkpoint.checkpoint` with its options (non-reentrant).
+        """
+        modules = [self.blocks[index], *self.block_extras(index)]
+        runs = [0]
+
+        def run(hidden: torch.Tensor) -> tuple[BlockState, list[torch.Tensor]]:
+            runs[0] += 1
+            with buffers_restored(modules) if runs[0] > 1 else contextlib.nullcontext():
+                return self.run_block(index, state.with_hidden(hidden), energy)
+
+        return checkpoint(run, state.hidden)  # the hidden state as an argument: its device's RNG state is kept
 
     @abstractmethod
     def build_head(

@@ -84,6 +84,12 @@ BLOCK_RETURNS: dict[type, int] = {}
 CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "cache")
 
 
+def padding_mask(inputs: dict[str, Any]) -> torch.Tensor | None:
+    """The 2-d `attention_mask` of text inputs (`(batch, length)`, 0 = padding), which the transport term reads."""
+    mask = inputs.get("attention_mask")
+    return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+
 class _StopForward(Exception):
     """Raised by the last block's recorder to stop the base model's forward."""
 
@@ -190,7 +196,7 @@ class TransformerAdapter(ModelAdapter):
                 parent._modules[key] = block
         if any(call is None for call in calls):
             raise ValueError(f"The forward of {self.spec.name} did not call every block once: it cannot be cut.")
-        return BlockState(first_hidden[0], calls)
+        return BlockState(first_hidden[0], calls, token_mask=padding_mask(inputs))
 
     def _block_slots(self) -> list[tuple[nn.Module, str]]:
         """Where each block sits in the backbone (parent module, key), to swap it for a recorder."""
@@ -231,12 +237,15 @@ class TransformerAdapter(ModelAdapter):
         if isinstance(self.layout, PostNorm):
             energies, stream = [], state.hidden
             for _, norm_input, norm_output in records:
-                energies.append(self.difference_energy(norm_input, stream, energy))
+                energies.append(self.difference_energy(norm_input, stream, energy, state.token_mask))
                 stream = norm_output
             return state.with_hidden(output), energies
         stream = [state.hidden] + [point for _, point, _ in records] + [output]
         pairs = zip(stream, stream[1:])
-        return state.with_hidden(output), [self.difference_energy(after, before, energy) for before, after in pairs]
+        mask = state.token_mask
+        return state.with_hidden(output), [
+            self.difference_energy(after, before, energy, mask) for before, after in pairs
+        ]
 
     def _check_records(self, index: int, records: list, output: torch.Tensor) -> None:
         names = tuple(name for name, _, _ in records)
