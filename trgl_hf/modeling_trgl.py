@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -13,11 +14,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForImageClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .adapters import BlockProbe, architecture_named, architecture_of
-from .adapters.base import task_model_from_config
+from .adapters.base import BlockState, task_model_from_config
 from .adapters.registry import CAUSAL_LM
 from .configuration_trgl import TRGLConfig
 from .fsdp import full_parameters, is_sharded
@@ -94,6 +96,7 @@ class TRGLModel(PreTrainedModel):
     config_class = TRGLConfig
     base_model_prefix = "trgl"
     accepts_loss_kwargs = False
+    supports_gradient_checkpointing = True
     _no_split_modules: list[str] = []
 
     def __init__(self, config: TRGLConfig, backbone: nn.Module | None = None, head_template: nn.Module | None = None):
@@ -134,6 +137,7 @@ class TRGLModel(PreTrainedModel):
         self.register_buffer("multipliers", torch.full((self.num_modules,), float(config.multiplier_init)))
         self.register_buffer("energy_scale", torch.zeros(self.num_modules))  # tau_scale="relative": E_k, 0 = unset
         self._scaled_modules: set[int] = set()
+        self._checkpointing: BlockCheckpointing | None = None
         self.trainable_modules: tuple[int, ...] = tuple(range(self.num_modules))
         self._members = self._group_members()
         self.cached_input_module: int | None = None
@@ -488,7 +492,7 @@ class TRGLModel(PreTrainedModel):
                     state = state.detach()
                 energies = []
                 for block_index in self.module_block_range(index):
-                    state, block_energies = self.adapter.run_block(block_index, state, trainable and active)
+                    state, block_energies = self._run_block(block_index, state, trainable, trainable and active)
                     energies.extend(block_energies)
                 hidden = state.hidden
                 transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
@@ -502,6 +506,64 @@ class TRGLModel(PreTrainedModel):
                     module_task_loss = self.task.loss(logits, labels, self.config.label_smoothing)
                     loss = trgl_loss(module_task_loss, transport, weight)
             yield ModuleStep(index, hidden, logits, transport, module_task_loss, loss, trainable)
+
+    def _run_block(
+        self, index: int, state: BlockState, trainable: bool, energy: bool
+    ) -> tuple[BlockState, list[torch.Tensor]]:
+        """Run block `index`: checkpointed when it trains and activation checkpointing is on."""
+        checkpointing = self._checkpointing
+        if checkpointing is not None and trainable and self.training and checkpointing.covers(index):
+            return self.adapter.run_block_checkpointed(index, state, energy, checkpointing.function)
+        return self.adapter.run_block(index, state, energy)
+
+    # ------------------------------------------------------------------ activation checkpointing
+
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Checkpoint the residual blocks of the modules being trained: each keeps only its input, and runs again
+        (branch energies included, with the same dropout masks) in backward. Gradients are those of a run without
+        it; frozen modules run without gradients and need none. `TrainingArguments(gradient_checkpointing=True)`
+        (or `activation_checkpointing=True`) calls it.
+
+        Args:
+            activation_checkpointing_kwargs (`dict`, *optional*): options of `torch.utils.checkpoint.checkpoint`
+                (`preserve_rng_state`, `determinism_check`, `debug`, `context_fn`); `use_reentrant` must be False
+                (the default here).
+            every_n_layers (`int`, *optional*, defaults to 1): checkpoint every n-th block only.
+            offload (`bool`, *optional*, defaults to `False`): keep the checkpointed inputs in host memory.
+
+        Raises:
+            `ValueError`: `use_reentrant=True`, an unknown option, or `every_n_layers < 1`.
+        """
+        self._checkpointing = BlockCheckpointing(activation_checkpointing_kwargs, every_n_layers, offload)
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """Same as [`~TRGLModel.activation_checkpointing_enable`] (transformers' older name)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        """Run blocks without checkpointing again."""
+        self._checkpointing = None
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Same as [`~TRGLModel.activation_checkpointing_disable`] (transformers' older name)."""
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """Whether the trained modules' blocks are checkpointed."""
+        return self._checkpointing is not None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Same as `is_activation_checkpointing` (transformers' older name)."""
+        return self.is_activation_checkpointing
 
     @torch.no_grad()
     def _measure_energy_scale(self, index: int, transport: torch.Tensor) -> None:
@@ -594,6 +656,50 @@ class TRGLModel(PreTrainedModel):
 
             exported.generation_config = GenerationConfig.from_dict(dict(generation))
         return exported
+
+
+class BlockCheckpointing:
+    """How [`TRGLModel`] checkpoints the blocks of the modules it trains (see
+    [`~TRGLModel.activation_checkpointing_enable`]).
+
+    Args:
+        options (`dict`, *optional*): keyword arguments of `torch.utils.checkpoint.checkpoint`.
+        every_n_layers (`int`): checkpoint the blocks whose index is a multiple of it.
+        offload (`bool`): keep the checkpointed inputs in (pinned) host memory.
+    """
+
+    def __init__(self, options: dict[str, Any] | None, every_n_layers: int = 1, offload: bool = False):
+        options = dict(options or {})
+        if options.get("use_reentrant", False):
+            raise ValueError(
+                "TRGLModel checkpoints its blocks with `use_reentrant=False` only: the reentrant variant gives no "
+                "gradient to block inputs computed outside the block (attention masks, relative position "
+                "embeddings) and cannot return the branch energies. Leave `use_reentrant` out of "
+                "`gradient_checkpointing_kwargs` or set it to False."
+            )
+        allowed = set(inspect.signature(checkpoint).parameters) - {"function", "args", "kwargs"}
+        allowed.add("preserve_rng_state")  # read from checkpoint's **kwargs
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(
+                f"Unknown activation checkpointing option(s) {unknown}: `gradient_checkpointing_kwargs` takes the "
+                f"options of torch.utils.checkpoint.checkpoint ({sorted(allowed)})."
+            )
+        if int(every_n_layers) < 1:
+            raise ValueError(f"`every_n_layers` must be at least 1, got {every_n_layers}.")
+        self.options = {**options, "use_reentrant": False}
+        self.every_n_layers, self.offload = int(every_n_layers), bool(offload)
+
+    def covers(self, block_index: int) -> bool:
+        """Whether block `block_index` (0-based, over the whole network) is checkpointed."""
+        return block_index % self.every_n_layers == 0
+
+    def function(self, run: Any, hidden: torch.Tensor) -> Any:
+        """`checkpoint(run, hidden)` with the options (and host offloading)."""
+        if not self.offload or hidden.device.type == "cpu":
+            return checkpoint(run, hidden, **self.options)
+        with torch.autograd.graph.save_on_cpu(pin_memory=True, device_type=hidden.device.type):
+            return checkpoint(run, hidden, **self.options)
 
 
 __all__ = ["TRGLModel", "TRGLOutput"]
