@@ -224,20 +224,21 @@ class Pair:
 def run_pair(tmp_path, make_model: Callable[[], Any], *, train: bool = True, plain_kwargs=None, trgl_kwargs=None,
              args: dict | None = None, trgl_config: dict | None = None, **trainer_kwargs) -> Pair:  # fmt: skip
     """Build the same model twice (`make_model` seeds itself), hand one to `Trainer` and the other, wrapped at K = 1,
-    to `TRGLTrainer` with the same arguments and trainer keywords (callbacks are copied per trainer), and train both."""
+    to `TRGLTrainer` with the same arguments and trainer keywords (callbacks are copied per trainer), and train each
+    before the next is built (each trainer seeds the global generators when it is built)."""
     args = args or {}
-    trainers = []
+    trainers, outputs = [], []
     for kind, cls, arguments, model, extra in (
         ("plain", Trainer, plain_args, make_model(), plain_kwargs or {}),
         ("trgl", TRGLTrainer, trgl_args, k1(make_model(), **(trgl_config or {})), trgl_kwargs or {}),
     ):
         kwargs = {k: copy.deepcopy(v) if k == "callbacks" else v for k, v in trainer_kwargs.items()}
         kwargs.update(extra)
-        trainers.append(cls(model=model, args=arguments(tmp_path / kind, **args), **kwargs))
+        trainer = cls(model=model, args=arguments(tmp_path / kind, **args), **kwargs)  # seeds the global generators
+        trainers.append(trainer)
+        outputs.append(trainer.train() if train else None)  # before the next trainer is built and seeds again
     pair = Pair(*trainers)
-    if train:
-        pair.plain_output = pair.plain.train()
-        pair.trgl_output = pair.trgl.train()
+    pair.plain_output, pair.trgl_output = outputs
     return pair
 
 

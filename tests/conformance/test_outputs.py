@@ -60,9 +60,10 @@ def _text_run(tmp_path, tokenizer, collator, num_modules=2):
 
 
 def test_save_model_loads_with_auto_class_and_predicts_like_predict(tmp_path, tokenizer, collator):
-    """run_glue's `trainer.save_model()` at K = 2, then `AutoModelForSequenceClassification.from_pretrained(output_dir)`
-    (no `trust_remote_code`, nothing else): it loads, carries the label names, and its logits equal the trainer's
-    `predict()` predictions (1e-5), i.e. the module `predict()` returns."""
+    """run_glue's `trainer.save_model()` at K = 2, then
+    `AutoModelForSequenceClassification.from_pretrained(output_dir)` (no `trust_remote_code`, nothing else): it
+    loads, carries the label names, and its logits equal the trainer's `predict()` predictions (1e-5), i.e. the
+    module `predict()` returns."""
     trainer, data = _text_run(tmp_path, tokenizer, collator)
     trainer.save_model()
     output_dir = trainer.args.output_dir
@@ -122,10 +123,10 @@ def test_save_model_causal_lm_generates_in_a_pipeline(tmp_path, tokenizer):
     output_dir = trainer.args.output_dir
     model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
     prompt = tokenizer("the film", return_tensors="pt")
-    expected = model.generate(**prompt, max_new_tokens=4, do_sample=False)[0, prompt["input_ids"].shape[1]:]
+    expected = model.generate(**prompt, max_new_tokens=4, do_sample=False)[0, prompt["input_ids"].shape[1] :]
     generate = pipeline("text-generation", model=output_dir)
     answer = generate("the film", max_new_tokens=4, do_sample=False, return_tensors=True)[0]
-    assert list(answer["generated_token_ids"][-len(expected):]) == expected.tolist()
+    assert list(answer["generated_token_ids"][-len(expected) :]) == expected.tolist()
 
 
 def test_save_model_image_classifier_in_a_pipeline(tmp_path):

@@ -160,7 +160,9 @@ class CheckpointCount(TrainerCallback):
         self.root, self.counts = Path(root), []
 
     def on_save(self, args, state, control, **kwargs):
-        self.counts.append(len([p for p in self.root.rglob("checkpoint-*") if p.is_dir() and any(p.glob("*.safetensors"))]))
+        self.counts.append(
+            len([p for p in self.root.rglob("checkpoint-*") if p.is_dir() and any(p.glob("*.safetensors"))])
+        )
 
 
 def test_save_total_limit(tmp_path):
@@ -316,8 +318,13 @@ def test_evaluate_keys_k2(tmp_path):
     `eval_accuracy`, `eval_runtime`, `eval_samples_per_second`, `eval_steps_per_second`, `epoch`) is there, plus the
     per-module keys (`eval_module_{k}_accuracy`, `eval_module_{k}_loss`, `eval_best_module`)."""
     data = pixel_dataset()
-    trgl = TRGLTrainer(model=wrap(tiny_resnet(), K, aux_head="linear"), train_dataset=data, compute_metrics=accuracy,
-                       eval_dataset=data.select(range(8)), args=trgl_args(tmp_path / "t", max_steps=1))
+    trgl = TRGLTrainer(
+        model=wrap(tiny_resnet(), K, aux_head="linear"),
+        train_dataset=data,
+        compute_metrics=accuracy,
+        eval_dataset=data.select(range(8)),
+        args=trgl_args(tmp_path / "t", max_steps=1),
+    )
     plain = Trainer(model=tiny_resnet(), train_dataset=data, eval_dataset=data.select(range(8)),
                     compute_metrics=accuracy, args=plain_args(tmp_path / "p", max_steps=2))  # fmt: skip
     trgl.train()
@@ -347,8 +354,9 @@ def test_predict_test_loss_is_the_returned_modules(tmp_path, tokenizer, collator
                                                                     metric_for_best_model="closeness"))  # fmt: skip
     trainer.train()
     with torch.no_grad():
-        reference["logits"] = model.export_stage(1)(**tokenizer.pad(data.remove_columns("label")[:],
-                                                                     return_tensors="pt")).logits.numpy()
+        reference["logits"] = model.export_stage(1)(
+            **tokenizer.pad(data.remove_columns("label")[:], return_tensors="pt")
+        ).logits.numpy()
     assert trainer.evaluate()["eval_best_module"] == 1
     output = trainer.predict(data)
     assert output.module == 1
