@@ -49,7 +49,8 @@ class TRGLOutput(ModelOutput):
         module_losses (`torch.Tensor`, *optional*):
             Cross-entropy of every computed module, `(num_computed_modules,)`.
         transport (`torch.Tensor`):
-            Transport cost (sum over residual branches of mean(r ** 2)) of every computed module.
+            Transport cost (sum over residual branches of mean(r ** 2), the mean over batch x features, or over
+            the real tokens x features of padded text) of every computed module.
     """
 
     loss: torch.Tensor | None = None

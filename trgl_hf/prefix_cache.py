@@ -291,8 +291,9 @@ class ShardWriter:
 class PrefixCache(Dataset):
     """Outputs of the frozen prefix for every training example (in dataset order), with their labels and context.
 
-    `cache[indices]` / `cache.__getitems__(indices)` gathers a whole batch at once, collated and right-padded (token
-    ids with `pad_values["input_ids"]`, labels with -100). `select(indices)` gives a view in another row order.
+    `cache[indices]` / `cache.__getitems__(indices)` gathers a whole batch at once, collated and padded on the right
+    (token ids with `pad_values["input_ids"]`, labels with -100) to the width the rows were padded to when they all
+    had one (`padded_width`), else to the batch's longest row. `select(indices)` gives a view in another row order.
 
     Args:
         shards (`list[Shard]`): the rows, in order.
