@@ -185,12 +185,6 @@ DROPOUT_CASES = [("BertForSequenceClassification", "right"), ("GPT2ForSequenceCl
                  ("LlamaForSequenceClassification", "left")]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TRGLTrainer._build_prefix_cache creates its DataLoader iterator (which draws a seed from torch's RNG) "
-    "outside prefix_cache.build_prefix_cache's forked RNG: a cached phase then draws other dropout masks. Remove this "
-    "mark once trainer.py builds the cache under torch.random.fork_rng(devices=[]).",
-)
 @pytest.mark.parametrize(("class_name", "padding"), DROPOUT_CASES, ids=[f"{n}-{p}" for n, p in DROPOUT_CASES])
 def test_with_dropout_cached_training_draws_the_same_masks(class_name, padding, tmp_path):
     assert_same_training(class_name, padding, tmp_path, dropout=True)

@@ -522,7 +522,8 @@ class TRGLTrainer(Trainer):
             with model.phase(phase.modules, cached_from=phase.cached_from, evaluated=phase.evaluated_modules):
                 if phase.cached_from is not None:
                     logger.info("%s: caching the frozen prefix's outputs once (%s).", phase.name, cache_reason)
-                    self.train_dataset = self._build_prefix_cache(phase)
+                    with torch.random.fork_rng(devices=[]):  # its loaders draw seeds: the uncached run does not
+                        self.train_dataset = self._build_prefix_cache(phase)
                 elif min(phase.modules) > 0 and self.args.trgl_mode != "parallel":
                     logger.info("%s: recomputing the frozen prefix every step (%s).", phase.name, cache_reason)
                 self._reset_for_phase()
