@@ -304,6 +304,23 @@ def cases(workdir: Path) -> list[Case]:
         Case("missing weight file", "model.safetensors", missing),
         Case("loading a stage folder as a whole TRGL model", "AutoModel", stage_as_whole),
         Case("`push_to_hub=True` without credentials", "hub_token", no_credentials),
+        Case("`label_smoothing_factor` and another `TRGLConfig.label_smoothing`", "label_smoothing",
+             lambda: TRGLTrainer(model=model(label_smoothing=0.2), args=args(str(workdir / "ls"),
+                                 label_smoothing_factor=0.1))),
+        Case("`optimizers=(optimizer, scheduler)` for a run of several phases", "optimizer_cls_and_kwargs",
+             lambda: TRGLTrainer(model=(m := model()), args=args(str(workdir / "opt")),
+                                 optimizers=(torch.optim.SGD(m.parameters(), lr=0.1), None))),
+        Case("`batch_eval_metrics` with a function as `compute_metrics` and K > 1", "compute_result",
+             lambda: TRGLTrainer(model=model(), args=args(str(workdir / "bem"), batch_eval_metrics=True),
+                                 compute_metrics=lambda prediction, compute_result: {})),
+        Case("`compute_metrics` for a causal language model", "compute_metrics",
+             lambda: TRGLTrainer(model=gpt2_lm(), args=args(str(workdir / "lmm")),
+                                 compute_metrics=lambda prediction: {})),
+        Case("a `metric_for_best_model` the metrics do not report", "metric_for_best_model",
+             lambda: TRGLTrainer(model=model(), args=args(str(workdir / "typo"), metric_for_best_model="acuracy"),
+                                 train_dataset=train, eval_dataset=digits["validation"].select(range(16))).train()),
+        Case("`hub_strategy='checkpoint'` with `push_to_hub`", "hub_strategy",
+             lambda: args(str(workdir / "hs"), push_to_hub=True, hub_strategy="checkpoint")),
     ]  # fmt: skip
 
 
