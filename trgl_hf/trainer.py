@@ -200,13 +200,14 @@ class TRGLTrainer(Trainer):
                         self.head_settings.lr_multiplier, self.head_settings.warmup_steps,
                         self.head_settings.source)  # fmt: skip
         config = self.model.config
-        if config.peft_config and config.aux_head != "native" and self.args.trgl_save_stages:
+        check_stage_selection(self.args, model.num_modules)
+        if config.peft_config and config.aux_head != "native" and self.args.saves_any_stage():
             logger.info(
                 "LoRA base with aux_head=%r: stages are written with the adapters merged, not also as PEFT adapters "
                 "(an adapter applies to the native truncated model, whose head is not this one). Pass "
                 "aux_head='native' to TRGLConfig for adapter exports.", config.aux_head,
             )  # fmt: skip
-        if self.processing_class is None and self.args.trgl_save_stages:
+        if self.processing_class is None and self.args.saves_any_stage():
             logger.warning(
                 "No `processing_class` (tokenizer / image processor) was given to TRGLTrainer: the stage folders will "
                 "hold none, and `pipeline(model=stage_dir)` cannot run them. Pass the one used to prepare the data."
@@ -487,7 +488,7 @@ class TRGLTrainer(Trainer):
         best = int(evaluation["eval_best_module"])
         folder = root / stage_dirname(best)
         metric = next((v for k, v in evaluation.items() if k.startswith("eval_best_module_")), None)
-        if self.args.trgl_save_stages and folder.is_dir():
+        if folder.is_dir():
             state.best_model_checkpoint, state.best_metric = str(folder), metric
 
     def _completed_checkpoint(self, checkpoint: str) -> TrainOutput | None:
@@ -961,13 +962,14 @@ class TRGLTrainer(Trainer):
 
     def _write_pending_stages(self, run: RunState, final: bool) -> None:
         """Export the stages recorded as pending (from the weights now in the model) and record their checksums."""
-        root = Path(self.args.output_dir)
+        root, num_stages = Path(self.args.output_dir), self.model.num_modules
         for stage in list(run.pending):
-            if self.args.should_save and self.args.trgl_save_stages:
+            written = self.args.saves_stage(stage, num_stages)
+            if self.args.should_save and written:
                 self.save_stage(stage, root / stage_dirname(stage))
                 if self._pusher is not None:
                     self._pusher.submit_stage(stage, root / stage_dirname(stage), final and stage == max(run.pending))
-            if self.args.trgl_save_stages:
+            if written:
                 run.record_stage(stage)
             else:
                 run.pending.remove(stage)
@@ -976,7 +978,7 @@ class TRGLTrainer(Trainer):
     def _repair_stages(self, run: RunState, phases: list[Phase]) -> None:
         """On resume: write the stages left pending by an interrupted transition, and export again any recorded stage
         whose files were damaged (its modules are final in the restored weights); never rewrite an intact stage."""
-        if not self.args.trgl_save_stages:
+        if not self.args.saves_any_stage():
             return
         damaged = run.damaged_stages()
         for stage in damaged:
@@ -1123,6 +1125,16 @@ def move_files_into(source: Path, target: Path, skip: set[str]) -> None:
         if entry.is_dir() and destination.is_dir():
             shutil.rmtree(destination)
         os.replace(entry, destination)
+
+
+def check_stage_selection(args: TRGLTrainingArguments, num_modules: int) -> None:
+    """Refuse `trgl_save_stages` numbers the model has no stage for."""
+    selection = args.trgl_save_stages
+    if isinstance(selection, tuple) and selection[-1] > num_modules:
+        raise ValueError(
+            f"`trgl_save_stages={list(selection)}` but the model has {num_modules} modules: give stage numbers in "
+            f"1..{num_modules}, or 'all' / 'last' / 'none'."
+        )
 
 
 def check_given_optimizers(optimizers: Any, model: TRGLModel, args: TRGLTrainingArguments) -> None:

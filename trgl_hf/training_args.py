@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 from transformers.trainer_utils import HubStrategy
@@ -16,6 +17,33 @@ PREFIX_CACHE_CHOICES = ("auto", "always", "never")
 HUB_FINISH_TIMEOUT_S = 60.0
 """Default of `trgl_hub_finish_timeout`: the last stage of a base-size model and one retry of a transient failure fit;
 a Hub that is down costs a minute, not the 6 minutes per push of the whole retry schedule."""
+
+
+def stage_selection(value: Any) -> str | tuple[int, ...]:
+    """`trgl_save_stages` in one form: `"all"`, `"last"`, `"none"` or a sorted tuple of 1-based stage numbers.
+
+    Raises:
+        `ValueError`: for anything else, naming the accepted values.
+    """
+    if isinstance(value, bool):
+        return "all" if value else "none"
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("all", "last", "none"):
+            return word
+        if word in ("true", "false"):
+            return "all" if word == "true" else "none"
+        value = [part for part in word.split(",") if part.strip()]
+    try:
+        stages = tuple(sorted({int(str(item).strip()) for item in value}))
+    except (TypeError, ValueError):
+        stages = ()
+    if not stages or stages[0] < 1:
+        raise ValueError(
+            f"`trgl_save_stages={value!r}`: give 'all' (or True), 'last', 'none' (or False), or 1-based stage numbers "
+            "such as [2, 4] ('2,4' on the command line)."
+        )
+    return stages
 
 
 @dataclass
@@ -64,8 +92,11 @@ class TRGLTrainingArguments(TrainingArguments):
             At the start of every phase, train only the heads for this many optimizer steps (the modules' gradients
             are dropped), as linear-probe-then-fine-tune does (this library's extension). Defaults to
             `trgl_hf.pretrained_defaults.PRETRAINED_HEAD_WARMUP_STEPS` (0) for a pretrained base, else 0.
-        trgl_save_stages (`bool`, *optional*, defaults to `True`):
-            Write `output_dir/stage-01 .. stage-K` as the modules become final.
+        trgl_save_stages (`str`, `bool` or `list[int]`, *optional*, defaults to `"all"`):
+            Which `output_dir/stage-XX` folders to write as the modules become final: `"all"` (or `True`), `"last"`
+            (stage K only: a K-stage run of a large model otherwise writes K truncated copies, O(K^2) storage),
+            `"none"` (or `False`), or stage numbers (`[2, 4]`, or `"2,4"` on the command line). Stages not written are
+            neither pushed nor recorded; the run's weights (`trgl-progress-NN/`) are kept whatever this says.
         trgl_hub_strategy (`str`, *optional*, defaults to `"branch"`):
             With `push_to_hub=True`, push each stage as soon as it is final to the branch `stage-XX` of
             `hub_model_id` (`"branch"`, the last stage also to `main`) or to its folder `stages/stage-XX` on `main`
@@ -121,8 +152,9 @@ class TRGLTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Train only the heads for this many steps at the start of each phase (default 0)."},
     )  # fmt: skip
-    trgl_save_stages: bool = field(
-        default=True, metadata={"help": "Write output_dir/stage-XX folders as modules become final."}
+    trgl_save_stages: str = field(
+        default="all",
+        metadata={"help": "Stages to write as modules become final: 'all', 'last', 'none' or numbers such as '2,4'."},
     )
     trgl_hub_strategy: str = field(
         default="branch",
@@ -164,6 +196,7 @@ class TRGLTrainingArguments(TrainingArguments):
         if self.trgl_hub_strategy not in ("branch", "subfolder"):
             raise ValueError(f"`trgl_hub_strategy` must be 'branch' or 'subfolder', got {self.trgl_hub_strategy!r}.")
         self._check_hub_settings()
+        self.trgl_save_stages = stage_selection(self.trgl_save_stages)
         if self.max_steps == 0 or (self.max_steps < 0 and not self.num_train_epochs > 0):
             raise ValueError(
                 f"Nothing to train: `max_steps={self.max_steps}`, `num_train_epochs={self.num_train_epochs}`; give a "
@@ -208,6 +241,17 @@ class TRGLTrainingArguments(TrainingArguments):
         from .prefix_cache import parse_bytes
 
         parse_bytes(self.trgl_prefix_cache_max_memory)  # refuses what is not a size
+
+    def saves_stage(self, stage: int, num_stages: int) -> bool:
+        """Whether stage `stage` (1-based) of a `num_stages`-stage run is written (see `trgl_save_stages`)."""
+        selection = self.trgl_save_stages
+        if selection in ("all", "last", "none"):
+            return selection == "all" or (selection == "last" and stage == num_stages)
+        return stage in selection
+
+    def saves_any_stage(self) -> bool:
+        """Whether any stage folder is written."""
+        return self.trgl_save_stages != "none"
 
     def _check_hub_settings(self) -> None:
         """Refuse `hub_strategy` values that cannot apply to a TRGL run, and a wait bound that is not a duration."""
