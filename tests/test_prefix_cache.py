@@ -93,6 +93,31 @@ def test_the_budget_decides_memory_or_disk(tmp_path, caplog):
     assert not (tmp_path / "cache").exists()
 
 
+def test_the_default_budget_respects_the_cgroup_limit(tmp_path, monkeypatch, caplog):
+    """Without `trgl_prefix_cache_max_memory`, the budget is 25% of what the process's cgroup limit leaves when that is
+    less than `MemAvailable` (a container): 8 GiB free on the machine, 4 KiB left in the group -> on disk."""
+    from trgl_hf import memory_limits
+
+    proc, cgroups = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: 16777216 kB\nMemAvailable: {8 * 1024**2} kB\n")
+    (proc / "self" / "cgroup").write_text("0::/job\n")
+    (cgroups / "job").mkdir(parents=True)
+    (cgroups / "cgroup.controllers").write_text("memory\n")
+    (cgroups / "job" / "memory.max").write_text(f"{1024**2}\n")
+    (cgroups / "job" / "memory.current").write_text(f"{1024**2 - 4096}\n")
+    monkeypatch.setattr(memory_limits, "PROC_ROOT", proc)
+    monkeypatch.setattr(memory_limits, "CGROUP_ROOT", cgroups)
+    plan = prefix_cache.plan_storage(100.0, 20, None, tmp_path / "plan", world_size=1)
+    assert plan.budget == 1024 and plan.folder == tmp_path / "plan"
+    assert "cgroup v2 memory limit of /job" in plan.reason and "below MemAvailable" in plan.reason
+    with caplog.at_level("INFO", logger="trgl_hf"):
+        cache = build_prefix_cache(iter(list(_ragged_batches())), 20, folder=tmp_path / "cache", budget=None,
+                                   dtype=None, token_columns=TOKENS, pad_values={}, first_module=1, lap=1)  # fmt: skip
+    assert cache.on_disk and "over the budget of 0.0 MiB (25% of 0.0 MiB available: the cgroup v2" in caplog.text
+    cache.remove()
+
+
 def test_half_precision_storage_is_cast_back(tmp_path):
     batches = list(_ragged_batches())
     cache = build_prefix_cache(iter(batches), 20, folder=tmp_path, budget=None, dtype=torch.bfloat16,
@@ -175,8 +200,9 @@ def test_each_cache_is_computed_from_the_previous_one(tmp_path, digits, make_cif
     torch.testing.assert_close(third, recomputed, rtol=1e-5, atol=1e-6)
 
 
-def test_the_previous_in_memory_cache_counts_against_the_budget(tmp_path, digits, make_cifar_resnet, monkeypatch,
-                                                               caplog):
+def test_the_previous_in_memory_cache_counts_against_the_budget(
+    tmp_path, digits, make_cifar_resnet, monkeypatch, caplog
+):
     train = digits["train"].select(range(256))
     sizes = {}
     for where, budget in (("unbounded", None), ("bounded", "to be set")):

@@ -22,7 +22,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import warnings
@@ -39,6 +38,7 @@ from torch.utils.data import Dataset, TensorDataset
 from transformers import DataCollatorWithPadding, DefaultDataCollator, default_data_collator
 
 from .input_checks import is_iterable
+from .memory_limits import available_memory, available_memory_report
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ HIDDEN = "trgl_hidden_states"
 SHARD_BYTES = 64 * 1024**2
 """Rows are flushed to a new shard once this many bytes are buffered (host memory stays bounded by it)."""
 DEFAULT_MEMORY_FRACTION = 0.25
-"""Without `trgl_prefix_cache_max_memory`, a cache may take this fraction of the memory available when it is built."""
+"""Without `trgl_prefix_cache_max_memory`, a cache may take this fraction of the memory available when it is built
+(`MemAvailable`, or less under a cgroup memory limit: [`memory_limits.available_memory`])."""
 _OFFSETS = ".offsets"
 _WIDTHS, _LAYOUT = ".widths", ".layout"
 """Layout of the stored batches: the widths they were padded to; whether any row was padded on the left, and whether
@@ -105,18 +106,6 @@ def pads_left_per_batch(collator: Any) -> bool:
         return False
     padding = "longest" if collator.padding is True else getattr(collator.padding, "value", collator.padding)
     return padding == "longest" and getattr(collator.tokenizer, "padding_side", "right") == "left"
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (`MemAvailable`), or the physical memory where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as stream:
-            for line in stream:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def parse_bytes(value: int | str | None) -> int | None:
@@ -435,16 +424,21 @@ def plan_storage(
         return CachePlan(folder, f"a stream of unknown length ({bytes_per_row / 1024:.1f} KiB per row): on disk in "
                          f"{folder}")  # fmt: skip
     estimate = int(math.ceil(bytes_per_row * rows))
-    budget = budget if budget is not None else int(available_memory() * DEFAULT_MEMORY_FRACTION)
+    of_what = ""
+    if budget is None:  # the smaller of MemAvailable and what the process's cgroup limit leaves
+        available = available_memory_report()
+        budget = int(available.bytes * DEFAULT_MEMORY_FRACTION)
+        share = f"{DEFAULT_MEMORY_FRACTION:.0%} of {available.bytes / 1024**2:.1f} MiB available"
+        of_what = f" ({share}: {available.source})"
     size = f"{estimate / 1024**2:.1f} MiB ({rows} rows x {bytes_per_row / 1024:.1f} KiB)"
     if held:
         size += f" + {held / 1024**2:.1f} MiB of the previous cache, in memory while this one is built"
     if world_size > 1:
         return CachePlan(folder, f"{size}: memory-mapped files shared by the {world_size} processes", estimate, budget)
+    within = f"the budget of {budget / 1024**2:.1f} MiB{of_what}"
     if estimate + held <= budget:
-        return CachePlan(None, f"{size}, within the budget of {budget / 1024**2:.1f} MiB: in memory", estimate, budget)
-    return CachePlan(folder, f"{size}, over the budget of {budget / 1024**2:.1f} MiB: on disk in {folder}", estimate,
-                     budget)  # fmt: skip
+        return CachePlan(None, f"{size}, within {within}: in memory", estimate, budget)
+    return CachePlan(folder, f"{size}, over {within}: on disk in {folder}", estimate, budget)
 
 
 @torch.no_grad()
