@@ -91,6 +91,10 @@ def check_parity(sharded: Path, alone: Path, family: str, modes: tuple[str, ...]
         for name, value in weights(progress).items():
             torch.testing.assert_close(value, got[name], msg=f"{progress.name}: {name}")
         check_stages(run_dir, sharded / mode / "final", family)
+        saved = sharded / mode / "saved"  # save_model: the chosen stage, gathered whole
+        stage = json.loads((saved / "trgl_stage.json").read_text())["stage"]
+        for name, value in weights(saved).items():
+            torch.testing.assert_close(value, weights(run_dir / f"stage-{stage:02d}")[name], msg=f"saved: {name}")
 
 
 @pytest.mark.multiprocess
@@ -105,9 +109,9 @@ def check_parity(sharded: Path, alone: Path, family: str, modes: tuple[str, ...]
     ],
 )
 def test_fsdp_matches_one_process_with_the_same_global_batch(tmp_path, family, switch, modes, reshard):
-    """Parameters after training equal a 1-process run's; the last `trgl-progress-NN` folder and `save_model` hold
-    the full weights; the stages load natively and give the trained heads' logits. `reshard="false"`:
-    `reshard_after_forward=False` (`"shard_grad_op"`)."""
+    """Parameters after training equal a 1-process run's; the last `trgl-progress-NN` folder holds the full weights
+    and `save_model` the chosen stage, gathered; the stages load natively and give the trained heads' logits.
+    `reshard="false"`: `reshard_after_forward=False` (`"shard_grad_op"`)."""
     check_parity(*train_both(tmp_path, family, switch, modes, TRGL_TEST_RESHARD=reshard), family, modes)
 
 

@@ -1,7 +1,6 @@
 """TRGLTrainer: the three regimes on real data, stage folders, isolation through the optimizer, bad input, resume."""
 
 import json
-import os
 
 import pytest
 import torch

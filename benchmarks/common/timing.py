@@ -23,18 +23,25 @@ from trgl_hf import TRGLTrainer, TRGLTrainingArguments
 
 
 class StepTimes(TrainerCallback):
-    """Wall and CPU time (`time.process_time`: all threads of the process) of every step, per `train()` call."""
+    """Wall and CPU time (`time.process_time`: all threads of the process) of every step, per training loop: per
+    `train()` call of a `Trainer`, per phase of a `TRGLTrainer` run (`on_phase_begin`)."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.phases: list[dict[str, list[float]]] = []
         self._begin = (0.0, 0.0)
+        self._phased = False
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not self._phased:
+            self.phases.append({"wall": [], "cpu": []})
+
+    def on_phase_begin(self, args, state, control, **kwargs):
+        self._phased = True
         self.phases.append({"wall": [], "cpu": []})
 
     def on_step_begin(self, args, state, control, **kwargs):

@@ -8,6 +8,7 @@ modules normalise alike in both runs.
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -62,15 +63,18 @@ class StopInPhase(TrainerCallback):
     """Kill the run (an exception on every process) at the first step of a phase, as a crash would."""
 
     def __init__(self, phase: str):
-        self.phase = phase
+        self.phase, self.current = phase, None
+
+    def on_phase_begin(self, args, state, control, phase=None, **kwargs):
+        self.current = phase.name
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if Path(args.output_dir).name == self.phase:
+        if self.current == self.phase:
             raise KeyboardInterrupt(f"stopped in {self.phase}")
 
 
 def train(out: Path, family: str, modes: list[str], world: int) -> None:
-    """Train `family` in every mode of `modes`; write `out/init.safetensors` and `out/<mode>/{run,final}`.
+    """Train `family` in every mode of `modes`; write `out/init.safetensors` and `out/<mode>/{run,saved,final}`.
 
     `TRGL_TEST_STOP_IN=<phase>` stops the run at that phase's first step; `TRGL_TEST_RESUME=1` resumes the run;
     `TRGL_TEST_OPTIM` replaces the optimizer (SGD); `TRGL_TEST_RESHARD=false` keeps gathered parameters from forward
@@ -99,7 +103,9 @@ def train(out: Path, family: str, modes: list[str], world: int) -> None:
             callbacks=[StopInPhase(stop)] if stop else None,
         )
         trainer.train(resume_from_checkpoint=resume or None)
-        trainer.save_model(str(out / mode / "final"))
+        trainer.save_model(str(out / mode / "saved"))  # the chosen stage, gathered from the shards
+        if trainer.is_world_process_zero():  # the whole model, as the run keeps it
+            shutil.copytree(sorted((out / mode / "run").glob("trgl-progress-*"))[-1], out / mode / "final")
         if world > 1:
             from torch.distributed.tensor import DTensor
 
