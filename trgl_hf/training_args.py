@@ -74,7 +74,8 @@ class TRGLTrainingArguments(TrainingArguments):
         trgl_prefix_cache_max_memory (`str` or `int`, *optional*):
             Largest prefix cache kept in memory (bytes, or e.g. `"8GiB"`); a larger one is written to disk as
             memory-mapped safetensors shards, so host memory stays bounded whatever the dataset's size. Defaults to
-            25% of the memory available when the cache is built. With several processes the cache is always a set of
+            25% of the memory available when the cache is built (`MemAvailable`, or what the process's cgroup memory
+            limit leaves where that is less). With several processes the cache is always a set of
             files that every process of the machine maps (one copy in the page cache).
         trgl_prefix_cache_dir (`str`, *optional*):
             Where a disk-backed cache is written (defaults to `output_dir/.trgl-prefix-cache`); a fast local disk is
@@ -135,7 +136,7 @@ class TRGLTrainingArguments(TrainingArguments):
         default="auto", metadata={"help": "Cache the frozen prefix's outputs: 'auto', 'always' or 'never'."}
     )
     trgl_prefix_cache_max_memory: str | None = field(
-        default=None, metadata={"help": "Largest in-memory prefix cache (bytes or '8GiB'); default 25%% of free RAM."}
+        default=None, metadata={"help": "Largest in-memory prefix cache (bytes or '8GiB'); default 25%% of available memory."}
     )
     trgl_prefix_cache_dir: str | None = field(
         default=None, metadata={"help": "Folder of a disk-backed prefix cache (default output_dir/.trgl-prefix-cache)"}
