@@ -136,7 +136,8 @@ class TRGLTrainingArguments(TrainingArguments):
         default="auto", metadata={"help": "Cache the frozen prefix's outputs: 'auto', 'always' or 'never'."}
     )
     trgl_prefix_cache_max_memory: str | None = field(
-        default=None, metadata={"help": "Largest in-memory prefix cache (bytes or '8GiB'); default 25%% of available memory."}
+        default=None,
+        metadata={"help": "Largest in-memory prefix cache (bytes or '8GiB'); default 25%% of available memory."},
     )
     trgl_prefix_cache_dir: str | None = field(
         default=None, metadata={"help": "Folder of a disk-backed prefix cache (default output_dir/.trgl-prefix-cache)"}
