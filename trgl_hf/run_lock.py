@@ -5,11 +5,15 @@ hard-linked as the lock (`os.link` fails when the lock exists, so two runs never
 has no hard links, the lock is created exclusively and then written; a run killed in between leaves an empty lock.
 A lock whose record is empty or unreadable (such a torn lock, or one left by an older trgl_hf) names no owner that
 could still be alive once it is older than `TORN_LOCK_GRACE_S` (a live run writes its record within microseconds):
-it is taken over, with a warning. A younger one is waited for, then judged again.
+it is taken over, with a warning. A younger one is waited for, then judged again. Takeovers are serialised by an
+advisory `flock` on `.trgl-run.lock.guard` (released by the kernel if its holder dies); under it the lock is removed
+only if it still holds exactly the record judged stale (every live record carries its run's unique token), so a run
+that took the folder meanwhile keeps it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,8 +54,20 @@ def _owner(text: str) -> dict[str, Any] | None:
     return holder
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+@contextlib.contextmanager
+def _takeover_guard(path: Path):
+    """Hold an exclusive advisory lock on `path` (created if needed); a no-op where `fcntl` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: takeovers are not serialised
+        yield
+        return
+    handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the flock
 
 
 class RunLock:
@@ -130,30 +146,30 @@ class RunLock:
             if age < self.grace:  # maybe a live run between creating the lock and writing it: judge again later
                 time.sleep(self.grace - age)
                 return
-            self._remove(seen, f"it names no owner ({'empty' if not text else 'unreadable'}) and is {age:.0f} s "
+            self._remove(text, f"it names no owner ({'empty' if not text else 'unreadable'}) and is {age:.0f} s "
                                "old: a run killed while taking it")  # fmt: skip
             return
         host, pid = holder.get("host"), holder.get("pid")
         if host == socket.gethostname() and not _alive(pid):
-            self._remove(seen, f"the run that held it (pid {pid}) is gone")
+            self._remove(text, f"the run that held it (pid {pid}) is gone")
             return
         raise ValueError(
             f"{self.path.parent} is in use by another run (host {host}, pid {pid}): wait for it to finish or use "
             f"another `output_dir`. If no run is using it, delete {self.path}."
         )
 
-    def _remove(self, seen: os.stat_result, reason: str) -> None:
-        """Remove the stale lock `seen` (moved aside first: a lock another run took meanwhile is put back)."""
-        logger.warning("Taking over %s: %s.", self.path, reason)
-        aside = self.path.with_name(f"{LOCK_FILE}.{self.token}.stale")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        if not _same_file(os.stat(aside), seen):
-            os.rename(aside, self.path)
-            return
-        aside.unlink(missing_ok=True)
+    def _remove(self, stale: str, reason: str) -> None:
+        """Remove the lock if it still holds the record `stale` judged so (one takeover at a time; a torn record must
+        still be older than the grace: a run creating its lock without hard links writes it a moment later)."""
+        with _takeover_guard(self.path.with_name(f"{LOCK_FILE}.guard")):
+            try:
+                current, modified = self.path.read_text(), self.path.stat().st_mtime
+            except FileNotFoundError:
+                return  # another run took it over and released it meanwhile: try again
+            if current != stale or (_owner(current) is None and time.time() - modified < self.grace):
+                return  # another run's lock now
+            logger.warning("Taking over %s: %s.", self.path, reason)
+            self.path.unlink()
 
     def release(self) -> None:
         """Give the folder back (the lock file is removed only while it still names this run)."""
