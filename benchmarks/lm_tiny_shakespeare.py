@@ -2,6 +2,8 @@
 
     python -m benchmarks.lm_tiny_shakespeare            # the committed configuration (~15 min on 2 shared CPU cores)
     python -m benchmarks.lm_tiny_shakespeare --quick    # smoke run on synthetic text (seconds), temporary outputs
+    python -m benchmarks.lm_tiny_shakespeare --compare-heads --num-modules 4 --steps 100   # native vs tied heads
+    python -m benchmarks.lm_tiny_shakespeare --parallel-memory   # what the head choice costs in memory (~1 min)
 
 Data (`$SHARED_DATA/tiny_shakespeare/input.txt`, default `/work/shared/data/tiny_shakespeare`): the usual 90/5/5 split
 by character of the data README (train `[:1003854]`, validation `[1003854:1059624]`, test `[1059624:]`), a character
@@ -19,6 +21,18 @@ output projection); untying keeps E2E the same network as the TRGL model with K 
   `trgl_mode="sequential"`, `max_steps` optimizer steps per module (the frozen prefix's outputs are cached).
 - VanGL: the same with `use_transport=False`.
 - E2E: `TRGLConfig(num_modules=1, use_transport=False)`: the whole network and its own head, `max_steps` steps.
+
+`--compare-heads`: TRGL only, K = the first `--num-modules`, `aux_head="native"` against `aux_head="tied"` (each
+module's own final LayerNorm + one shared output projection trained by module 1), on the base above (untied
+embeddings: the shared projection is module 1's `lm_head`) and on the same base with tied embeddings (GPT-2's usual
+setting: the projection is the input embedding), in the `--modes` given; validation only (the head is chosen on it);
+writes `tiny_shakespeare_heads.json/.md` (`--report-name`).
+
+`--parallel-memory`: the memory side of the head choice, on a vocabulary where it matters (no data needed): peak bytes
+of one AdamW step (allocator trace, `benchmarks.common.memory.measure_step`) of a Llama-style decoder built from a
+config (vocabulary 32,000, hidden 256, 8 layers, untied `lm_head`, batch 4 x 256 tokens), end-to-end against TRGL
+parallel K = 4 with native or tied heads, each with the LM loss on whole logits (`lm_loss_chunk_tokens=10**9`) or
+chunked (the default); writes `decoder_heads_parallel_memory.json/.md`.
 
 Evaluation: `TRGLTrainer.evaluate` on the validation and test blocks (`eval_module_{k}_loss` and
 `eval_module_{k}_perplexity` for every module). The library averages per-batch mean losses; the evaluation batch size
@@ -40,16 +54,41 @@ from benchmarks.common.env import log
 from benchmarks.reports import lm_tiny_shakespeare as lm_report
 
 
+def build_base(vocab_size: int, opts, tie_embeddings: bool = False):
+    """The benchmark's GPT-2 (untied embeddings), or the same configuration with tied embeddings (same seed)."""
+    base = models.build_gpt2(vocab_size, opts.block_size, opts.n_embd, opts.n_layer, opts.n_head, opts.seed)
+    if not tie_embeddings:
+        return base
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    config = base.config
+    config.tie_word_embeddings = True
+    torch.manual_seed(opts.seed)
+    return GPT2LMHeadModel(config)
+
+
 def run_method(
-    name: str, num_modules: int, use_transport: bool, data, vocab_size: int, opts, work_dir: Path
+    name: str,
+    num_modules: int,
+    use_transport: bool,
+    data,
+    vocab_size: int,
+    opts,
+    work_dir: Path,
+    aux_head: str = "native",
+    mode: str = "sequential",
+    tie_embeddings: bool = False,
+    test: bool = True,
 ) -> dict[str, Any]:
     from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
 
-    base = models.build_gpt2(vocab_size, opts.block_size, opts.n_embd, opts.n_layer, opts.n_head, opts.seed)
-    model = TRGLModel.from_base(base, TRGLConfig(num_modules=num_modules, tau=opts.tau, use_transport=use_transport))
+    base = build_base(vocab_size, opts, tie_embeddings)
+    config = TRGLConfig(num_modules=num_modules, tau=opts.tau, use_transport=use_transport, aux_head=aux_head)
+    model = TRGLModel.from_base(base, config)
     training_args = TRGLTrainingArguments(
         output_dir=str(work_dir / name.replace(" ", "_")),
-        trgl_mode="sequential",
+        trgl_mode=mode,
         max_steps=opts.steps,
         per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=opts.eval_batch_size,
@@ -77,6 +116,9 @@ def run_method(
     log(f"{name}: trained in {train_wall:.1f}s ({output.global_step} steps)")
     started = time.perf_counter()
     val = trainer.evaluate(eval_dataset=data["validation"], metric_key_prefix="validation")
+    if not test:
+        return head_result(name, model, val, output, train_wall, time.perf_counter() - started, aux_head, mode,
+                           tie_embeddings)  # fmt: skip
     test = trainer.evaluate(eval_dataset=data["test"], metric_key_prefix="test")
     eval_wall = time.perf_counter() - started
     modules = []
@@ -121,6 +163,201 @@ def run_method(
     return result
 
 
+def head_result(
+    name: str, model, val: dict, output, train_wall: float, eval_wall: float, aux_head: str, mode: str, tied: bool
+) -> dict[str, Any]:
+    """One arm of `--compare-heads`: validation loss / perplexity per module and the TRGL model's size."""
+    modules = [
+        {
+            "module": k,
+            "layers": sum(model.config.split[:k]),
+            "validation_loss": val[f"validation_module_{k}_loss"],
+            "validation_perplexity": val[f"validation_module_{k}_perplexity"],
+        }
+        for k in range(1, model.num_modules + 1)
+    ]
+    log(f"{name}: per-module validation perplexity {[round(m['validation_perplexity'], 3) for m in modules]}")
+    return {
+        "method": name,
+        "aux_head": aux_head,
+        "trgl_mode": mode,
+        "tie_word_embeddings": tied,
+        "num_modules": model.num_modules,
+        "trgl_parameters": sum(p.numel() for p in model.parameters()),
+        "train_steps": output.global_step,
+        "train_wall_s": round(train_wall, 1),
+        "eval_wall_s": round(eval_wall, 1),
+        "modules": modules,
+    }
+
+
+def heads_markdown(result: dict[str, Any]) -> str:
+    """The `--compare-heads` report: validation perplexity per module, native vs tied heads, per base and mode."""
+    config, arms = result["config"], result["results"]
+    k = config["num_modules"]
+    lines = [
+        "# Tiny Shakespeare, character-level GPT-2 from scratch: native vs tied decoder heads",
+        "",
+        "```bash",
+        result["environment"]["command"],
+        "```",
+        "",
+        f"Run on {result['environment']['date_utc']}; total run time "
+        f"{result['total_wall_s']} s on a machine with 2 CPU cores shared with other jobs (wall times indicative).",
+        "",
+        f"GPT-2, {config['n_layer']} layers, n_embd {config['n_embd']}, {config['n_head']} heads, no dropout, "
+        f"{config['vocab_size']}-character vocabulary, blocks of {config['block_size']}; TRGL K = {k}, tau = "
+        f"{config['tau']} (halves), {config['steps']} optimizer steps per module (parallel: {config['steps']} steps "
+        f"in all), batch {config['batch_size']}, AdamW lr {config['lr']}, cosine, {config['warmup_steps']} warm-up "
+        f"steps, seed {config['seed']}. Same initial weights for both heads. `native`: every module's head is a copy "
+        "of the final LayerNorm and of the LM head; `tied`: its own final LayerNorm + the one shared projection "
+        "(module 1's `lm_head`, or the input embedding when the base ties them), trained by module 1 only. "
+        "Validation split only (the head is chosen on it; the test split is not read).",
+        "",
+        "| base embeddings | mode | head | TRGL parameters | "
+        + " | ".join(f"module {m} val. ppl" for m in range(1, k + 1))
+        + " | train wall (s) |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in range(k)) + " | --- |",
+    ]
+    for arm in arms:
+        ppl = " | ".join(f"{m['validation_perplexity']:.3f}" for m in arm["modules"])
+        tied = "tied" if arm["tie_word_embeddings"] else "untied"
+        lines.append(f"| {tied} | {arm['trgl_mode']} | {arm['aux_head']} | {arm['trgl_parameters']:,} | {ppl} | "
+                     f"{arm['train_wall_s']} |")  # fmt: skip
+    lines += ["", f"Raw numbers: `{result['report_name']}.json`.", ""]
+    return "\n".join(lines)
+
+
+def compare_heads(splits, vocab_size: int, opts, command: str, data_info: dict, out_dir: Path) -> dict[str, Any]:
+    """`--compare-heads`: native vs tied heads at equal settings (validation perplexity per module)."""
+    k = opts.num_modules[0]
+    arms = []
+    with tempfile.TemporaryDirectory(prefix="lm_trgl_heads_") as tmp:
+        for tie in opts.tie_embeddings:
+            for mode in opts.modes:
+                for head in ("native", "tied"):
+                    name = f"TRGL K={k} {mode} {head} ({'tied' if tie else 'untied'} embeddings)"
+                    arms.append(run_method(name, k, True, splits, vocab_size, opts, Path(tmp), aux_head=head,
+                                           mode=mode, tie_embeddings=tie, test=False))  # fmt: skip
+    result = {
+        "benchmark": "tiny_shakespeare_heads",
+        "config": {
+            "vocab_size": vocab_size,
+            "block_size": opts.block_size,
+            "n_layer": opts.n_layer,
+            "n_embd": opts.n_embd,
+            "n_head": opts.n_head,
+            "steps": opts.steps,
+            "warmup_steps": opts.warmup_steps,
+            "lr": opts.lr,
+            "batch_size": opts.batch_size,
+            "eval_batch_size": opts.eval_batch_size,
+            "num_modules": k,
+            "tau": opts.tau,
+            "seed": opts.seed,
+            "modes": opts.modes,
+            "quick": opts.quick,
+        },  # fmt: skip
+        "data": data_info,
+        "results": arms,
+        "environment": env.environment(command),
+        "report_name": opts.report_name,
+    }
+    result["total_wall_s"] = round(time.perf_counter() - env.START, 1)
+    report.write_json(out_dir / f"{opts.report_name}.json", result, indent=2)
+    report.write_atomically(out_dir / f"{opts.report_name}.md", heads_markdown(result))
+    log(f"wrote {opts.report_name}.json/.md to {out_dir}")
+    print(heads_markdown(result))
+    return result
+
+
+MEMORY_DECODER = dict(vocab_size=32000, hidden_size=256, num_hidden_layers=8, num_attention_heads=4,
+                      num_key_value_heads=4, intermediate_size=688, max_position_embeddings=256)  # fmt: skip
+MEMORY_ARMS = (("native", 10**9, "native heads, whole logits"), ("native", None, "native heads, chunked"),
+               ("tied", 10**9, "tied heads, whole logits"), ("tied", None, "tied heads, chunked"))  # fmt: skip
+
+
+def _memory_row(name: str, model, step_fn, input_ids) -> dict[str, Any]:
+    import torch
+
+    from benchmarks.common.memory import measure_step
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step(ctx) -> None:
+        with ctx.phase("fwd_bwd"):
+            step_fn(model)
+        ctx.capture_grads(params)
+        with ctx.phase("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    measured = measure_step(step, model, optimizer, [input_ids], warmup=True)
+    row = {"run": name, "parameters": sum(p.numel() for p in model.parameters()), "peak_bytes": measured["peak_bytes"]}
+    log(f"{name}: {row['parameters'] / 1e6:.1f}M parameters, peak {row['peak_bytes'] / 2**20:.0f} MiB")
+    return row
+
+
+def parallel_memory(opts, command: str, out_dir: Path) -> dict[str, Any]:
+    """`--parallel-memory`: peak memory of one step, end-to-end vs TRGL parallel K = 4, native / tied heads, whole /
+    chunked LM loss."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trgl_hf import TRGLConfig, TRGLModel
+
+    def base():
+        torch.manual_seed(opts.seed)
+        return LlamaForCausalLM(LlamaConfig(**MEMORY_DECODER)).train()
+
+    input_ids = torch.randint(0, MEMORY_DECODER["vocab_size"], (4, MEMORY_DECODER["max_position_embeddings"]))
+
+    def end_to_end(model) -> None:
+        model(input_ids=input_ids, labels=input_ids).loss.backward()
+
+    def trgl(model) -> None:
+        for step in model.iter_modules(labels=input_ids, input_ids=input_ids):
+            step.loss.backward()
+
+    rows = [_memory_row("end-to-end", base(), end_to_end, input_ids)]
+    for head, chunk, label in MEMORY_ARMS:
+        config = TRGLConfig(num_modules=4, aux_head=head, lm_loss_chunk_tokens=chunk)
+        rows.append(_memory_row(f"TRGL parallel K=4, {label}", TRGLModel.from_base(base(), config).train(), trgl,
+                                input_ids))  # fmt: skip
+    result = {"benchmark": "decoder_heads_parallel_memory", "decoder": MEMORY_DECODER, "batch": [4, 256],
+              "rows": rows, "environment": env.environment(command)}  # fmt: skip
+    end = rows[0]["peak_bytes"]
+    lines = [
+        "# Parallel TRGL on a decoder: peak training memory, native vs tied heads, whole vs chunked LM loss",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Run on {result['environment']['date_utc']}. One AdamW step (after an untraced step that creates AdamW's "
+        "state); peak bytes from the allocator trace (`benchmarks.common.memory.measure_step`: the training state "
+        "alive at the start of the step + the running peak of the step's allocations; exact, not RSS; "
+        "deterministic). Llama-style decoder built from a config: " + ", ".join(f"{k} {v}" for k, v in
+        MEMORY_DECODER.items()) + ", untied `lm_head`; batch 4 x 256 tokens, `labels = input_ids`. TRGL parallel: "
+        "every module's loss backpropagated as soon as it exists, as `TRGLTrainer` does. Whole logits: "
+        "`lm_loss_chunk_tokens=10**9` (the loss on a module's whole `(4, 256, 32000)` logits, the computation "
+        "before chunking); chunked: the default (64 MiB of float32 logits per chunk = 524 tokens here, each chunk "
+        "recomputed in backward).",
+        "",
+        "| run | parameters | peak MiB | x end-to-end |",
+        "| --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for row in rows:
+        lines.append(f"| {row['run']} | {row['parameters'] / 1e6:.1f}M | {row['peak_bytes'] / 2**20:.0f} | "
+                     f"{row['peak_bytes'] / end:.2f} |")  # fmt: skip
+    lines += ["", "Raw numbers: `decoder_heads_parallel_memory.json`.", ""]
+    report.write_json(out_dir / "decoder_heads_parallel_memory.json", result, indent=2)
+    report.write_atomically(out_dir / "decoder_heads_parallel_memory.md", "\n".join(lines))
+    print("\n".join(lines))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("SHARED_DATA", "/work/shared/data") + "/tiny_shakespeare")
@@ -145,6 +382,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, output to a temporary folder")
+    parser.add_argument("--compare-heads", action="store_true", help="TRGL with native vs tied heads (validation)")
+    parser.add_argument("--modes", nargs="+", default=["sequential"], choices=["sequential", "parallel"],
+                        help="--compare-heads: training modes")  # fmt: skip
+    parser.add_argument("--tie-embeddings", nargs="+", type=int, default=[0, 1], choices=[0, 1],
+                        help="--compare-heads: bases with untied (0) and/or tied (1) embeddings")  # fmt: skip
+    parser.add_argument("--parallel-memory", action="store_true", help="peak memory of the head choices (no data)")
+    parser.add_argument("--report-name", default="tiny_shakespeare_heads", help="--compare-heads: output file name")
     opts = parser.parse_args(argv)
     command = env.command_line("lm_tiny_shakespeare", argv)
     limits: dict[str, int | None] = {}
@@ -157,6 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text = (Path(opts.data_dir) / "input.txt").read_text(encoding="utf-8")
     env.setup(opts.threads)
     out_dir = env.out_dir(opts.out_dir, opts.quick, "lm_tiny_shakespeare")
+    if opts.parallel_memory:
+        return parallel_memory(opts, command, out_dir)
     splits, vocab, data_info = data.char_blocks(text, opts.block_size, cuts, limits)
     for name in ("validation", "test"):
         if len(splits[name]) % opts.eval_batch_size:
@@ -165,6 +411,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{opts.eval_batch_size}: the library's per-batch average over-weights the last batch"
             )
     log(f"data: {data_info}, vocabulary {len(vocab)}")
+    if opts.compare_heads:
+        return compare_heads(splits, len(vocab), opts, command, data_info, out_dir)
     base = models.build_gpt2(len(vocab), opts.block_size, opts.n_embd, opts.n_layer, opts.n_head, opts.seed)
     parameters = sum(p.numel() for p in base.parameters())
 

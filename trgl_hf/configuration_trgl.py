@@ -11,7 +11,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 SPLIT_POLICIES = ("equal", "balanced")
 TAU_SCHEDULES = ("halves", "constant", "multipliers")
-AUX_HEADS = ("conv", "linear", "native", "mean")
+AUX_HEADS = ("conv", "linear", "native", "mean", "tied")
 DEFAULT_TAU = 10.0
 """tau when none is given (see `TRGLConfig.tau`)."""
 
@@ -95,12 +95,24 @@ class TRGLConfig(PreTrainedConfig):
             `"mean"` (text sequence classifiers without a final norm, e.g. BERT): the mean of the token states over
             the attention mask, LayerNorm, linear (this library's extension: the first layers' [CLS] state of a
             pretrained encoder barely varies between sentences); its stages load with `trust_remote_code=True`.
+            `"tied"` (causal language models): each module's head is its own copy of the final norm, and every head
+            projects with one shared vocabulary matrix — the input embedding of a base with tied embeddings (GPT-2),
+            module 1's LM head otherwise — trained by module 1 alone (later heads read it detached), so K heads cost
+            K final norms instead of K vocab x hidden matrices; stages export as the native `*ForCausalLM`.
             Defaults to `"conv"` for ResNets, `"mean"` for pretrained text classifiers that can export it exactly
-            (see `trgl_hf.pretrained_defaults`) and `"native"` for other transformers.
+            (see `trgl_hf.pretrained_defaults`), `"tied"` for causal LMs built from a config whose LM head is not
+            their input embedding (Llama, Mistral, Qwen2, ... with `tie_word_embeddings=False`; chosen on Tiny
+            Shakespeare's validation split, see `trgl_hf.modeling_trgl.DECODER_TIED_DEFAULT`; LoRA bases fall back
+            to `"native"`) and `"native"` for other transformers (decoders with tied embeddings, pretrained decoders).
         head_pool_size (`int`, *optional*, defaults to 2):
             Side of the pooled feature map of the `"conv"` head (adaptive average pooling).
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of every module's cross-entropy.
+        lm_loss_chunk_tokens (`int`, *optional*):
+            Causal language models: the next-token loss of a module being trained is computed over sequence chunks of
+            about this many tokens, each chunk's logits recomputed in backward, so a module's whole
+            `(batch, length, vocab)` logits never exist in training (same loss and gradients). Unset: as many tokens
+            as fit 64 MiB of float32 logits (`trgl_hf.losses.LM_LOGITS_CHUNK_BYTES`).
         image_size (`int`, *optional*):
             Input resolution used to probe block shapes and activation sizes. Taken from the base config when it
             has one, else 224.
@@ -135,9 +147,10 @@ class TRGLConfig(PreTrainedConfig):
     multiplier_init: float = 1.0
     multiplier_step: float = 1.0
     multiplier_period: int = 50
-    aux_head: Literal["conv", "linear", "native", "mean"] | None = None
+    aux_head: Literal["conv", "linear", "native", "mean", "tied"] | None = None
     head_pool_size: int = 2
     label_smoothing: float = 0.0
+    lm_loss_chunk_tokens: int | None = None
     image_size: int | None = None
     trained_modules: int = 0
     task: str = "single_label_classification"
@@ -166,6 +179,13 @@ class TRGLConfig(PreTrainedConfig):
         for name in ("num_modules", "multiplier_period", "head_pool_size", "trained_modules"):
             if not _is_integer(getattr(self, name)):
                 raise ValueError(f"`{name}` must be an integer, got {getattr(self, name)!r}.")
+        if self.lm_loss_chunk_tokens is not None and (
+            not _is_integer(self.lm_loss_chunk_tokens) or self.lm_loss_chunk_tokens < 1
+        ):
+            raise ValueError(
+                f"`lm_loss_chunk_tokens` must be a positive whole number of tokens (or unset for the automatic size), "
+                f"got {self.lm_loss_chunk_tokens!r}."
+            )
         if self.image_size is not None and not _is_integer(self.image_size):
             raise ValueError(f"`image_size` must be an integer (pixels), got {self.image_size!r}.")
         if self.split is not None:

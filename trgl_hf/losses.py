@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def token_mask_for(mask: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor | None:
@@ -150,8 +151,79 @@ def trgl_loss(task: torch.Tensor, transport: torch.Tensor, transport_weight: flo
     return task + transport_weight * transport.to(task.device)
 
 
+LM_LOGITS_CHUNK_BYTES = 64 * 1024**2
+"""Float32 logits one chunk of a language model's loss may hold when `lm_loss_chunk_tokens` is unset (64 MiB: 524
+tokens at a 32,000-token vocabulary, 334 at GPT-2's 50,257; a character vocabulary fits the whole batch)."""
+
+
+def lm_loss_chunk_tokens(configured: int | None, vocab_size: int) -> int:
+    """Tokens per chunk of the chunked next-token loss: `configured`, or as many as fit `LM_LOGITS_CHUNK_BYTES` of
+    float32 logits over `vocab_size` classes."""
+    if configured is not None:
+        return int(configured)
+    return max(1, LM_LOGITS_CHUNK_BYTES // (4 * max(1, vocab_size)))
+
+
+def _chunk_nll_sum(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], label_smoothing: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def nll_sum(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits_of(hidden).float()
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+            label_smoothing=label_smoothing, reduction="sum",
+        )  # fmt: skip
+
+    return nll_sum
+
+
+def chunked_causal_lm_loss(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    chunk_tokens: int,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """The shifted next-token cross-entropy of a causal LM head (mean over the labels that are not -100, in float32,
+    as transformers computes it), without ever holding the whole `(batch, length, vocab)` logits.
+
+    The positions are cut into chunks of about `chunk_tokens` tokens (`chunk_tokens // batch` positions); each chunk's
+    logits and loss are computed under `torch.utils.checkpoint` (non-reentrant), which keeps only the chunk's hidden
+    states and recomputes its logits in backward, so one chunk's logits are alive at a time, in forward and in
+    backward. Same value and gradients as the unchunked loss. When one chunk covers every position the loss is
+    computed directly (nothing to bound; no recomputation).
+
+    Args:
+        hidden (`torch.Tensor`): the module's output `(batch, length, hidden)`.
+        labels (`torch.Tensor`): token ids `(batch, length)`, -100 ignored; position t predicts `labels[:, t + 1]`.
+        logits_of (`Callable`): the head: hidden states `(batch, n, hidden)` to logits `(batch, n, vocab)`, position
+            by position (a final norm, the LM projection, soft-capping).
+        chunk_tokens (`int`): tokens per chunk (at least 1).
+        label_smoothing (`float`): as in `F.cross_entropy`.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"`lm_loss_chunk_tokens` must be at least 1, got {chunk_tokens}.")
+    batch, length = labels.shape[:2]
+    if length < 2:
+        raise ValueError(f"A causal LM loss needs sequences of at least 2 tokens, got length {length}.")
+    inputs, targets = hidden[:, :-1], labels[:, 1:]
+    count = targets.ne(-100).sum()
+    nll_sum = _chunk_nll_sum(logits_of, label_smoothing)
+    positions = max(1, chunk_tokens // batch)
+    if positions >= length - 1:
+        return nll_sum(inputs, targets) / count
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, length - 1, positions):
+        part = (inputs[:, start : start + positions], targets[:, start : start + positions])
+        total = total + checkpoint(nll_sum, *part, use_reentrant=False)
+    return total / count
+
+
 __all__ = [
     "BatchNormBranchEnergy",
+    "LM_LOGITS_CHUNK_BYTES",
+    "chunked_causal_lm_loss",
+    "lm_loss_chunk_tokens",
     "DifferenceEnergy",
     "branch_energy",
     "token_mask_for",

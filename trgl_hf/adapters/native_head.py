@@ -68,6 +68,22 @@ class TailPath(nn.Module):
 PLAIN_TYPES = (int, float, str, bool, type(None))
 
 
+def _output_embedding(task_model: PreTrainedModel) -> tuple[str | None, bool]:
+    """The name of a language model's LM head among its children (`"lm_head"`, GPT-NeoX's `"embed_out"`) and whether
+    its configuration ties it to the input embedding (`tie_word_embeddings` and a tied-weights entry for it, as
+    transformers decides; the weights themselves are tied only after loading); `(None, False)` for other models."""
+    try:
+        output = task_model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None, False
+    name = next((name for name, child in task_model.named_children() if child is output), None)
+    if name is None or not isinstance(output, nn.Linear):
+        return None, False
+    config = task_model.config.get_text_config()
+    tied_keys = getattr(task_model, "_tied_weights_keys", None) or {}
+    return name, bool(getattr(config, "tie_word_embeddings", False)) and f"{name}.weight" in tied_keys
+
+
 class NativeHead(nn.Module):
     """The task model's head at one module, applied by the task model's own `forward`.
 
@@ -92,6 +108,7 @@ class NativeHead(nn.Module):
         for name, child in task_model.named_children():
             if child is not backbone:
                 self.add_module(name, copy.deepcopy(child))
+        self.output_name, self.ties_embeddings = _output_embedding(task_model)
         tail_modules = {name: copy.deepcopy(backbone.get_submodule(name)) for name in tail_names}
         self.add_module(self.prefix, BackboneTail(tail_modules, tail))
         parameters = inspect.signature(self.task_forward).parameters

@@ -12,6 +12,9 @@ all come from the model's registry entry ([`ArchitectureSpec`]); nothing is gues
   penalised is `r1 = (input of LN1) - x` and `r2 = (input of LN2) - h1`, the residual functions added to the stream.
   Both are checked at every call (each named submodule runs once per block on a stream-shaped tensor).
 - **Native heads.** Each module's head is a [`NativeHead`]: the task model's own head run by its own `forward`.
+- **Tied decoder heads** (`aux_head="tied"`, causal LMs): each module's head is its own copy of the final norm and
+  one vocabulary projection shared by every head and trained by module 1 alone (see [`TiedLMHead`]); stages export as
+  the native `*ForCausalLM` (tied like the base when its embeddings are).
 - **Mean-pooling heads** (`aux_head="mean"`, text sequence classifiers whose last hidden state is the last block's
   output): a [`MeanPoolHead`] per module; stages export as `TRGLStageForSequenceClassification` (remote code).
 """
@@ -40,6 +43,7 @@ from .base import (
     task_model_from_config,
 )
 from .native_head import NativeHead
+from .tied_head import TiedLMHead
 
 if TYPE_CHECKING:
     from .registry import ArchitectureSpec
@@ -130,7 +134,7 @@ class TransformerAdapter(ModelAdapter):
     """Adapter for models whose residual blocks are one `nn.ModuleList` (see the module docstring)."""
 
     family = "transformer"
-    head_kinds = ("native", "mean")
+    head_kinds = ("native", "mean", "tied")
     default_head = "native"
     context_input_names = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
 
@@ -139,6 +143,8 @@ class TransformerAdapter(ModelAdapter):
         self.layout = spec.layout_for(backbone.config)
         self.main_input_name = getattr(backbone, "main_input_name", "input_ids")
         self.architecture = getattr(head_template, "architecture", None)
+        self.output_name = getattr(head_template, "output_name", None)
+        self.ties_embeddings = bool(getattr(head_template, "ties_embeddings", False))
 
     def find_blocks(self, backbone: nn.Module) -> list[nn.Module]:
         return list(backbone.get_submodule(self.spec.blocks))
@@ -277,7 +283,36 @@ class TransformerAdapter(ModelAdapter):
             parameter = next(self.backbone.parameters())  # like a copied native head: the backbone's device, dtype
             head = MeanPoolHead(probe.channels, num_labels, dropout, eps)
             return head.to(device=parameter.device, dtype=parameter.dtype)
+        if kind == "tied":
+            problem = self.tied_head_problem()
+            if problem is not None:
+                raise ValueError(problem)
+            if num_blocks == self.first_module_blocks and not self.ties_embeddings:
+                return copy.deepcopy(self.head_template)  # module 1 owns the shared (untied) LM head
+            return TiedLMHead.from_native(self.head_template, self.output_name)
         return copy.deepcopy(self.head_template)
+
+    first_module_blocks: int | None = None
+    """Blocks of module 1 (set by `TRGLModel` before it builds the heads): with `aux_head="tied"` on a base with an
+    untied LM head, module 1's head holds the shared projection."""
+
+    def tied_head_problem(self) -> str | None:
+        """Why `aux_head="tied"` cannot be exact here, or `None`: it needs a causal language model whose LM head is a
+        plain linear layer (a tied base's embedding or an untied `lm_head`)."""
+        architecture = self.architecture or "this model"
+        if self.output_name is None or not architecture.endswith(("ForCausalLM", "LMHeadModel")):
+            return (
+                f"`aux_head='tied'` shares a language model's vocabulary projection between the heads; {architecture} "
+                "is not a causal language model with a linear LM head: use `aux_head='native'`."
+            )
+        return None
+
+    def shared_projection(self, heads: nn.ModuleList) -> nn.Module:
+        """The module whose weight every tied head projects with: the input embedding of a base with tied embeddings,
+        else module 1's LM head (in `heads[0]`)."""
+        if self.ties_embeddings:
+            return self.backbone.get_input_embeddings()
+        return getattr(heads[0], self.output_name)
 
     def mean_head_problem(self) -> str | None:
         """Why `aux_head="mean"` cannot be exact here, or `None`: it needs a text sequence classifier whose last
@@ -325,14 +360,21 @@ class TransformerAdapter(ModelAdapter):
             config.tie_word_embeddings = False
         return config
 
+    def _stage_config_for(self, num_blocks: int, head: nn.Module) -> Any:
+        """`stage_config`, tied like the base when a tied head exports the base's own embedding as its LM head."""
+        config = self.stage_config(num_blocks)
+        if isinstance(head, TiedLMHead) and self.ties_embeddings:
+            config.tie_word_embeddings = True
+        return config
+
     def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
         if isinstance(head, MeanPoolHead):
             return self._export_mean_stage(num_blocks, head, num_labels)
         with default_dtype(self.dtype):
-            model = task_model_from_config(self.stage_config(num_blocks))
+            model = task_model_from_config(self._stage_config_for(num_blocks, head))
         prefix = model.base_model_prefix
         source = merged_state_dict(self.backbone)
-        head_state = merged_state_dict(head)
+        head_state = head.export_state() if isinstance(head, TiedLMHead) else merged_state_dict(head)
         state = {}
         for key in model.state_dict():
             if key in head_state:
