@@ -549,6 +549,19 @@ def test_hub_strategy_end_pushes_every_stage_only_at_the_end_of_train(
         assert fake_hub.tree(REPO, branch) == STAGE_FILES
 
 
+def test_hub_strategy_end_gives_each_push_the_bound(tmp_path, fake_hub, api, make_cifar_resnet, digits, monkeypatch):
+    bounds = []
+    finish = hub_pusher.BackgroundPusher.finish
+
+    def recording_finish(self, timeout=None):
+        bounds.append((self.held_pushes, timeout))
+        return finish(self, timeout)
+
+    monkeypatch.setattr(hub_pusher.BackgroundPusher, "finish", recording_finish)
+    _pushing_trainer(tmp_path, make_cifar_resnet, digits, api, hub_strategy="end", trgl_hub_finish_timeout=30).train()
+    assert bounds == [(4, 120)]  # stages 1-3 and main, 30 s each
+
+
 @pytest.fixture
 def finish_calls(monkeypatch):
     """Every `BackgroundPusher.finish` (the wait at the end of `train()`): the pusher and how long it took."""

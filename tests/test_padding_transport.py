@@ -74,11 +74,15 @@ def tokenizer(side: str) -> PreTrainedTokenizerFast:
 
 
 def dataset(padding: str, language_model: bool) -> tuple[Dataset, object]:
-    """`padding`: "right" / "left" (every row padded to WIDTH) or "dynamic" (DataCollatorWithPadding, right)."""
+    """`padding`: "right" / "left" (every row padded to WIDTH), "dynamic" (DataCollatorWithPadding, right) or
+    "multiple" (the same with `pad_to_multiple_of=8`, as run_glue pads under fp16)."""
     texts = rows()
     labels = torch.randint(0, 2, (len(texts),), generator=torch.Generator().manual_seed(1)).tolist()
-    if padding == "dynamic":
-        return Dataset.from_dict({"input_ids": texts, "label": labels}), DataCollatorWithPadding(tokenizer("right"))
+    if padding in ("dynamic", "multiple"):
+        collator = DataCollatorWithPadding(tokenizer("right"), pad_to_multiple_of=8 if padding == "multiple" else None)
+        if padding == "multiple":  # sorted: the cache's batches get widths 8 and 16, so no single width is fixed
+            texts = sorted(texts, key=len)
+        return Dataset.from_dict({"input_ids": texts, "label": labels}), collator
     padded = [pad(ids, padding) for ids in texts]
     columns = {"input_ids": [ids for ids, _ in padded], "attention_mask": [mask for _, mask in padded]}
     if language_model:
@@ -182,7 +186,8 @@ def test_cached_and_uncached_sequential_training_agree(class_name, padding, tmp_
 
 
 DROPOUT_CASES = [("BertForSequenceClassification", "right"), ("GPT2ForSequenceClassification", "dynamic"),
-                 ("LlamaForSequenceClassification", "left")]  # fmt: skip
+                 ("LlamaForSequenceClassification", "left"),
+                 ("BertForSequenceClassification", "multiple")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("class_name", "padding"), DROPOUT_CASES, ids=[f"{n}-{p}" for n, p in DROPOUT_CASES])

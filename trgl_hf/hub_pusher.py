@@ -132,6 +132,11 @@ class BackgroundPusher:
         job = functools.partial(push_run_card, copies, self.repo_id, api=self.api, token=self.token)
         self._submit(_Push("run card", None, "README.md of main", self.output_dir, job, folder))
 
+    @property
+    def held_pushes(self) -> int:
+        """How many pushes wait for `finish()` to start them (`hub_strategy="end"`)."""
+        return len(self._held)
+
     def finish(self, timeout: float | None = None) -> list[HubPushError]:
         """Start the held pushes, wait for all pushes at most `timeout` seconds, then log and return what is not
         pushed.

@@ -287,6 +287,7 @@ class PrefixCache(Dataset):
     Args:
         shards (`list[Shard]`): the rows, in order.
         pad_values (`dict[str, int]`, *optional*): padding value per column (`labels`: -100, others 0 by default).
+            Set `pad_to_multiple_of` (the collator's) to round per-batch widths up as the collator does.
         folder (`Path`, *optional*): the files of a disk-backed cache (removed by [`PrefixCache.remove`]).
         first_module (`int`): the 0-based module that reads these outputs.
     """
@@ -301,6 +302,7 @@ class PrefixCache(Dataset):
         widths = {int(w) for shard in shards for w in shard.tensors.get(_WIDTHS, torch.zeros(0)).tolist()}
         layouts = [shard.tensors[_LAYOUT].tolist() for shard in shards if _LAYOUT in shard.tensors]
         self.padded_width = fixed_width(widths, any(left for left, _ in layouts), any(beyond for _, beyond in layouts))
+        self.pad_to_multiple_of: int | None = None  # the collator's: per-batch widths are rounded up to a multiple
 
     @property
     def on_disk(self) -> bool:
@@ -340,6 +342,9 @@ class PrefixCache(Dataset):
         lengths = self._token_lengths(rows, which)
         longest = int(lengths.max()) if lengths is not None and len(lengths) else 0
         longest = max(longest, self.padded_width or 0)  # rows padded to one width come back at that width
+        multiple = self.pad_to_multiple_of
+        if multiple and self.padded_width is None and longest % multiple:
+            longest += multiple - longest % multiple  # as DataCollatorWithPadding(pad_to_multiple_of=...) pads
         batch: dict[str, torch.Tensor] = {}
         for number in np.unique(which):
             shard, positions = self.shards[number], np.flatnonzero(which == number)
@@ -488,6 +493,7 @@ def build_prefix_cache(
     local_world: int = 1,
     barrier: Any = None,
     held: int = 0,
+    pad_to_multiple_of: int | None = None,
 ) -> PrefixCache:
     """Store the prefix outputs `outputs` (this process's share of `rows` examples, in order) as a [`PrefixCache`].
 
@@ -526,6 +532,7 @@ def build_prefix_cache(
             offsets = shard.tensors.get(any_column + _OFFSETS)
             shard.rows = len(offsets) - 1 if offsets is not None else len(shard.tensors[any_column])
     cache = PrefixCache(shards, pad_values, plan.folder, first_module, lap, hidden_dtype)
+    cache.pad_to_multiple_of = pad_to_multiple_of
     logger.info("Prefix cache for module %d: %s; stored %.1f MiB in %d shards.", first_module + 1, plan.reason,
                 cache.nbytes / 1024**2, len(shards))  # fmt: skip
     return cache

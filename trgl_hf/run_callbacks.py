@@ -75,6 +75,18 @@ class RunPosition:
     history: list[dict[str, Any]] = field(default_factory=list)
     planned_steps: Callable[[TrainerState], int] | None = None
     first: bool = True
+    _run_history: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _phase_entries: int = field(default=0, repr=False)
+
+    def run_history(self, phase_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The run's history: the earlier phases' and this phase's entries shifted, each shifted once (the list is
+        extended as the phase logs, not rebuilt at every event)."""
+        if self._run_history is None or len(phase_history) < self._phase_entries:  # first call, or history replaced
+            self._run_history, self._phase_entries = list(self.history), 0
+        for entry in phase_history[self._phase_entries :]:
+            self._run_history.append(shift_entry(entry, self.step_offset, self.epoch_offset))
+        self._phase_entries = len(phase_history)
+        return self._run_history
 
     def flow_state(self, phase_state: TrainerState) -> TrainerState:
         """A copy of the phase's state counting steps from the start of the run, ending where the phase ends."""
@@ -94,9 +106,7 @@ class RunPosition:
         view.epoch = round((phase_state.epoch or 0.0) + self.epoch_offset, 4)
         if self.planned_steps is not None:
             view.max_steps = max(self.planned_steps(phase_state), view.global_step)
-        view.log_history = self.history + [
-            shift_entry(entry, self.step_offset, self.epoch_offset) for entry in phase_state.log_history or []
-        ]
+        view.log_history = self.run_history(phase_state.log_history or [])
         return view
 
 
@@ -112,8 +122,8 @@ class RunCallbackHandler(CallbackHandler):
     """
 
     def __init__(self, handler: CallbackHandler, phase_local: tuple[type, ...], flow: tuple[type, ...]):
-        super().__init__([], handler.model, handler.processing_class, handler.optimizer, handler.lr_scheduler)
-        self.callbacks = handler.callbacks
+        super().__init__(handler.callbacks, handler.model, handler.processing_class, handler.optimizer,
+                         handler.lr_scheduler)  # fmt: skip
         self.train_dataloader, self.eval_dataloader = handler.train_dataloader, handler.eval_dataloader
         self.phase_local, self.flow = phase_local, flow
         self.position: RunPosition | None = None

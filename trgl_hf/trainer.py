@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from transformers import EvalPrediction, Trainer
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
-from transformers.trainer_callback import DefaultFlowCallback, ProgressCallback
+from transformers.trainer_callback import DefaultFlowCallback, ProgressCallback, TrainerState
 from transformers.trainer_utils import PredictionOutput, TrainOutput
 
 from .checkpointing import save_stage, stage_dirname
@@ -169,9 +170,11 @@ class TRGLTrainer(Trainer):
         self._fsdp = fsdp_settings(args)  # FSDP2 per module, applied by this trainer (trgl_hf.fsdp)
         check_writable(args.output_dir)
         check_streaming(kwargs.get("train_dataset"), args)
-        check_given_optimizers(kwargs.get("optimizers"), model, args)
+        check_given_optimizers(kwargs.get("optimizers"), model, args, fsdp=self._fsdp is not None)
+        self.selection_prefix = selection_prefix(args.metric_for_best_model, kwargs.get("eval_dataset"))
+        """Key prefix of the evaluation that picks the best module (`"eval_"`, or `"eval_{set}_"` of a dict)."""
         metrics = per_module_metrics(model, args, kwargs.pop("compute_metrics", None),
-                                     kwargs.get("preprocess_logits_for_metrics"))  # fmt: skip
+                                     kwargs.get("preprocess_logits_for_metrics"), self.selection_prefix)  # fmt: skip
         super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
         check_one_world(self.args)
         check_fsdp_setup(self._fsdp, self.accelerator, model)
@@ -297,7 +300,10 @@ class TRGLTrainer(Trainer):
         finally:
             lock.release()
             if self._pusher is not None:
-                self.hub_push_failures = self._pusher.finish(timeout=self.args.trgl_hub_finish_timeout)
+                bound = self.args.trgl_hub_finish_timeout
+                if bound is not None and self._pusher.held_pushes:  # "end": every push starts now, each gets the bound
+                    bound *= self._pusher.held_pushes
+                self.hub_push_failures = self._pusher.finish(timeout=bound)
                 self._pusher = None
         return output
 
@@ -403,18 +409,28 @@ class TRGLTrainer(Trainer):
         Raises:
             `ValueError`: naming the metrics that are reported.
         """
-        selection = self.args.metric_for_best_model
-        eval_set = next(iter(self.eval_dataset.values())) if isinstance(self.eval_dataset, dict) else self.eval_dataset
+        selection, prefix = self.args.metric_for_best_model, self.selection_prefix
+        eval_set = self.eval_dataset
+        if isinstance(eval_set, dict):
+            eval_set = eval_set[prefix[len("eval_") : -1]]
         if selection is None or eval_set is None or self._fsdp is not None:
             return
-        name = selection[len("eval_") :] if selection.startswith("eval_") else selection
+        if isinstance(self.eval_dataset, dict) and not selection.startswith(prefix):
+            raise ValueError(
+                f"`metric_for_best_model={selection!r}` but `eval_dataset` is a dict of sets, whose metrics are named "
+                f"`eval_<set>_<metric>`: name the set that chooses, e.g. '{prefix}{selection.split('eval_')[-1]}'."
+            )
+        name = selection[len(prefix) :] if selection.startswith(prefix) else selection
         rows = self.args.per_device_eval_batch_size
         sample = first_rows(eval_set, rows) if is_iterable(eval_set) else (
             eval_set.select(range(min(rows, len(eval_set)))) if hasattr(eval_set, "select") else
             Subset(eval_set, range(min(rows, len(eval_set)))))  # fmt: skip
         model, was_training = self.model, self.model.training
-        with torch.random.fork_rng(devices=[]):
-            batch = next(iter(self.get_eval_dataloader(sample)))
+        if hasattr(sample, "column_names"):
+            sample = remove_unused_columns(self, sample, description="metric check")
+        collate = collator_without_unused_columns(self, self.data_collator, description="metric check")
+        with torch.random.fork_rng(devices=[]):  # not get_eval_dataloader: it would cache this one-batch loader
+            batch = next(iter(DataLoader(sample, batch_size=rows, collate_fn=collate)))
             model.eval()
             try:
                 loss, logits, labels = self.prediction_step(model, batch, prediction_loss_only=False)
@@ -468,7 +484,8 @@ class TRGLTrainer(Trainer):
         if self.args.should_save:
             self.state.save_to_json(str(root / "trainer_state.json"))
             self.save_metrics("train", metrics)
-            evaluation = next((e for e in reversed(self.trgl_log_history) if "eval_best_module" in e), None)
+            best_key = f"{self.selection_prefix}best_module"
+            evaluation = next((e for e in reversed(self.trgl_log_history) if best_key in e), None)
             if evaluation is not None:
                 self.save_metrics("eval", {k: v for k, v in evaluation.items() if k.startswith("eval_")})
             self.create_model_card()
@@ -482,12 +499,13 @@ class TRGLTrainer(Trainer):
         module was evaluated or no stage was written. (Phase checkpoints are removed once their phase is recorded.)"""
         state = self.state
         state.best_model_checkpoint = state.best_metric = state.best_global_step = None
-        evaluation = next((e for e in reversed(self.trgl_log_history) if "eval_best_module" in e), None)
+        best_key = f"{self.selection_prefix}best_module"
+        evaluation = next((e for e in reversed(self.trgl_log_history) if best_key in e), None)
         if evaluation is None or self.args.metric_for_best_model is None:
             return
-        best = int(evaluation["eval_best_module"])
+        best = int(evaluation[best_key])
         folder = root / stage_dirname(best)
-        metric = next((v for k, v in evaluation.items() if k.startswith("eval_best_module_")), None)
+        metric = next((v for k, v in evaluation.items() if k.startswith(f"{best_key}_")), None)
         if folder.is_dir():
             state.best_model_checkpoint, state.best_metric = str(folder), metric
 
@@ -499,17 +517,22 @@ class TRGLTrainer(Trainer):
         if trainer_state.get("global_step", 0) < (trainer_state.get("max_steps") or float("inf")):
             return None
         model: TRGLModel = self.model
-        model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        best = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
+        kept = best if best is not None and Path(best).is_dir() else checkpoint  # what the loop would have ended on
+        model.load_state_dict(type(model).from_pretrained(kept).state_dict())
         phase = self._phase
         if self._persists_laps(phase) and phase.lap < phase.laps:  # the optimizer this module's next lap continues
             self._lap_states[phase.modules[0]] = {
                 name: torch.load(Path(checkpoint) / f"{name}.pt", weights_only=True)
                 for name in ("optimizer", "scheduler")
             }
-        self.state.log_history = trainer_state.get("log_history", [])
-        loss = next((e["train_loss"] for e in reversed(self.state.log_history) if "train_loss" in e), 0.0)
-        runtime = next((e["train_runtime"] for e in reversed(self.state.log_history) if "train_runtime" in e), 0.0)
-        return TrainOutput(trainer_state["global_step"], loss, {"train_runtime": runtime})
+        history = self.state.log_history
+        losses = [entry["loss"] for entry in history if "loss" in entry]  # the logged means, as the loop's mean
+        loss = next((e["train_loss"] for e in reversed(history) if "train_loss" in e), None)
+        loss = loss if loss is not None else (sum(losses) / len(losses) if losses else 0.0)
+        runtime = next((e["train_runtime"] for e in reversed(history) if "train_runtime" in e), 0.0)
+        return TrainOutput(self.state.global_step, loss, {"train_runtime": runtime})
 
     @contextmanager
     def _phase_scope(self, phase: Phase, root: Path, cache_reason: str) -> Iterator[None]:
@@ -688,6 +711,7 @@ class TRGLTrainer(Trainer):
                 first_module=first, lap=phase.lap, local_rank=local_rank, local_world=local_world,
                 barrier=self.accelerator.wait_for_everyone,
                 held=previous.nbytes if previous is not None and not previous.on_disk else 0,
+                pad_to_multiple_of=getattr(self.data_collator, "pad_to_multiple_of", None),
             )  # fmt: skip
         finally:
             model.cached_input_module = previous_input
@@ -846,8 +870,8 @@ class TRGLTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save and self._phase is not None:
             local = f"checkpoint-{self.state.global_step}"
-            write_marker(self._run_root, self._step_offset + self.state.global_step, self.fingerprint,
-                         f"{PHASES_DIR}/{self._phase.name}/{local}")  # fmt: skip
+            step, point = self._step_offset + self.state.global_step, f"{PHASES_DIR}/{self._phase.name}/{local}"
+            write_marker(self._run_root, step, self.fingerprint, point, source=Path(self.args.output_dir) / local)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add each trained module's task loss and transport cost (averaged since the last log) to training logs."""
@@ -870,8 +894,9 @@ class TRGLTrainer(Trainer):
         `metric_for_best_model` / `greater_is_better` (default: the task's main metric). The choice is remembered
         for [`TRGLTrainer.predict`] (selection on a validation set, never on the set being predicted)."""
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        if f"{metric_key_prefix}_best_module" in metrics:
-            self.best_module = int(metrics[f"{metric_key_prefix}_best_module"])
+        chosen = f"{self.selection_prefix}best_module"  # a dict of sets: the set metric_for_best_model names
+        if metric_key_prefix == "eval" and chosen in metrics:
+            self.best_module = int(metrics[chosen])
         return metrics
 
     def predict(self, test_dataset: Any, ignore_keys: Any = None, metric_key_prefix: str = "test"):
@@ -922,7 +947,7 @@ class TRGLTrainer(Trainer):
         metrics = self._phase_end_evaluation() if self.eval_dataset is not None and phase.final_modules else {}
         for index in phase.final_modules:
             stage = index + 1
-            prefix = f"eval_module_{stage}_"
+            prefix = f"{self.selection_prefix}module_{stage}_"
             self.stage_metrics[stage] = finite_metrics(
                 {name[len(prefix) :]: value for name, value in metrics.items() if name.startswith(prefix)}, stage
             )
@@ -938,7 +963,8 @@ class TRGLTrainer(Trainer):
         with gathered_for_saving(model, self._fsdp, writer=self.args.should_save):  # FSDP: full weights to write
             run.complete_phase(phase, model)
             if self.args.should_save:
-                write_marker(root, self._step_offset + steps, self.fingerprint, f"{phase.name} finished")
+                write_marker(root, self._step_offset + steps, self.fingerprint, f"{phase.name} finished",
+                             source=root / run.progress)  # fmt: skip
             self._write_pending_stages(run, final=phase == self._phases[-1])
         self.accelerator.wait_for_everyone()
         handler: RunCallbackHandler = self.callback_handler
@@ -948,15 +974,17 @@ class TRGLTrainer(Trainer):
 
     def _phase_end_evaluation(self) -> dict[str, float]:
         """The metrics of the phase's trained modules: those of the evaluation the loop ran at the phase's last step
-        when there was one (one process: nothing changed since), else a new `evaluate()`."""
+        when there was one (one process, and no best checkpoint loaded since: the weights are those it scored), else a
+        new `evaluate()`."""
         ran = [
             e
             for e in self.state.log_history[-2:]
-            if "eval_best_module" in e and e.get("step") == self.state.global_step
+            if f"{self.selection_prefix}best_module" in e and e.get("step") == self.state.global_step
         ]
-        if ran and not _several_processes():
+        best_loaded = self.args.load_best_model_at_end and self.state.best_model_checkpoint is not None
+        if ran and not best_loaded and not _several_processes():
             metrics = {name: value for name, value in ran[-1].items() if name.startswith("eval_")}
-            self.best_module = int(metrics["eval_best_module"])
+            self.best_module = int(metrics[f"{self.selection_prefix}best_module"])
             return metrics
         return self.evaluate()
 
@@ -1027,6 +1055,9 @@ class TRGLTrainer(Trainer):
                 try:
                     self.save_stage(stage, staging / "stage")
                     run_card = (target / STATE_FILE).exists() and (target / "README.md").exists()
+                    for old in target.glob("*"):  # weights of an earlier save would load instead of these
+                        if old.is_file() and WEIGHT_FILE.fullmatch(old.name):
+                            old.unlink()
                     move_files_into(staging / "stage", target, skip={"README.md"} if run_card else set())
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
@@ -1115,6 +1146,10 @@ class TRGLTrainer(Trainer):
         return module_table(self.stage_metrics)
 
 
+WEIGHT_FILE = re.compile(r"(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
+"""Weight files (and shard indexes) that `from_pretrained` reads from a folder."""
+
+
 def move_files_into(source: Path, target: Path, skip: set[str]) -> None:
     """Move every entry of `source` into `target` (each replaced atomically; a folder replaces the folder of the same
     name), except the names in `skip`."""
@@ -1137,7 +1172,7 @@ def check_stage_selection(args: TRGLTrainingArguments, num_modules: int) -> None
         )
 
 
-def check_given_optimizers(optimizers: Any, model: TRGLModel, args: TRGLTrainingArguments) -> None:
+def check_given_optimizers(optimizers: Any, model: TRGLModel, args: TRGLTrainingArguments, fsdp: bool = False) -> None:
     """`optimizers=(optimizer, scheduler)` drives one training loop; a run of several phases (sequential or multilap
     with K > 1, multilap laps) builds a fresh optimizer for each phase, so the pair is refused there.
 
@@ -1146,6 +1181,11 @@ def check_given_optimizers(optimizers: Any, model: TRGLModel, args: TRGLTraining
     """
     if not optimizers or all(item is None for item in optimizers):
         return
+    if fsdp:
+        raise ValueError(
+            "`optimizers=(optimizer, scheduler)` holds the unsharded parameters, which FSDP replaces: pass "
+            "`optimizer_cls_and_kwargs=(optimizer_class, kwargs)` instead (built over the sharded parameters)."
+        )
     phases = 1 if args.trgl_mode == "parallel" else model.num_modules * (args.trgl_laps if args.trgl_mode ==
                                                                          "multilap" else 1)  # fmt: skip
     if phases > 1:
@@ -1168,8 +1208,21 @@ def metrics_of_module(metrics: dict[str, float], module: int, prefix: str) -> di
     return result
 
 
+def selection_prefix(metric_for_best_model: str | None, eval_dataset: Any) -> str:
+    """The key prefix of the evaluation that chooses the best module and gives the stages their metrics: `"eval_"`,
+    or `"eval_{name}_"` for the set of a dict of evaluation sets named by `metric_for_best_model` (else the first)."""
+    if not isinstance(eval_dataset, dict) or not eval_dataset:
+        return "eval_"
+    named = [name for name in eval_dataset if (metric_for_best_model or "").startswith(f"eval_{name}_")]
+    return f"eval_{max(named, key=len) if named else next(iter(eval_dataset))}_"
+
+
 def per_module_metrics(
-    model: TRGLModel, args: TRGLTrainingArguments, compute_metrics: Callable | None, preprocess: Callable | None
+    model: TRGLModel,
+    args: TRGLTrainingArguments,
+    compute_metrics: Callable | None,
+    preprocess: Callable | None,
+    prefix: str = "eval_",
 ) -> PerModuleMetrics | PerModuleLanguageModelMetrics:
     """The `compute_metrics` the Trainer runs: the user's (or the task's) applied to every module's head.
 
@@ -1193,7 +1246,7 @@ def per_module_metrics(
             "compute_result)` (copied once per module), not a function, or set `batch_eval_metrics=False`."
         )
     selection = args.metric_for_best_model
-    selection = selection[len("eval_") :] if selection and selection.startswith("eval_") else selection
+    selection = selection[len(prefix) :] if selection and selection.startswith(prefix) else selection
     return PerModuleMetrics(compute_metrics, selection, model.task, args.greater_is_better,
                             model.config.label_smoothing)  # fmt: skip
 

@@ -112,7 +112,8 @@ class TRGLTrainingArguments(TrainingArguments):
             they are refused when `push_to_hub=True` (and ignored without it, as `Trainer` does).
         trgl_hub_finish_timeout (`float`, *optional*, defaults to 60):
             Seconds the end of `train()` waits at most for the pushes still queued, running or being retried
-            (huggingface_hub has no timeout of its own: an upload can hang forever). Then `train()` returns, no new
+            (huggingface_hub has no timeout of its own: an upload can hang forever); with `hub_strategy="end"`, where
+            every push starts at the end, this many seconds per push. Then `train()` returns, no new
             attempt starts, and what is not pushed is logged with the retry call (`trainer.push_to_hub()`) and kept in
             `trainer.hub_push_failures`; an upload still running is left to a daemon thread (it never keeps the
             process alive, and writes the same files as the retry if it completes). `None` waits for every push and

@@ -160,15 +160,15 @@ class CheckpointCount(TrainerCallback):
         self.root, self.counts = Path(root), []
 
     def on_save(self, args, state, control, **kwargs):
-        self.counts.append(
-            len([p for p in self.root.rglob("checkpoint-*") if p.is_dir() and any(p.glob("*.safetensors"))])
-        )
+        weights = [w for p in self.root.rglob("checkpoint-*") if p.is_dir() for w in p.glob("*.safetensors")]
+        self.counts.append(len({(w.stat().st_dev, w.stat().st_ino) for w in weights}))  # hard links: one copy
 
 
 def test_save_total_limit(tmp_path):
-    """`save_steps=1, save_total_limit=2`: whenever a checkpoint is saved, at most 2 `checkpoint-*` folders holding
-    weights exist anywhere under `output_dir` (Trainer: the same bound), however the run is split into phases (a
-    folder that only points at a checkpoint, without weights, is not counted)."""
+    """`save_steps=1, save_total_limit=2`: whenever a checkpoint is saved, at most 2 checkpoints' weights exist
+    anywhere under `output_dir` (Trainer: the same bound), however the run is split into phases (the root
+    `checkpoint-N` that `get_last_checkpoint` finds is a hard-link copy of the latest one: the same files, counted
+    once)."""
     data = pixel_dataset()
     counter = CheckpointCount(tmp_path / "trgl")
     TRGLTrainer(model=wrap(tiny_resnet(), K, aux_head="linear"), callbacks=[counter], train_dataset=data,
