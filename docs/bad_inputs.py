@@ -92,6 +92,14 @@ def gpt2_lm() -> TRGLModel:
     return TRGLModel.from_base(base, TRGLConfig(num_modules=2))
 
 
+def untied_flag_but_tied_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=16, n_layer=2, n_head=2, n_positions=16,
+                                      bos_token_id=0, eos_token_id=0))  # fmt: skip
+    base.config.tie_word_embeddings = False  # the weights stay shared
+    return base
+
+
 def vit() -> TRGLModel:
     torch.manual_seed(0)
     base = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -321,6 +329,15 @@ def cases(workdir: Path) -> list[Case]:
                                  train_dataset=train, eval_dataset=digits["validation"].select(range(16))).train()),
         Case("`hub_strategy='checkpoint'` with `push_to_hub`", "hub_strategy",
              lambda: args(str(workdir / "hs"), push_to_hub=True, hub_strategy="checkpoint")),
+        Case("`trgl_save_stages` naming a stage the model does not have", "trgl_save_stages",
+             lambda: TRGLTrainer(model=model(), args=args(str(workdir / "ss"), trgl_save_stages=[2, 5]))),
+        Case("`aux_head='tied'` on a classifier", "aux_head",
+             lambda: TRGLModel.from_base(BertForSequenceClassification(BertConfig(
+                 vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)),
+                 TRGLConfig(num_modules=2, aux_head="tied"))),
+        Case("`aux_head='tied'` on a decoder whose LM head and `tie_word_embeddings` disagree", "tie_word_embeddings",
+             lambda: TRGLModel.from_base(untied_flag_but_tied_gpt2(), TRGLConfig(num_modules=2, aux_head="tied"))),
+        Case("`lm_loss_chunk_tokens=0`", "lm_loss_chunk_tokens", lambda: TRGLConfig(lm_loss_chunk_tokens=0)),
     ]  # fmt: skip
 
 

@@ -183,3 +183,16 @@ def test_fsdp_refuses_a_lora_base(tmp_path, monkeypatch):
     args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, save_strategy="no")
     with pytest.raises(ValueError, match="LoRA bases are not supported with FSDP"):
         TRGLTrainer(model=model, args=args)
+
+
+def test_fsdp_refuses_tied_decoder_heads_before_training(tmp_path, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=32)  # fmt: skip
+    model = TRGLModel.from_base(LlamaForCausalLM(config), TRGLConfig(num_modules=2, aux_head="tied"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    args = TRGLTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, save_strategy="no")
+    with pytest.raises(ValueError, match="aux_head='native'"):
+        TRGLTrainer(model=model, args=args)

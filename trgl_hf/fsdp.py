@@ -143,13 +143,19 @@ def hidden_from_accelerate(args: Any, settings: FSDPSettings | None) -> Iterator
 
 
 def check_fsdp_setup(settings: FSDPSettings | None, accelerator: Any, model: nn.Module) -> None:
-    """Refuse FSDP without several processes, with an `Accelerator` that manages FSDP itself, or with a LoRA base."""
+    """Refuse FSDP without several processes, with an `Accelerator` that manages FSDP itself, with a LoRA base, or
+    with tied decoder heads."""
     if settings is None:
         return
     if getattr(getattr(model, "config", None), "peft_config", None):
         raise ValueError(
             "LoRA bases are not supported with FSDP in TRGLTrainer: merge the adapters into the base "
             "(`merge_and_unload()`) before cutting it, or train without FSDP (DDP)."
+        )
+    if getattr(getattr(model, "config", None), "aux_head", None) == "tied":
+        raise ValueError(
+            "`aux_head='tied'` reads module 1's vocabulary matrix from every module's head, which FSDP shards per "
+            "module: build the TRGL model with `TRGLConfig(aux_head='native')` for FSDP, or train without FSDP (DDP)."
         )
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
