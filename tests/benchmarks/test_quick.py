@@ -28,6 +28,8 @@ BENCHMARKS = {
     "text_sst2_minilm": ([], ["sst2_minilm.json", "sst2_minilm.md", "sst2_minilm.png"]),
     "prefix_cache_speed": ([], ["prefix_cache_speed.json", "prefix_cache_speed.md"]),
     "prefix_cache_memory": ([], ["prefix_cache_memory.json", "prefix_cache_memory.md", "prefix_cache_memory.png"]),
+    "memory_decoder": ([], ["memory_decoder.json", "memory_decoder.md"]),
+    "gpu_memory_decoder": (["--device", "cpu"], ["gpu_memory_decoder.json", "gpu_memory_decoder.md"]),
 }
 
 

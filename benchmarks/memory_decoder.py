@@ -1,0 +1,224 @@
+"""Peak host memory of training a Llama-style decoder: end-to-end `Trainer` (with and without gradient checkpointing)
+against TRGL sequential (K = 4, 8; with gradient checkpointing; with `aux_head="tied"` when it exists) and parallel,
+and the largest decoder each trains under an enforced memory cap (issue 26, item 7).
+
+    python -m benchmarks.memory_decoder            # main table + cap search at 2 and 4 GiB (about 20 min, 2 cores)
+    python -m benchmarks.memory_decoder --quick    # tiny decoder, no cap search (seconds)
+
+Every run is a fresh process (`benchmarks/reports/memory_decoder_arm.py`): the decoder is built from a `LlamaConfig`
+(random weights), trained `--steps` optimizer steps per phase (fp32 AdamW, batch of random tokens, `use_cpu=True`,
+`save_strategy="no"`, `trgl_save_stages="none"`, `report_to="none"`), and reports `VmHWM` per phase and for the whole
+process. The floor of a TRGL phase is computed, not measured: the peak RSS of a process that only imports torch,
+transformers and trgl_hf, plus 16 bytes per parameter the phase trains (fp32 weight, gradient and AdamW's two moments),
+plus 4 bytes per frozen parameter its head reads (the shared vocabulary matrix of `aux_head="tied"` after module 1).
+Caps: each try runs in its own cgroup v1 memory group (`memory.limit_in_bytes` and `memory.memsw.limit_in_bytes` =
+cap); a try killed by the OOM killer (SIGKILL, `oom_kill` in `memory.oom_control`) does not fit.
+
+Outputs `memory_decoder.json` and `memory_decoder.md` in `--out-dir` (default `benchmarks/results`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.reports import memory_decoder as report
+from benchmarks.reports.memory_decoder_runs import (
+    REPO_ROOT,
+    Deadline,
+    baseline,
+    cap_search,
+    check_cgroup,
+    log,
+    run_arm,
+)
+
+# name -> arm settings; "tied" arms run only when TRGLConfig accepts aux_head="tied". The head is always explicit:
+# since commit 7f64871 a decoder built from a config defaults to aux_head="tied".
+ARMS = {
+    "e2e": {"kind": "e2e"},
+    "e2e_gc": {"kind": "e2e", "gc": True},
+    "seq_k4": {"kind": "trgl", "mode": "sequential", "k": 4, "head": "native"},
+    "seq_k8": {"kind": "trgl", "mode": "sequential", "k": 8, "head": "native"},
+    "seq_k8_gc": {"kind": "trgl", "mode": "sequential", "k": 8, "gc": True, "head": "native"},
+    "par_k4": {"kind": "trgl", "mode": "parallel", "k": 4, "head": "native"},
+    "seq_k8_tied": {"kind": "trgl", "mode": "sequential", "k": 8, "head": "tied"},
+    "par_k4_tied": {"kind": "trgl", "mode": "parallel", "k": 4, "head": "tied"},
+    "seq_k16": {"kind": "trgl", "mode": "sequential", "k": 16, "head": "native"},
+}
+QUICK_ARMS = {"e2e": {"kind": "e2e"}, "seq_k2": {"kind": "trgl", "mode": "sequential", "k": 2, "head": "native"}}
+
+WIDE = {"width": 512, "intermediate": 1408, "vocab": 32000, "seq": 128, "batch": 2}
+NARROW = {"width": 256, "intermediate": 704, "vocab": 32000, "seq": 128, "batch": 2}
+TINY = {"width": 64, "intermediate": 172, "vocab": 1000, "seq": 32, "batch": 2}
+# (model, depth, arms) of the main table; the last two rows test "peak independent of depth" (L / K = 3)
+MAIN_RUNS = [
+    (WIDE, 16, ["e2e", "e2e_gc", "seq_k4", "seq_k8", "seq_k8_gc", "par_k4", "seq_k8_tied", "par_k4_tied"]),
+    (WIDE, 32, ["e2e", "seq_k8", "par_k4", "seq_k8_tied"]),
+    (NARROW, 24, ["seq_k8"]),
+    (NARROW, 48, ["seq_k16"]),
+]
+CAP_GRID = [2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 96, 128, 160, 176, 192, 256]
+# (cap GiB, arm) in the order they start: the 4 GiB end-to-end / sequential pair (issue 26's 5x target) first
+CAP_ORDER = [
+    (4, "e2e"),
+    (4, "seq_k8"),
+    (2, "e2e"),
+    (2, "seq_k8"),
+    (2, "par_k4"),
+    (2, "seq_k8_tied"),
+    (4, "seq_k8_tied"),
+    (2, "e2e_gc"),
+    (4, "par_k4"),
+    (8, "e2e"),
+    (8, "seq_k8"),
+]
+
+
+def tied_available() -> bool:
+    """Whether this checkout's `TRGLConfig` accepts `aux_head="tied"` (read from its source, no torch import)."""
+    source = (REPO_ROOT / "trgl_hf" / "configuration_trgl.py").read_text()
+    return '"tied"' in source.split("aux_head:", 1)[-1].split("\n", 1)[0]
+
+
+def main_table(runs, arms: dict[str, dict], steps: int, pool, deadline: Deadline) -> tuple[list, list]:
+    """Every (model, depth, arm) of `runs` in a fresh process, `pool`'s workers at a time."""
+    jobs, skipped = [], []
+    for model, layers, names in runs:
+        for name in names:
+            if name in arms:
+                jobs.append(pool.submit(guarded, deadline, 60, run_arm, model, layers, name, arms[name], steps))
+            else:
+                skipped.append({"arm": name, "layers": layers, "width": model["width"], "reason": "not available"})
+    records = [job.result() for job in jobs]
+    skipped += [r for r in records if r.get("skipped")]
+    return [r for r in records if not r.get("skipped")], skipped
+
+
+def guarded(deadline: Deadline, need_s: float, function, *args, **kwargs) -> dict[str, Any]:
+    """`function(*args)` unless fewer than `need_s` seconds are left before the deadline."""
+    if deadline.left_s() < need_s:
+        return {"skipped": True, "args": [a for a in args if isinstance(a, (int, str))], "reason": "deadline"}
+    return function(*args, **kwargs)
+
+
+def earlier_commands(earlier: dict[str, Any]) -> list[str]:
+    """The commands of an earlier result file and of the files it continued, oldest first."""
+    return [*(earlier["settings"].get("main_table_from") or []), earlier["command"]]
+
+
+def prior_tries(earlier: dict[str, Any], name: str, cap: float) -> list[dict]:
+    """The tries of an earlier result file's search (`name`, `cap`) that fitted or were OOM-killed."""
+    found = [s for s in earlier.get("cap_search", []) if s["arm"] == name and s["cap_gib"] == cap]
+    tries = found[0]["tries"] if found else []
+    return [t for t in tries if t["ok"] or t.get("failure") == "oom-killed"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny decoder, K = 2, no cap search")
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per phase")
+    parser.add_argument("--caps", type=float, nargs="*", default=[2, 4], help="GiB; 8 is slow")
+    parser.add_argument(
+        "--main-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="reuse the main table, baseline and cap tries of an earlier result file; continue the cap search",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time")
+    parser.add_argument("--stop-utc", default=None, help="start no run after this UTC time (HH:MM)")
+    parser.add_argument("--budget-min", type=float, default=None, help="start no run after this many minutes")
+    parser.add_argument("--render-only", type=Path, default=None, metavar="JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.caps, args.steps, args.workers = [], 1, 3  # baseline and both arms at once
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.render_only is not None:
+        result = json.loads(args.render_only.read_text())
+        print(report.write_outputs(result, args.out_dir or args.render_only.parent))
+        return result
+    out_dir = args.out_dir or (
+        Path(tempfile.mkdtemp(prefix="trgl_memory_decoder_")) if args.quick else REPO_ROOT / "benchmarks" / "results"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python -m benchmarks.memory_decoder", *(sys.argv[1:] if argv is None else argv)])
+    deadline, begin = Deadline(args.stop_utc, args.budget_min), time.perf_counter()
+    tied = tied_available()
+    arms = {n: a for n, a in (QUICK_ARMS if args.quick else ARMS).items() if tied or a.get("head") != "tied"}
+    runs = [(TINY, 4, list(QUICK_ARMS))] if args.quick else MAIN_RUNS
+    log(f"{command}: tied heads {'available' if tied else 'not available'}, out {out_dir}")
+    with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+        earlier = json.loads(args.main_from.read_text()) if args.main_from else {}
+        if earlier:
+            records, skipped, base = earlier["runs"], earlier["skipped"], earlier["baseline"]
+        else:
+            base_job = pool.submit(baseline)
+            records, skipped = main_table(runs, arms, args.steps, pool, deadline)
+            base = base_job.result()
+        check = check_cgroup() if args.caps else {"works": None, "note": "no cap search"}
+        log(f"baseline {base['import_peak_rss_bytes'] / 2**20:.0f} MiB; cgroup check: {check['works']}")
+        searches = []
+        if args.caps and check["works"]:
+            jobs = [
+                pool.submit(
+                    cap_search,
+                    WIDE,
+                    CAP_GRID,
+                    n,
+                    arms[n],
+                    cap,
+                    records,
+                    args.steps,
+                    deadline,
+                    prior_tries(earlier, n, cap),
+                )
+                for cap, n in CAP_ORDER
+                if cap in args.caps and n in arms
+            ]
+            searches = [job.result() for job in jobs]
+    settings = {
+        "steps_per_phase": args.steps,
+        "models": {"wide": WIDE, "narrow": NARROW, "tiny": TINY},
+        "cap_grid_layers": CAP_GRID,
+        "cap_model": WIDE,
+        "arms": arms,
+        "optimizer": "adamw_torch fp32 lr 1e-4",
+        "data": "random token ids (torch.randint, seed 1)",
+        "torch_threads_per_run": 1,
+        "workers": args.workers,
+        "tied_available": tied,
+        "main_table_from": earlier_commands(earlier) if earlier else None,
+    }
+    result = {
+        "quick": args.quick,
+        "command": command,
+        "settings": settings,
+        "baseline": base,
+        "cgroup_check": check,
+        "dropped_tries": earlier.get("dropped_tries"),
+        "runs": records,
+        "skipped": skipped,
+        "cap_search": searches,
+        "machine": report.machine(),
+        "runtime_s": round(time.perf_counter() - begin, 1),
+    }
+    text = report.write_outputs(result, out_dir)
+    log(f"wrote {out_dir}")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
