@@ -52,6 +52,8 @@ from typing import Any
 from benchmarks.common import data, env, models, report
 from benchmarks.common.env import log
 from benchmarks.reports import lm_tiny_shakespeare as lm_report
+from benchmarks.reports.decoder_heads_memory import parallel_memory
+from benchmarks.reports.lm_tiny_shakespeare import head_result, heads_markdown
 
 
 def build_base(vocab_size: int, opts, tie_embeddings: bool = False):
@@ -163,71 +165,6 @@ def run_method(
     return result
 
 
-def head_result(
-    name: str, model, val: dict, output, train_wall: float, eval_wall: float, aux_head: str, mode: str, tied: bool
-) -> dict[str, Any]:
-    """One arm of `--compare-heads`: validation loss / perplexity per module and the TRGL model's size."""
-    modules = [
-        {
-            "module": k,
-            "layers": sum(model.config.split[:k]),
-            "validation_loss": val[f"validation_module_{k}_loss"],
-            "validation_perplexity": val[f"validation_module_{k}_perplexity"],
-        }
-        for k in range(1, model.num_modules + 1)
-    ]
-    log(f"{name}: per-module validation perplexity {[round(m['validation_perplexity'], 3) for m in modules]}")
-    return {
-        "method": name,
-        "aux_head": aux_head,
-        "trgl_mode": mode,
-        "tie_word_embeddings": tied,
-        "num_modules": model.num_modules,
-        "trgl_parameters": sum(p.numel() for p in model.parameters()),
-        "train_steps": output.global_step,
-        "train_wall_s": round(train_wall, 1),
-        "eval_wall_s": round(eval_wall, 1),
-        "modules": modules,
-    }
-
-
-def heads_markdown(result: dict[str, Any]) -> str:
-    """The `--compare-heads` report: validation perplexity per module, native vs tied heads, per base and mode."""
-    config, arms = result["config"], result["results"]
-    k = config["num_modules"]
-    lines = [
-        "# Tiny Shakespeare, character-level GPT-2 from scratch: native vs tied decoder heads",
-        "",
-        "```bash",
-        result["environment"]["command"],
-        "```",
-        "",
-        f"Run on {result['environment']['date_utc']}; total run time "
-        f"{result['total_wall_s']} s on a machine with 2 CPU cores shared with other jobs (wall times indicative).",
-        "",
-        f"GPT-2, {config['n_layer']} layers, n_embd {config['n_embd']}, {config['n_head']} heads, no dropout, "
-        f"{config['vocab_size']}-character vocabulary, blocks of {config['block_size']}; TRGL K = {k}, tau = "
-        f"{config['tau']} (halves), {config['steps']} optimizer steps per module (parallel: {config['steps']} steps "
-        f"in all), batch {config['batch_size']}, AdamW lr {config['lr']}, cosine, {config['warmup_steps']} warm-up "
-        f"steps, seed {config['seed']}. Same initial weights for both heads. `native`: every module's head is a copy "
-        "of the final LayerNorm and of the LM head; `tied`: its own final LayerNorm + the one shared projection "
-        "(module 1's `lm_head`, or the input embedding when the base ties them), trained by module 1 only. "
-        "Validation split only (the head is chosen on it; the test split is not read).",
-        "",
-        "| base embeddings | mode | head | TRGL parameters | "
-        + " | ".join(f"module {m} val. ppl" for m in range(1, k + 1))
-        + " | train wall (s) |",
-        "| --- | --- | --- | --- | " + " | ".join("---" for _ in range(k)) + " | --- |",
-    ]
-    for arm in arms:
-        ppl = " | ".join(f"{m['validation_perplexity']:.3f}" for m in arm["modules"])
-        tied = "tied" if arm["tie_word_embeddings"] else "untied"
-        lines.append(f"| {tied} | {arm['trgl_mode']} | {arm['aux_head']} | {arm['trgl_parameters']:,} | {ppl} | "
-                     f"{arm['train_wall_s']} |")  # fmt: skip
-    lines += ["", f"Raw numbers: `{result['report_name']}.json`.", ""]
-    return "\n".join(lines)
-
-
 def compare_heads(splits, vocab_size: int, opts, command: str, data_info: dict, out_dir: Path) -> dict[str, Any]:
     """`--compare-heads`: native vs tied heads at equal settings (validation perplexity per module)."""
     k = opts.num_modules[0]
@@ -268,93 +205,6 @@ def compare_heads(splits, vocab_size: int, opts, command: str, data_info: dict, 
     report.write_atomically(out_dir / f"{opts.report_name}.md", heads_markdown(result))
     log(f"wrote {opts.report_name}.json/.md to {out_dir}")
     print(heads_markdown(result))
-    return result
-
-
-MEMORY_DECODER = dict(vocab_size=32000, hidden_size=256, num_hidden_layers=8, num_attention_heads=4,
-                      num_key_value_heads=4, intermediate_size=688, max_position_embeddings=256)  # fmt: skip
-MEMORY_ARMS = (("native", 10**9, "native heads, whole logits"), ("native", None, "native heads, chunked"),
-               ("tied", 10**9, "tied heads, whole logits"), ("tied", None, "tied heads, chunked"))  # fmt: skip
-
-
-def _memory_row(name: str, model, step_fn, input_ids) -> dict[str, Any]:
-    import torch
-
-    from benchmarks.common.memory import measure_step
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-
-    def step(ctx) -> None:
-        with ctx.phase("fwd_bwd"):
-            step_fn(model)
-        ctx.capture_grads(params)
-        with ctx.phase("optimizer"):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    measured = measure_step(step, model, optimizer, [input_ids], warmup=True)
-    row = {"run": name, "parameters": sum(p.numel() for p in model.parameters()), "peak_bytes": measured["peak_bytes"]}
-    log(f"{name}: {row['parameters'] / 1e6:.1f}M parameters, peak {row['peak_bytes'] / 2**20:.0f} MiB")
-    return row
-
-
-def parallel_memory(opts, command: str, out_dir: Path) -> dict[str, Any]:
-    """`--parallel-memory`: peak memory of one step, end-to-end vs TRGL parallel K = 4, native / tied heads, whole /
-    chunked LM loss."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from trgl_hf import TRGLConfig, TRGLModel
-
-    def base():
-        torch.manual_seed(opts.seed)
-        return LlamaForCausalLM(LlamaConfig(**MEMORY_DECODER)).train()
-
-    input_ids = torch.randint(0, MEMORY_DECODER["vocab_size"], (4, MEMORY_DECODER["max_position_embeddings"]))
-
-    def end_to_end(model) -> None:
-        model(input_ids=input_ids, labels=input_ids).loss.backward()
-
-    def trgl(model) -> None:
-        for step in model.iter_modules(labels=input_ids, input_ids=input_ids):
-            step.loss.backward()
-
-    rows = [_memory_row("end-to-end", base(), end_to_end, input_ids)]
-    for head, chunk, label in MEMORY_ARMS:
-        config = TRGLConfig(num_modules=4, aux_head=head, lm_loss_chunk_tokens=chunk)
-        rows.append(_memory_row(f"TRGL parallel K=4, {label}", TRGLModel.from_base(base(), config).train(), trgl,
-                                input_ids))  # fmt: skip
-    result = {"benchmark": "decoder_heads_parallel_memory", "decoder": MEMORY_DECODER, "batch": [4, 256],
-              "rows": rows, "environment": env.environment(command)}  # fmt: skip
-    end = rows[0]["peak_bytes"]
-    lines = [
-        "# Parallel TRGL on a decoder: peak training memory, native vs tied heads, whole vs chunked LM loss",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"Run on {result['environment']['date_utc']}. One AdamW step (after an untraced step that creates AdamW's "
-        "state); peak bytes from the allocator trace (`benchmarks.common.memory.measure_step`: the training state "
-        "alive at the start of the step + the running peak of the step's allocations; exact, not RSS; "
-        "deterministic). Llama-style decoder built from a config: " + ", ".join(f"{k} {v}" for k, v in
-        MEMORY_DECODER.items()) + ", untied `lm_head`; batch 4 x 256 tokens, `labels = input_ids`. TRGL parallel: "
-        "every module's loss backpropagated as soon as it exists, as `TRGLTrainer` does. Whole logits: "
-        "`lm_loss_chunk_tokens=10**9` (the loss on a module's whole `(4, 256, 32000)` logits, the computation "
-        "before chunking); chunked: the default (64 MiB of float32 logits per chunk = 524 tokens here, each chunk "
-        "recomputed in backward).",
-        "",
-        "| run | parameters | peak MiB | x end-to-end |",
-        "| --- | --- | --- | --- |",
-    ]  # fmt: skip
-    for row in rows:
-        lines.append(f"| {row['run']} | {row['parameters'] / 1e6:.1f}M | {row['peak_bytes'] / 2**20:.0f} | "
-                     f"{row['peak_bytes'] / end:.2f} |")  # fmt: skip
-    lines += ["", "Raw numbers: `decoder_heads_parallel_memory.json`.", ""]
-    report.write_json(out_dir / "decoder_heads_parallel_memory.json", result, indent=2)
-    report.write_atomically(out_dir / "decoder_heads_parallel_memory.md", "\n".join(lines))
-    print("\n".join(lines))
     return result
 
 

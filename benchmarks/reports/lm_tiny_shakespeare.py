@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import report
+from benchmarks.common.env import log
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -105,4 +106,69 @@ def markdown(result: dict[str, Any]) -> str:
         "Raw numbers (with training logs): `tiny_shakespeare_gpt2.json`.",
         "",
     ]
+    return "\n".join(lines)
+
+
+def head_result(
+    name: str, model, val: dict, output, train_wall: float, eval_wall: float, aux_head: str, mode: str, tied: bool
+) -> dict[str, Any]:
+    """One arm of `--compare-heads`: validation loss / perplexity per module and the TRGL model's size."""
+    modules = [
+        {
+            "module": k,
+            "layers": sum(model.config.split[:k]),
+            "validation_loss": val[f"validation_module_{k}_loss"],
+            "validation_perplexity": val[f"validation_module_{k}_perplexity"],
+        }
+        for k in range(1, model.num_modules + 1)
+    ]
+    log(f"{name}: per-module validation perplexity {[round(m['validation_perplexity'], 3) for m in modules]}")
+    return {
+        "method": name,
+        "aux_head": aux_head,
+        "trgl_mode": mode,
+        "tie_word_embeddings": tied,
+        "num_modules": model.num_modules,
+        "trgl_parameters": sum(p.numel() for p in model.parameters()),
+        "train_steps": output.global_step,
+        "train_wall_s": round(train_wall, 1),
+        "eval_wall_s": round(eval_wall, 1),
+        "modules": modules,
+    }
+
+
+def heads_markdown(result: dict[str, Any]) -> str:
+    """The `--compare-heads` report: validation perplexity per module, native vs tied heads, per base and mode."""
+    config, arms = result["config"], result["results"]
+    k = config["num_modules"]
+    lines = [
+        "# Tiny Shakespeare, character-level GPT-2 from scratch: native vs tied decoder heads",
+        "",
+        "```bash",
+        result["environment"]["command"],
+        "```",
+        "",
+        f"Run on {result['environment']['date_utc']}; total run time "
+        f"{result['total_wall_s']} s on a machine with 2 CPU cores shared with other jobs (wall times indicative).",
+        "",
+        f"GPT-2, {config['n_layer']} layers, n_embd {config['n_embd']}, {config['n_head']} heads, no dropout, "
+        f"{config['vocab_size']}-character vocabulary, blocks of {config['block_size']}; TRGL K = {k}, tau = "
+        f"{config['tau']} (halves), {config['steps']} optimizer steps per module (parallel: {config['steps']} steps "
+        f"in all), batch {config['batch_size']}, AdamW lr {config['lr']}, cosine, {config['warmup_steps']} warm-up "
+        f"steps, seed {config['seed']}. Same initial weights for both heads. `native`: every module's head is a copy "
+        "of the final LayerNorm and of the LM head; `tied`: its own final LayerNorm + the one shared projection "
+        "(module 1's `lm_head`, or the input embedding when the base ties them), trained by module 1 only. "
+        "Validation split only (the head is chosen on it; the test split is not read).",
+        "",
+        "| base embeddings | mode | head | TRGL parameters | "
+        + " | ".join(f"module {m} val. ppl" for m in range(1, k + 1))
+        + " | train wall (s) |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in range(k)) + " | --- |",
+    ]
+    for arm in arms:
+        ppl = " | ".join(f"{m['validation_perplexity']:.3f}" for m in arm["modules"])
+        tied = "tied" if arm["tie_word_embeddings"] else "untied"
+        lines.append(f"| {tied} | {arm['trgl_mode']} | {arm['aux_head']} | {arm['trgl_parameters']:,} | {ppl} | "
+                     f"{arm['train_wall_s']} |")  # fmt: skip
+    lines += ["", f"Raw numbers: `{result['report_name']}.json`.", ""]
     return "\n".join(lines)
