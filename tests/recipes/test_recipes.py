@@ -272,14 +272,14 @@ def test_bf16_mixed_precision_trains_every_mode_step(tmp_path):
     # Accelerate's precision is process-wide, so bf16 runs in its own process.
     args = [sys.executable, "recipes/train_image_classification.py", "--dataset_name", "digits", "--model_type",
             "cifar_resnet", "--depth", "8", "--num_modules", "3", "--head_pool_size", "1", "--trgl_mode",
-            "sequential", "--num_train_epochs", "1", "--learning_rate", "0.05", "--optim", "sgd", "--bf16", "true",
+            "sequential", "--num_train_epochs", "2", "--learning_rate", "0.05", "--optim", "sgd", "--bf16", "true",
             "--per_device_train_batch_size", "64", "--output_dir", str(tmp_path), "--class_names",
             "zero,one,two,three,four,five,six,seven,eight,nine", *COMMON]  # fmt: skip
     result = subprocess.run(args, cwd=RECIPES.parent, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "module_metrics.json").read_text())
-    assert min(metrics["per_module"]["test"]) > 0.2  # chance is 0.1
+    assert min(metrics["per_module"]["test"]) > 0.3  # chance is 0.1 (1 epoch left module 1 near it for some inits)
     names = "zero one two three four five six seven eight nine".split()
     id2label = json.loads((tmp_path / "stage-03" / "config.json").read_text())["id2label"]
     assert id2label == {str(i): name for i, name in enumerate(names)}  # --class_names wins over "0" .. "9"
