@@ -31,13 +31,16 @@ BENCHMARKS = {
     "memory_decoder": ([], ["memory_decoder.json", "memory_decoder.md"]),
     "gpu_memory_decoder": (["--device", "cpu"], ["gpu_memory_decoder.json", "gpu_memory_decoder.md"]),
 }
+SLOW = {"ddp_overlap", "prefix_cache_memory", "gpu_memory_decoder"}
+"""The longest quick runs (two processes; cache memory at several sizes; the GPU script's CPU path, which the decoder
+benchmark's quick run mostly covers) run with `-m slow`, keeping the default suite's time."""
 
 
 class QuickRuns:
     """Starts the `--quick` runs, at most `PARALLEL` at a time, in the order the tests ask for them."""
 
-    def __init__(self, root: Path):
-        self.root, self.pending, self.running, self.done = root, list(BENCHMARKS), {}, {}
+    def __init__(self, root: Path, names: list[str]):
+        self.root, self.pending, self.running, self.done = root, list(names), {}, {}
 
     def _start_more(self) -> None:
         while self.pending and len(self.running) < PARALLEL:
@@ -70,15 +73,19 @@ class QuickRuns:
 
 
 @pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory):
-    runs = QuickRuns(tmp_path_factory.mktemp("benchmarks_quick"))
+def quick_runs(tmp_path_factory, request):
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_benchmark_runs_in_quick_mode"]  # fmt: skip
+    runs = QuickRuns(tmp_path_factory.mktemp("benchmarks_quick"), selected)
     yield runs
     for process, _, log in runs.running.values():
         process.kill()
         log.close()
 
 
-@pytest.mark.parametrize("name", list(BENCHMARKS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in BENCHMARKS]
+)
 def test_benchmark_runs_in_quick_mode(quick_runs, name):
     returncode, log, out = quick_runs.result(name)
     assert returncode is not None, f"{name} --quick ran past {TIMEOUT_S} s:\n{log[-3000:]}"
