@@ -484,14 +484,18 @@ class TRGLTrainer(Trainer):
         if self.args.should_save:
             self.state.save_to_json(str(root / "trainer_state.json"))
             self.save_metrics("train", metrics)
-            best_key = f"{self.selection_prefix}best_module"
-            evaluation = next((e for e in reversed(self.trgl_log_history) if best_key in e), None)
+            evaluation = self._last_selection_evaluation()
             if evaluation is not None:
                 self.save_metrics("eval", {k: v for k, v in evaluation.items() if k.startswith("eval_")})
             self.create_model_card()
             if self._pusher is not None and self.args.trgl_hub_strategy == "subfolder":
                 self._pusher.submit_run_card(self._run_card_files())
         return TrainOutput(steps, metrics["train_loss"], metrics)
+
+    def _last_selection_evaluation(self) -> dict[str, Any] | None:
+        """The run's last evaluation of the set that chooses the best module (see `selection_prefix`)."""
+        best_key = f"{self.selection_prefix}best_module"
+        return next((entry for entry in reversed(self.trgl_log_history) if best_key in entry), None)
 
     def _record_best_stage(self, root: Path) -> None:
         """`state.best_model_checkpoint` and `best_metric`: the stage folder of the best module
@@ -500,7 +504,7 @@ class TRGLTrainer(Trainer):
         state = self.state
         state.best_model_checkpoint = state.best_metric = state.best_global_step = None
         best_key = f"{self.selection_prefix}best_module"
-        evaluation = next((e for e in reversed(self.trgl_log_history) if best_key in e), None)
+        evaluation = self._last_selection_evaluation()
         if evaluation is None or self.args.metric_for_best_model is None:
             return
         best = int(evaluation[best_key])
@@ -1186,8 +1190,8 @@ def check_given_optimizers(optimizers: Any, model: TRGLModel, args: TRGLTraining
             "`optimizers=(optimizer, scheduler)` holds the unsharded parameters, which FSDP replaces: pass "
             "`optimizer_cls_and_kwargs=(optimizer_class, kwargs)` instead (built over the sharded parameters)."
         )
-    phases = 1 if args.trgl_mode == "parallel" else model.num_modules * (args.trgl_laps if args.trgl_mode ==
-                                                                         "multilap" else 1)  # fmt: skip
+    phases = len(plan_phases(model.num_modules, args.trgl_mode, args.trgl_laps, args.num_train_epochs, args.max_steps,
+                             use_cache=False))  # fmt: skip
     if phases > 1:
         raise ValueError(
             f"`optimizers=(optimizer, scheduler)` gives one optimizer for one training loop, but this "
