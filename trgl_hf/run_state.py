@@ -2,8 +2,10 @@
 
 - `trgl_state.json`: the phases of the run, those completed, the stage metrics, the checksum of every written stage,
   the stages still to write, the progress folder and the run's fingerprint;
-- `trgl-progress-NN/`: the whole TRGL model after the NN-th completed phase (the last one stays when the run ends:
-  it loads with `TRGLModel.from_pretrained` and lets a damaged stage be exported again);
+- `trgl-progress-NN/`: the whole TRGL model after the NN-th completed phase, one file per module
+  (`trgl_hf.module_files`; the modules the phase did not train are hard links to the previous folder's files). The
+  last one stays when the run ends: it loads with `TRGLModel.from_pretrained` and lets a damaged stage be exported
+  again;
 - `phases/<phase>/checkpoint-*`: the Trainer checkpoints of the phase in progress.
 
 Completing a phase is one transition in which nothing a resume needs is removed before what replaces it is recorded:
@@ -28,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpointing import atomic_directory, remove_tree, stage_dirname, write_json
 from .guards import check_weight_folder
+from .module_files import is_module_folder, read_module_folder, write_module_folder
 from .phases import PHASES_DIR, Phase
 
 STATE_FILE = "trgl_state.json"
@@ -133,8 +136,9 @@ class RunState:
         """Every phase is completed and every stage written."""
         return len(self.completed) == len(self.phases) and not self.pending
 
-    def restore(self, model: Any) -> None:
-        """Load the weights the last completed phase left into `model`.
+    def restore(self, model: Any, mapped: bool = False) -> None:
+        """Load the weights the last completed phase left into `model` (`mapped`: map its modules to the progress
+        files instead of copying them, see `trgl_hf.module_files`).
 
         Raises:
             `ValueError`: phases are recorded as completed but their weights are missing or unreadable (resuming
@@ -150,7 +154,10 @@ class RunState:
                 "predecessors. Start it again in a new `output_dir`."
             )
         check_weight_folder(folder)
-        model.load_state_dict(type(model).from_pretrained(folder).state_dict())
+        if is_module_folder(folder):
+            read_module_folder(model, folder, mapped=None if mapped else set())
+        else:  # a whole-model folder (written under FSDP)
+            model.load_state_dict(type(model).from_pretrained(folder).state_dict())
         if (folder / LAP_STATES_FILE).exists():
             self.lap_states = torch.load(folder / LAP_STATES_FILE, weights_only=True)
 
@@ -179,13 +186,19 @@ class RunState:
             "identity": self.identity,
         })  # fmt: skip
 
-    def complete_phase(self, phase: Phase, model: Any) -> None:
-        """Record `phase` as completed, with the weights it left and its stages pending (see the module docstring)."""
+    def complete_phase(self, phase: Phase, model: Any, by_module: bool = True) -> None:
+        """Record `phase` as completed, with the weights it left and its stages pending (see the module docstring).
+        `by_module=False` writes the whole model with `save_pretrained` (FSDP gathers it for that)."""
         previous = self.progress
         self.progress = f"{PROGRESS_PREFIX}-{len(self.completed) + 1:02d}"
         if self.writer:
             with atomic_directory(self.root / self.progress) as staging:
-                model.save_pretrained(staging)
+                if by_module:
+                    before = self.root / previous if previous is not None else None
+                    linked = before if before is not None and is_module_folder(before) else None
+                    write_module_folder(model, staging, changed=set(phase.modules), previous=linked)
+                else:
+                    model.save_pretrained(staging)
                 if self.lap_states:  # the optimizers that continue in later multilap laps
                     torch.save(self.lap_states, staging / LAP_STATES_FILE)
         self.completed.append(phase.name)

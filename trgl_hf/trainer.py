@@ -67,6 +67,7 @@ from .input_checks import (
 from .metrics import PerModuleLanguageModelMetrics, PerModuleMetrics
 from .model_cards import PLOT_FILE, load_arguments, module_plot_svg, module_table, run_model_card
 from .modeling_trgl import TRGLModel
+from .offload import OFFLOAD_DIR, ModuleOffload, offload_decision
 from .peft_support import ADAPTER_DIR, exports_stage_adapters, save_stage_adapter
 from .phases import PHASES_DIR, Phase, lap_order, plan_phases
 from .prefix_cache import (
@@ -178,6 +179,10 @@ class TRGLTrainer(Trainer):
         super().__init__(model=model, args=args, compute_metrics=metrics, **kwargs)
         check_one_world(self.args)
         check_fsdp_setup(self._fsdp, self.accelerator, model)
+        self.offloads, self.offload_reason = offload_decision(self.args.trgl_offload, self.args.trgl_mode,
+                                                              self.args.device.type, _several_processes(),
+                                                              self._fsdp is not None)  # fmt: skip
+        """Whether inactive modules live in their module files (`trgl_offload`), and why."""
         # The trainer shards the model itself: the Trainer must neither wrap it (DDP, FSDP) nor average its gradients.
         self.is_distributed_loading_by_transformers = self._fsdp is not None
         self.best_module: int | None = None
@@ -332,7 +337,7 @@ class TRGLTrainer(Trainer):
             elif not run.completed and not any(latest_complete_checkpoint(p.output_dir(root)) for p in phases):
                 raise ValueError(f"`resume_from_checkpoint=True` but {root} holds no run to resume (no "
                                  f"trgl_state.json, no checkpoint): train without it to start the run.")  # fmt: skip
-            run.restore(model)
+            run.restore(model, mapped=self.offloads)
             self._lap_states = dict(run.lap_states)
             self.stage_metrics = dict(run.stage_metrics)
             self._repair_stages(run, phases)
@@ -354,6 +359,11 @@ class TRGLTrainer(Trainer):
         self._pin_log_folders(root)
         handler: RunCallbackHandler = self.callback_handler
         handler.run_args, first = copy.copy(self.args), True
+        offload = ModuleOffload(root / OFFLOAD_DIR) if self.offloads else None
+        pending = [p for p in phases if p.name not in run.completed]
+        if offload is not None and pending:
+            logger.info("Offload: %s (trgl_offload=%r).", self.offload_reason, self.args.trgl_offload)
+            offload.start(model, set(pending[0].modules))
         try:
             for phase in phases:
                 if phase.name in run.completed:
@@ -375,6 +385,9 @@ class TRGLTrainer(Trainer):
                                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)  # fmt: skip
                 with model.phase(phase.modules, evaluated=phase.evaluated_modules):
                     self._finish_phase(phase, run, root, output.global_step)
+                if offload is not None:
+                    later = [p for p in phases[phases.index(phase) + 1 :] if p.name not in run.completed]
+                    offload.after_phase(model, root / run.progress, set(later[0].modules) if later else set())
                 self.trgl_log_history = list(run.log_history)
                 self._step_offset += output.global_step
                 self._epoch_offset = round(self._epoch_offset + (self.state.epoch or 0.0), 4)
@@ -387,6 +400,8 @@ class TRGLTrainer(Trainer):
             self.remove_callback(callback)
             handler.position = None
             self._drop_prefix_cache()
+            if offload is not None:
+                offload.finish()
         return self._end_run(root, totals, started, output)
 
     def _run_position(self, phase: Phase, first: bool) -> RunPosition:
@@ -965,7 +980,7 @@ class TRGLTrainer(Trainer):
             for entry in self.state.log_history
         ]
         with gathered_for_saving(model, self._fsdp, writer=self.args.should_save):  # FSDP: full weights to write
-            run.complete_phase(phase, model)
+            run.complete_phase(phase, model, by_module=self._fsdp is None)
             if self.args.should_save:
                 write_marker(root, self._step_offset + steps, self.fingerprint, f"{phase.name} finished",
                              source=root / run.progress)  # fmt: skip

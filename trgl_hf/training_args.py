@@ -10,6 +10,8 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.trainer_utils import HubStrategy
 
+from .offload import OFFLOAD_CHOICES
+
 logger = logging.getLogger(__name__)
 
 TRGL_MODES = ("parallel", "sequential", "multilap")
@@ -83,6 +85,14 @@ class TRGLTrainingArguments(TrainingArguments):
         trgl_prefix_cache_dtype (`str`, *optional*):
             Store the cached hidden states as `"float16"` or `"bfloat16"` (half the size); they are cast back to the
             computed dtype when read. Defaults to the dtype the modules computed (exact).
+        trgl_offload (`str`, *optional*, defaults to `"auto"`):
+            Where the modules a sequential or multi-lap phase does not train live. `"disk"`: in the run's module
+            files (`trgl-progress-NN/trgl-module-XX.safetensors`, and `output_dir/.trgl-offload` for a base built in
+            memory), memory-mapped: a frozen module is read only when a forward needs it (never while the prefix cache
+            feeds the trained one) and its pages are the kernel's to drop, so memory holds the trained module, its
+            head, optimizer and activations. Results are bit-identical to `"none"` (everything resident). `"auto"`
+            (the default) is `"disk"` wherever it applies (one CPU process, sequential or multilap, no FSDP) and
+            `"none"` elsewhere; `"disk"` where it cannot apply is refused.
         trgl_head_lr_multiplier (`float`, *optional*):
             The auxiliary heads' learning rate is `learning_rate` times this (this library's extension, for
             pretrained bases whose new heads need a larger step than the pretrained blocks). Defaults, for a base
@@ -128,6 +138,10 @@ class TRGLTrainingArguments(TrainingArguments):
         default="parallel", metadata={"help": "Module schedule: 'parallel', 'sequential' or 'multilap'."}
     )
     trgl_laps: int = field(default=2, metadata={"help": "Number of laps of the 'multilap' mode."})
+    trgl_offload: str = field(
+        default="auto",
+        metadata={"help": "Where inactive modules live: 'disk' (memory-mapped module files), 'none', or 'auto'."},
+    )
     trgl_lap_optimizer: str = field(
         default="persist",
         metadata={"help": "Multilap: keep each module's optimizer and schedule across its laps ('persist') or "
@@ -194,6 +208,8 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(f"`trgl_laps` must be a whole number of laps, got {self.trgl_laps!r}.")
         if self.trgl_laps < 1:
             raise ValueError(f"`trgl_laps` must be at least 1, got {self.trgl_laps}.")
+        if self.trgl_offload not in OFFLOAD_CHOICES:
+            raise ValueError(f"`trgl_offload` must be one of {OFFLOAD_CHOICES}, got {self.trgl_offload!r}.")
         if self.trgl_lap_optimizer not in ("persist", "fresh"):
             raise ValueError(f"`trgl_lap_optimizer` must be 'persist' or 'fresh', got {self.trgl_lap_optimizer!r}.")
         if self.trgl_hub_strategy not in ("branch", "subfolder"):
