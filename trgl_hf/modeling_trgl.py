@@ -674,7 +674,7 @@ class TRGLModel(PreTrainedModel):
 
     # ------------------------------------------------------------------ export
 
-    def export_stage(self, stage: int) -> PreTrainedModel:
+    def export_stage(self, stage: int, share_weights: bool = False) -> PreTrainedModel:
         """Modules 1..`stage` with head `stage` as a standalone model with the same logits.
 
         A `"linear"` head gives the family's native model (e.g. a shallower `ResNetForImageClassification`); a
@@ -682,9 +682,20 @@ class TRGLModel(PreTrainedModel):
 
         Args:
             stage (`int`): 1-based index of the last module kept.
+            share_weights (`bool`, *optional*, defaults to `False`):
+                Whether the stage's parameters and persistent buffers are this model's tensors themselves (same
+                storage) instead of copies. The stage is built on the meta device and given the tensors by
+                assignment: no second copy of the weights in memory and no random initialisation, which matters at
+                the last stage of a large model. Its non-persistent buffers (e.g. rotary `inv_freq`) are copies of
+                this model's. Tensors that must be converted are copied: those of a model not on CPU and LoRA
+                weights (merged on a copy). Meant for writing the stage right away (`save_pretrained`): the shared
+                stage must not be trained or modified (it would change this model), and it changes when this model
+                trains further. Its parameters have `requires_grad=False`. Where a family cannot be built this way
+                (a tensor left on the meta device), the stage is copied as with `False`, with a warning. `False`: an
+                independent copy.
 
         Returns:
-            `PreTrainedModel`: in eval mode, on CPU.
+            `PreTrainedModel`: in eval mode, on CPU, in the stage's dtype (a bfloat16 base gives bfloat16 stages).
         """
         if not 1 <= stage <= self.num_modules:
             raise ValueError(f"`stage` must be between 1 and {self.num_modules}, got {stage}.")
@@ -692,9 +703,9 @@ class TRGLModel(PreTrainedModel):
         head = self.heads[stage - 1]
         if isinstance(head, TiedLMHead):
             with head.projecting_with(self.adapter.shared_projection(self.heads), trainable=stage == 1):
-                exported = self.adapter.export_stage(num_blocks, head, self.config.num_labels)
+                exported = self.adapter.export_stage(num_blocks, head, self.config.num_labels, share_weights)
         else:
-            exported = self.adapter.export_stage(num_blocks, head, self.config.num_labels)
+            exported = self.adapter.export_stage(num_blocks, head, self.config.num_labels, share_weights)
         exported.config.id2label, exported.config.label2id = dict(self.config.id2label), dict(self.config.label2id)
         exported.config.dtype = self.adapter.dtype  # saved as the stage's dtype (a bfloat16 base: bfloat16 stages)
         if hasattr(exported.config, "stage_index"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,13 @@ from ..peft_support import merged_state_dict
 
 if TYPE_CHECKING:
     from .registry import ArchitectureSpec
+
+logger = logging.getLogger(__name__)
+
+StageWeights = tuple[dict[str, torch.Tensor], list[tuple[str, nn.Module]]]
+"""What an exported stage is made of: its state dict (every key of the stage model, persistent buffers included) and
+where its other tensors come from: `(path, module)` pairs, the stage's submodule at `path` (`""`: the root) being
+a copy of `module` (the trained backbone, a head), whose non-persistent buffers it takes."""
 
 
 def _detach(value: Any) -> Any:
@@ -134,6 +142,70 @@ def task_model_from_config(config: PreTrainedConfig) -> PreTrainedModel:
         if model_class is not None:
             return model_class(config)
     return AutoModelForImageClassification.from_config(config)
+
+
+def _on_meta(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_meta
+
+
+def _stage_tensor(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`value` as the stage holds it: a CPU tensor of `like`'s dtype; `value` itself (no copy) when it is one."""
+    if value.device.type == "cpu" and value.dtype == like.dtype:
+        return value
+    return value.detach().to(device="cpu", dtype=like.dtype)
+
+
+def _source_tensor(sources: list[tuple[str, nn.Module]], path: str, name: str) -> torch.Tensor | None:
+    """The tensor `name` (a buffer or a tensor attribute) of the module at `path` of the stage in the first source
+    that has one."""
+    for prefix, source in sources:
+        if prefix and path != prefix and not path.startswith(prefix + "."):
+            continue
+        relative = path[len(prefix) :].lstrip(".") if prefix else path
+        try:
+            module = source.get_submodule(relative)
+        except AttributeError:
+            continue
+        value = module._buffers.get(name, vars(module).get(name))
+        if isinstance(value, torch.Tensor) and not value.is_meta:
+            return value
+    return None
+
+
+def meta_tensor_name(model: nn.Module) -> str | None:
+    """The name of a parameter, buffer or tensor attribute of `model` still on the meta device, or `None`."""
+    for path, module in model.named_modules(remove_duplicate=False):
+        tensors = {**module._parameters, **module._buffers, **vars(module)}
+        for name, value in tensors.items():
+            if _on_meta(value):
+                return f"{path}.{name}" if path else name
+    return None
+
+
+def assign_stage_tensors(
+    model: nn.Module, state: dict[str, torch.Tensor], sources: list[tuple[str, nn.Module]]
+) -> None:
+    """Give `model`, built on the meta device, the tensors of `state` themselves (`load_state_dict(assign=True)`: no
+    copy where one is a CPU tensor of the model's dtype), then every other tensor still on meta (non-persistent
+    buffers such as rotary `inv_freq`, tensor attributes) the value of the same tensor in `sources` (copied: they
+    are small). Tensors found nowhere stay on meta (see [`meta_tensor_name`])."""
+    targets = model.state_dict()
+    state = {key: _stage_tensor(value, targets[key]) if key in targets else value for key, value in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    if isinstance(model, PreTrainedModel):
+        model.tie_weights()  # assignment gave tied parameters (a tied LM head) one object each: tie them again
+    for path, module in model.named_modules():
+        for name, value in list(module._buffers.items()) + list(vars(module).items()):
+            if not _on_meta(value):
+                continue
+            found = _source_tensor(sources, path, name)
+            if found is None or found.shape != value.shape:
+                continue
+            copied = found.detach().to(device="cpu", dtype=value.dtype, copy=True)
+            if name in module._buffers:
+                module._buffers[name] = copied
+            else:
+                setattr(module, name, copied)
 
 
 @dataclass
@@ -272,13 +344,66 @@ class ModelAdapter(ABC):
         return head(state.hidden)
 
     @abstractmethod
-    def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
-        """A standalone model made of the stem, the first `num_blocks` blocks and `head`, with identical outputs."""
+    def export_stage(
+        self, num_blocks: int, head: nn.Module, num_labels: int, share_weights: bool = False
+    ) -> PreTrainedModel:
+        """A standalone model made of the stem, the first `num_blocks` blocks and `head`, with identical outputs.
+
+        Args:
+            share_weights (`bool`): the stage holds the trained tensors themselves (see [`~ModelAdapter.build_stage`])
+                instead of a copy.
+        """
 
     def load_truncated_backbone(self, target: nn.Module) -> None:
         """Load every weight of `target`, a shallower copy of the backbone, from the trained backbone (LoRA merged)."""
+        target.load_state_dict(self.truncated_backbone_state(target), strict=True)
+
+    def truncated_backbone_state(self, target: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The trained backbone's tensors (LoRA merged) for every key of `target`, a shallower copy of the backbone,
+        under `prefix` (e.g. `"backbone."`). Tensors of the backbone itself, not copies (except a LoRA merge)."""
         source = merged_state_dict(self.backbone)
-        target.load_state_dict({name: source[name] for name in target.state_dict()}, strict=True)
+        return {prefix + name: source[name] for name in target.state_dict()}
+
+    def build_stage(
+        self,
+        build: Callable[[], nn.Module],
+        weights: Callable[[nn.Module], StageWeights],
+        share_weights: bool = False,
+    ) -> PreTrainedModel:
+        """Build a stage model in the stage dtype, on CPU, in eval mode, and give it its weights.
+
+        Args:
+            build (`Callable`): makes the untrained stage model.
+            weights (`Callable`): the stage model's tensors ([`StageWeights`]) for a model `build` made.
+            share_weights (`bool`): build the model on the meta device (no memory, no random initialisation) and
+                assign it the tensors of `weights` themselves (a CPU model's tensors: the stage shares their storage)
+                with `requires_grad=False`. Where a tensor is left on meta (a family that keeps a tensor this does not
+                find) or the model cannot be built on meta, the stage is built by copying, as with `False`.
+                `False`: a new model whose weights are copies.
+        """
+        architecture = getattr(self.spec, "name", type(self.backbone).__name__)
+        if share_weights:
+            model = None
+            try:
+                with default_dtype(self.dtype), torch.device("meta"):
+                    model = build()
+            except Exception as error:  # noqa: BLE001 - any failure falls back to the copying export below
+                logger.warning("%s cannot be built on the meta device (%s): its stage is exported by copying.",
+                               architecture, error)  # fmt: skip
+            if model is not None:
+                state, sources = weights(model)
+                assign_stage_tensors(model, state, sources)
+                left = meta_tensor_name(model)
+                if left is None:
+                    model.requires_grad_(False)
+                    return model.eval()
+                logger.warning("The %s stage has no value for `%s` (left on the meta device): it is exported by "
+                               "copying.", architecture, left)  # fmt: skip
+        with default_dtype(self.dtype):
+            model = build()
+        state, _ = weights(model)
+        model.load_state_dict(state, strict=True)
+        return model.eval()
 
     @abstractmethod
     def probe_inputs(self, image_size: int | None, batch_size: int = 2) -> dict[str, torch.Tensor]:

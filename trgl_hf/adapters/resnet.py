@@ -21,7 +21,7 @@ from ..hub_models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ..hub_models.configuration_trgl_stage import TRGLStageConfig
 from ..hub_models.modeling_trgl_stage import TRGLStageForImageClassification
 from ..losses import BatchNormBranchEnergy
-from .base import BlockProbe, BlockState, ModelAdapter, default_dtype, truncate_depths
+from .base import BlockProbe, BlockState, ModelAdapter, StageWeights, truncate_depths
 
 
 def _is_residual_block(module: nn.Module) -> bool:
@@ -140,26 +140,34 @@ class ResNetAdapter(ModelAdapter):
         config.architectures = None
         return config
 
-    def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
+    def export_stage(
+        self, num_blocks: int, head: nn.Module, num_labels: int, share_weights: bool = False
+    ) -> PreTrainedModel:
         config = self.truncated_config(num_blocks, num_labels)
         if isinstance(head, PoolLinearHead):
-            with default_dtype(self.dtype):
-                model = AutoModelForImageClassification.from_config(config)
-            self.load_truncated_backbone(model.base_model)
-            classifier = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
-            classifier.load_state_dict(head.linear.state_dict())
-        else:
-            stage_config = TRGLStageConfig(
-                backbone_config=config.to_dict(),
-                aux_head="conv",
-                head_pool_size=head.pool.output_size
-                if isinstance(head.pool.output_size, int)
-                else head.pool.output_size[0],
-                head_channels=head.conv.in_channels,
-                num_labels=num_labels,
-            )
-            with default_dtype(self.dtype):
-                model = TRGLStageForImageClassification(stage_config)
-            self.load_truncated_backbone(model.backbone)
-            model.head.load_state_dict(head.state_dict())
-        return model.eval()
+
+            def native_weights(model: nn.Module) -> StageWeights:
+                prefix = model.base_model_prefix
+                state = self.truncated_backbone_state(model.base_model, prefix + ".")
+                linear = [name for name, m in model.classifier.named_modules() if isinstance(m, nn.Linear)][-1]
+                state.update({f"classifier.{linear}.{key}": value for key, value in head.linear.state_dict().items()})
+                return state, [(prefix, self.backbone)]
+
+            return self.build_stage(lambda: AutoModelForImageClassification.from_config(config), native_weights,
+                                    share_weights)  # fmt: skip
+        stage_config = TRGLStageConfig(
+            backbone_config=config.to_dict(),
+            aux_head="conv",
+            head_pool_size=head.pool.output_size
+            if isinstance(head.pool.output_size, int)
+            else head.pool.output_size[0],
+            head_channels=head.conv.in_channels,
+            num_labels=num_labels,
+        )
+
+        def stage_weights(model: nn.Module) -> StageWeights:
+            state = self.truncated_backbone_state(model.backbone, "backbone.")
+            state.update({f"head.{key}": value for key, value in head.state_dict().items()})
+            return state, [("backbone", self.backbone), ("head", head)]
+
+        return self.build_stage(lambda: TRGLStageForImageClassification(stage_config), stage_weights, share_weights)

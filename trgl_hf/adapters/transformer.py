@@ -38,7 +38,7 @@ from .base import (
     BlockProbe,
     BlockState,
     ModelAdapter,
-    default_dtype,
+    StageWeights,
     reset_backbone_outputs,
     task_model_from_config,
 )
@@ -367,26 +367,32 @@ class TransformerAdapter(ModelAdapter):
             config.tie_word_embeddings = True
         return config
 
-    def export_stage(self, num_blocks: int, head: nn.Module, num_labels: int) -> PreTrainedModel:
+    def export_stage(
+        self, num_blocks: int, head: nn.Module, num_labels: int, share_weights: bool = False
+    ) -> PreTrainedModel:
         if isinstance(head, MeanPoolHead):
-            return self._export_mean_stage(num_blocks, head, num_labels)
-        with default_dtype(self.dtype):
-            model = task_model_from_config(self._stage_config_for(num_blocks, head))
-        prefix = model.base_model_prefix
-        source = merged_state_dict(self.backbone)
-        head_state = head.export_state() if isinstance(head, TiedLMHead) else merged_state_dict(head)
-        state = {}
-        for key in model.state_dict():
-            if key in head_state:
-                state[key] = head_state[key]
-            elif key.startswith(prefix + ".") and key[len(prefix) + 1 :] in source:
-                state[key] = source[key[len(prefix) + 1 :]]
-            else:
-                raise ValueError(f"Cannot export {self.architecture}: no weights for {key}.")
-        model.load_state_dict(state, strict=True)
-        return model.eval()
+            return self._export_mean_stage(num_blocks, head, num_labels, share_weights)
+        config = self._stage_config_for(num_blocks, head)
 
-    def _export_mean_stage(self, num_blocks: int, head: MeanPoolHead, num_labels: int) -> PreTrainedModel:
+        def weights(model: nn.Module) -> StageWeights:
+            prefix = model.base_model_prefix
+            source = merged_state_dict(self.backbone)
+            head_state = head.export_state() if isinstance(head, TiedLMHead) else merged_state_dict(head)
+            state = {}
+            for key in model.state_dict():
+                if key in head_state:
+                    state[key] = head_state[key]
+                elif key.startswith(prefix + ".") and key[len(prefix) + 1 :] in source:
+                    state[key] = source[key[len(prefix) + 1 :]]
+                else:
+                    raise ValueError(f"Cannot export {self.architecture}: no weights for {key}.")
+            return state, [("", head), (prefix, self.backbone)]
+
+        return self.build_stage(lambda: task_model_from_config(config), weights, share_weights)
+
+    def _export_mean_stage(
+        self, num_blocks: int, head: MeanPoolHead, num_labels: int, share_weights: bool = False
+    ) -> PreTrainedModel:
         backbone_config = self.stage_config(num_blocks)
         backbone_config.architectures = None
         takes_pooler_flag = "add_pooling_layer" in inspect.signature(type(self.backbone).__init__).parameters
@@ -400,11 +406,13 @@ class TransformerAdapter(ModelAdapter):
             num_labels=num_labels,
             problem_type=getattr(self.backbone.config, "problem_type", None),
         )
-        with default_dtype(self.dtype):
-            model = TRGLStageForSequenceClassification(stage_config)
-        self.load_truncated_backbone(model.backbone)
-        model.head.load_state_dict(merged_state_dict(head), strict=True)
-        return model.eval()
+
+        def weights(model: nn.Module) -> StageWeights:
+            state = self.truncated_backbone_state(model.backbone, "backbone.")
+            state.update({f"head.{key}": value for key, value in merged_state_dict(head).items()})
+            return state, [("backbone", self.backbone), ("head", head)]
+
+        return self.build_stage(lambda: TRGLStageForSequenceClassification(stage_config), weights, share_weights)
 
 
 __all__ = ["PostNorm", "StreamPoints", "TransformerAdapter"]
