@@ -46,7 +46,10 @@ def train_both(tmp_path: Path, family: str, switch: str, modes: tuple[str, ...],
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in load_file(folder / "model.safetensors").items() if not k.endswith("num_batches_tracked")}
+    """Every weight of a folder: one `model.safetensors`, or the module files of a 1-process run's progress folder."""
+    files = [folder / "model.safetensors"] if (folder / "model.safetensors").exists() else folder.glob("*.safetensors")
+    found = {k: v for path in files for k, v in load_file(path).items()}
+    return {k: v for k, v in found.items() if not k.endswith("num_batches_tracked")}
 
 
 def grad_norms(run_dir: Path) -> list[float]:

@@ -25,11 +25,17 @@ from safetensors.torch import load_file, save_file
 
 SHARED_FILE = "trgl-shared.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+LAP_STATE_PATTERN = "trgl-lap-optimizer-*.pt"
 
 
 def module_filename(index: int | None) -> str:
     """File of module `index` (0-based), or of the shared tensors for None."""
     return SHARED_FILE if index is None else f"trgl-module-{index + 1:02d}.safetensors"
+
+
+def lap_state_filename(module: int) -> str:
+    """File of module `module`'s (0-based) multilap optimizer state in a progress folder."""
+    return f"trgl-lap-optimizer-{module + 1:02d}.pt"
 
 
 def module_tensors(model: Any) -> dict[int | None, dict[str, torch.Tensor]]:
@@ -99,8 +105,11 @@ def read_module_folder(model: Any, folder: Path, mapped: set[int | None] | None 
     for index, tensors in module_tensors(model).items():
         path = folder / module_filename(index)
         loaded = load_file(str(path)) if path.is_file() else {}
-        wrong = [key for key, tensor in tensors.items()
-                 if key not in loaded or (loaded[key].shape, loaded[key].dtype) != (tensor.shape, tensor.dtype)]
+        wrong = [
+            key
+            for key, tensor in tensors.items()
+            if key not in loaded or (loaded[key].shape, loaded[key].dtype) != (tensor.shape, tensor.dtype)
+        ]
         if wrong or set(loaded) != set(tensors):
             found = "is missing" if not loaded else f"does not hold this model's {(wrong or sorted(loaded))[0]}"
             raise ValueError(f"{path} {found}: the folder holds another model's weights (another base, cut or "

@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
-from .module_files import FileMappings, module_filename, module_tensors, read_module_folder
+from .module_files import FileMappings, lap_state_filename, module_filename, module_tensors, read_module_folder
 
 OFFLOAD_CHOICES = ("auto", "disk", "none")
 OFFLOAD_DIR = ".trgl-offload"
@@ -93,6 +94,15 @@ class ModuleOffload:
         for index in trained_next:
             for tensor in groups[index].values():
                 tensor.data = tensor.data.clone()
+
+    @staticmethod
+    def map_lap_states(progress: Path, lap_states: dict[int, Any]) -> dict[int, Any]:
+        """The multilap optimizer states kept for later laps, mapped from their files in `progress`."""
+        mapped = {}
+        for module, state in lap_states.items():
+            path = progress / lap_state_filename(module)
+            mapped[module] = torch.load(path, weights_only=True, mmap=True) if path.is_file() else state
+        return mapped
 
     def finish(self) -> None:
         """Remove the files written at the start (mapped tensors stay valid: the mappings keep their pages)."""

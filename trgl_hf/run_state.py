@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpointing import atomic_directory, remove_tree, stage_dirname, write_json
 from .guards import check_weight_folder
-from .module_files import is_module_folder, read_module_folder, write_module_folder
+from .module_files import (
+    LAP_STATE_PATTERN,
+    is_module_folder,
+    lap_state_filename,
+    read_module_folder,
+    write_module_folder,
+)
 from .phases import PHASES_DIR, Phase
 
 STATE_FILE = "trgl_state.json"
@@ -160,6 +167,9 @@ class RunState:
             model.load_state_dict(type(model).from_pretrained(folder).state_dict())
         if (folder / LAP_STATES_FILE).exists():
             self.lap_states = torch.load(folder / LAP_STATES_FILE, weights_only=True)
+        for path in sorted(folder.glob(LAP_STATE_PATTERN)):  # one file per module, mapped like the modules
+            module = int(path.stem.rsplit("-", 1)[1]) - 1
+            self.lap_states[module] = torch.load(path, weights_only=True, mmap=mapped)
 
     def damaged_stages(self) -> list[int]:
         """Recorded stages with a file missing or different from the checksum taken when it was written (see
@@ -197,10 +207,11 @@ class RunState:
                     before = self.root / previous if previous is not None else None
                     linked = before if before is not None and is_module_folder(before) else None
                     write_module_folder(model, staging, changed=set(phase.modules), previous=linked)
+                    self._write_lap_states(staging, set(phase.modules), linked)
                 else:
                     model.save_pretrained(staging)
-                if self.lap_states:  # the optimizers that continue in later multilap laps
-                    torch.save(self.lap_states, staging / LAP_STATES_FILE)
+                    if self.lap_states:  # the optimizers that continue in later multilap laps
+                        torch.save(self.lap_states, staging / LAP_STATES_FILE)
         self.completed.append(phase.name)
         self.pending = sorted({*self.pending, *(index + 1 for index in phase.final_modules)})
         self.save()
@@ -211,6 +222,16 @@ class RunState:
             phases_dir = self.root / PHASES_DIR
             if phases_dir.exists() and not any(phases_dir.iterdir()):
                 phases_dir.rmdir()
+
+    def _write_lap_states(self, folder: Path, changed: set[int], previous: Path | None) -> None:
+        """The optimizers that continue in later multilap laps, one file per module: those of modules `changed` did
+        not train are linked from `previous`."""
+        for module, state in self.lap_states.items():
+            name = lap_state_filename(module)
+            if module not in changed and previous is not None and (previous / name).is_file():
+                os.link(previous / name, folder / name)
+            else:
+                torch.save(state, folder / name)
 
     def record_stage(self, stage: int) -> None:
         """Record the checksums of a stage just written (it is then never rewritten unless found damaged)."""

@@ -388,6 +388,7 @@ class TRGLTrainer(Trainer):
                 if offload is not None:
                     later = [p for p in phases[phases.index(phase) + 1 :] if p.name not in run.completed]
                     offload.after_phase(model, root / run.progress, set(later[0].modules) if later else set())
+                    self._lap_states = offload.map_lap_states(root / run.progress, self._lap_states)
                 self.trgl_log_history = list(run.log_history)
                 self._step_offset += output.global_step
                 self._epoch_offset = round(self._epoch_offset + (self.state.epoch or 0.0), 4)
@@ -1044,7 +1045,7 @@ class TRGLTrainer(Trainer):
         """Export modules 1..`stage` with head `stage` and write them, with the processor given to the trainer and a
         model card, to `directory`."""
         model: TRGLModel = self.model
-        exported = model.export_stage(stage)
+        exported = model.export_stage(stage, share_weights=True)  # written at once: the model's own tensors
         info = {**self.run_facts(), "metrics": self.stage_metrics.get(stage, {})}
         write_adapter = None
         if exports_stage_adapters(model):  # and as a PEFT adapter
