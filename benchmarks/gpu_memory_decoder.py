@@ -22,8 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.memory_decoder import ARMS, QUICK_ARMS, REPO_ROOT, TINY, log, run_arm, tied_available
+from benchmarks.memory_decoder import ARMS, QUICK_ARMS, REPO_ROOT, TINY, log, tied_available
 from benchmarks.reports.memory_decoder import machine
+from benchmarks.reports.memory_decoder_runs import run_arm
 
 ISSUE_MODEL = {"width": 1024, "intermediate": 2816, "vocab": 32000, "seq": 256, "batch": 4}
 GPU_ARMS = ["e2e", "e2e_gc", "seq_k4", "seq_k8", "seq_k8_gc", "par_k4", "seq_k8_tied", "par_k4_tied", "seq_k8_offload"]
@@ -31,22 +32,23 @@ MIB = 2**20
 
 
 def offload_available() -> bool:
-    """Whether this checkout's `TRGLTrainingArguments` has `trgl_offload` (read from its source)."""
-    return "trgl_offload" in (REPO_ROOT / "trgl_hf" / "training_args.py").read_text()
+    """Whether this checkout's `trgl_offload` has `"cpu"` (read from its source; `"disk"` is refused on a GPU)."""
+    offload = REPO_ROOT / "trgl_hf" / "offload.py"
+    return offload.exists() and '"cpu"' in offload.read_text().split("OFFLOAD_CHOICES", 1)[-1].split("\n", 1)[0]
 
 
 def arms(quick: bool) -> tuple[dict[str, dict], list[str]]:
     """The arms this checkout can run, and notes on those it cannot."""
     table = {**ARMS, "seq_k8_offload": {"kind": "trgl", "mode": "sequential", "k": 8, "offload": "cpu"}}
     if quick:
-        return dict(QUICK_ARMS), []
+        return {n: a for n, a in QUICK_ARMS.items() if a.get("offload") != "disk"}, []
     chosen, notes = {}, []
     for name in GPU_ARMS:
         arm = table[name]
         if arm.get("head") == "tied" and not tied_available():
             notes.append(f"{name}: skipped, `TRGLConfig(aux_head='tied')` does not exist in this checkout")
-        elif arm.get("offload") and not offload_available():
-            notes.append(f"{name}: skipped, `TRGLTrainingArguments(trgl_offload=...)` does not exist in this checkout")
+        elif arm.get("offload") == "cpu" and not offload_available():
+            notes.append(f"{name}: skipped, `trgl_offload='cpu'` does not exist in this checkout")
         else:
             chosen[name] = arm
     return chosen, notes

@@ -36,44 +36,62 @@ from benchmarks.reports.memory_decoder_runs import (
     cap_search,
     check_cgroup,
     log,
-    run_arm,
+    run_group,
 )
 
 # name -> arm settings; "tied" arms run only when TRGLConfig accepts aux_head="tied". The head is always explicit:
-# since commit 7f64871 a decoder built from a config defaults to aux_head="tied".
+# since commit 7f64871 a decoder built from a config defaults to aux_head="tied". `offload` is always explicit too:
+# since commit 3bb1471 the default ("auto") is "disk" for a sequential CPU run. "_disk" arms load their base from a
+# checkpoint that an uncapped helper process saved first (`"base": "checkpoint"`: `TRGLModel.from_base(path)`, lazy).
+SEQ = {"kind": "trgl", "mode": "sequential", "offload": "none"}
+DISK = {"kind": "trgl", "mode": "sequential", "offload": "disk", "base": "checkpoint"}
 ARMS = {
     "e2e": {"kind": "e2e"},
     "e2e_gc": {"kind": "e2e", "gc": True},
-    "seq_k4": {"kind": "trgl", "mode": "sequential", "k": 4, "head": "native"},
-    "seq_k8": {"kind": "trgl", "mode": "sequential", "k": 8, "head": "native"},
-    "seq_k8_gc": {"kind": "trgl", "mode": "sequential", "k": 8, "gc": True, "head": "native"},
-    "par_k4": {"kind": "trgl", "mode": "parallel", "k": 4, "head": "native"},
-    "seq_k8_tied": {"kind": "trgl", "mode": "sequential", "k": 8, "head": "tied"},
-    "par_k4_tied": {"kind": "trgl", "mode": "parallel", "k": 4, "head": "tied"},
-    "seq_k16": {"kind": "trgl", "mode": "sequential", "k": 16, "head": "native"},
+    "seq_k4": {**SEQ, "k": 4, "head": "native"},
+    "seq_k8": {**SEQ, "k": 8, "head": "native"},
+    "seq_k8_gc": {**SEQ, "k": 8, "gc": True, "head": "native"},
+    "par_k4": {"kind": "trgl", "mode": "parallel", "k": 4, "head": "native", "offload": "none"},
+    "seq_k8_tied": {**SEQ, "k": 8, "head": "tied"},
+    "par_k4_tied": {"kind": "trgl", "mode": "parallel", "k": 4, "head": "tied", "offload": "none"},
+    "seq_k16": {**SEQ, "k": 16, "head": "native"},
+    "seq_k4_disk": {**DISK, "k": 4, "head": "native"},
+    "seq_k8_disk": {**DISK, "k": 8, "head": "native"},
+    "seq_k16_disk": {**DISK, "k": 16, "head": "native"},
+    "seq_k8_tied_disk": {**DISK, "k": 8, "head": "tied"},
+    "seq_k8_tied_disk_last": {**DISK, "k": 8, "head": "tied", "save_stages": "last"},
 }
-QUICK_ARMS = {"e2e": {"kind": "e2e"}, "seq_k2": {"kind": "trgl", "mode": "sequential", "k": 2, "head": "native"}}
+QUICK_ARMS = {
+    "e2e": {"kind": "e2e"},
+    "seq_k2": {**SEQ, "k": 2, "head": "native"},
+    "seq_k2_disk": {**DISK, "k": 2, "head": "native", "save_stages": "last"},
+}
 
 WIDE = {"width": 512, "intermediate": 1408, "vocab": 32000, "seq": 128, "batch": 2}
 NARROW = {"width": 256, "intermediate": 704, "vocab": 32000, "seq": 128, "batch": 2}
 TINY = {"width": 64, "intermediate": 172, "vocab": 1000, "seq": 32, "batch": 2}
-# (model, depth, arms) of the main table; the last two rows test "peak independent of depth" (L / K = 3)
+# (model, depth, groups) of the main table: a group's arms run one after another in one worker (the resident /
+# offloaded pairs: same model, back to back, for the wall-time comparison); the narrow rows test "peak independent of
+# depth" (L / K = 3)
 MAIN_RUNS = [
-    (WIDE, 16, ["e2e", "e2e_gc", "seq_k4", "seq_k8", "seq_k8_gc", "par_k4", "seq_k8_tied", "par_k4_tied"]),
-    (WIDE, 32, ["e2e", "seq_k8", "par_k4", "seq_k8_tied"]),
-    (NARROW, 24, ["seq_k8"]),
-    (NARROW, 48, ["seq_k16"]),
+    (WIDE, 16, [["e2e"], ["seq_k8_tied", "seq_k8_tied_disk"], ["seq_k8", "seq_k8_disk"], ["seq_k4", "seq_k4_disk"]]),
+    (WIDE, 16, [["seq_k16", "seq_k16_disk"], ["par_k4", "par_k4_tied"]]),
+    (NARROW, 24, [["seq_k8", "seq_k8_disk"]]),
+    (NARROW, 48, [["seq_k16", "seq_k16_disk"]]),
 ]
-CAP_GRID = [2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 96, 128, 160, 176, 192, 256]
-# (cap GiB, arm) in the order they start: the 4 GiB end-to-end / sequential pair (issue 26's 5x target) first
+CAP_GRID = [2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 96, 128, 160, 176, 192, 256, 320, 384, 448, 512]
+# (cap GiB, arm) in the order they start: the 4 GiB end-to-end / offloaded sequential pair (issue 26's 5x target)
+# first; the resident TRGL searches last (their earlier results are in the report's reading)
 CAP_ORDER = [
     (4, "e2e"),
-    (4, "seq_k8"),
+    (4, "seq_k8_tied_disk_last"),
     (2, "e2e"),
+    (2, "seq_k8_tied_disk"),
     (2, "seq_k8"),
-    (2, "par_k4"),
     (2, "seq_k8_tied"),
     (4, "seq_k8_tied"),
+    (4, "seq_k8"),
+    (2, "par_k4"),
     (2, "e2e_gc"),
     (4, "par_k4"),
     (8, "e2e"),
@@ -90,22 +108,15 @@ def tied_available() -> bool:
 def main_table(runs, arms: dict[str, dict], steps: int, pool, deadline: Deadline) -> tuple[list, list]:
     """Every (model, depth, arm) of `runs` in a fresh process, `pool`'s workers at a time."""
     jobs, skipped = [], []
-    for model, layers, names in runs:
-        for name in names:
-            if name in arms:
-                jobs.append(pool.submit(guarded, deadline, 60, run_arm, model, layers, name, arms[name], steps))
-            else:
+    for model, layers, groups in runs:
+        for group in groups:
+            names = [n for n in group if n in arms]
+            for name in set(group) - set(names):
                 skipped.append({"arm": name, "layers": layers, "width": model["width"], "reason": "not available"})
-    records = [job.result() for job in jobs]
+            jobs.append(pool.submit(run_group, model, layers, names, arms, steps, deadline, 60))
+    records = [record for job in jobs for record in job.result()]
     skipped += [r for r in records if r.get("skipped")]
     return [r for r in records if not r.get("skipped")], skipped
-
-
-def guarded(deadline: Deadline, need_s: float, function, *args, **kwargs) -> dict[str, Any]:
-    """`function(*args)` unless fewer than `need_s` seconds are left before the deadline."""
-    if deadline.left_s() < need_s:
-        return {"skipped": True, "args": [a for a in args if isinstance(a, (int, str))], "reason": "deadline"}
-    return function(*args, **kwargs)
 
 
 def earlier_commands(earlier: dict[str, Any]) -> list[str]:
@@ -113,8 +124,11 @@ def earlier_commands(earlier: dict[str, Any]) -> list[str]:
     return [*(earlier["settings"].get("main_table_from") or []), earlier["command"]]
 
 
-def prior_tries(earlier: dict[str, Any], name: str, cap: float) -> list[dict]:
-    """The tries of an earlier result file's search (`name`, `cap`) that fitted or were OOM-killed."""
+def prior_tries(earlier: dict[str, Any], name: str, cap: float, e2e_caps: dict[str, Any]) -> list[dict]:
+    """The tries of an earlier result file's search (`name`, `cap`) that fitted or were OOM-killed; for an end-to-end
+    arm (a plain `Trainer`: the library plays no part) also those of `--e2e-caps-from`."""
+    if name.startswith("e2e") and e2e_caps and not earlier:
+        earlier = e2e_caps
     found = [s for s in earlier.get("cap_search", []) if s["arm"] == name and s["cap_gib"] == cap]
     tries = found[0]["tries"] if found else []
     return [t for t in tries if t["ok"] or t.get("failure") == "oom-killed"]
@@ -133,13 +147,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="JSON",
         help="reuse the main table, baseline and cap tries of an earlier result file; continue the cap search",
     )
+    parser.add_argument(
+        "--e2e-caps-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="reuse the end-to-end cap tries of an earlier result file (plain Trainer, independent of the library)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="runs at a time")
     parser.add_argument("--stop-utc", default=None, help="start no run after this UTC time (HH:MM)")
     parser.add_argument("--budget-min", type=float, default=None, help="start no run after this many minutes")
     parser.add_argument("--render-only", type=Path, default=None, metavar="JSON")
     args = parser.parse_args(argv)
     if args.quick:
-        args.caps, args.steps, args.workers = [], 1, 3  # baseline and both arms at once
+        args.caps, args.steps, args.workers = [], 1, 3  # baseline and the arms at once
     return args
 
 
@@ -157,10 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     deadline, begin = Deadline(args.stop_utc, args.budget_min), time.perf_counter()
     tied = tied_available()
     arms = {n: a for n, a in (QUICK_ARMS if args.quick else ARMS).items() if tied or a.get("head") != "tied"}
-    runs = [(TINY, 4, list(QUICK_ARMS))] if args.quick else MAIN_RUNS
+    runs = [(TINY, 4, [["e2e"], ["seq_k2", "seq_k2_disk"]])] if args.quick else MAIN_RUNS
     log(f"{command}: tied heads {'available' if tied else 'not available'}, out {out_dir}")
     with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
         earlier = json.loads(args.main_from.read_text()) if args.main_from else {}
+        e2e_caps = json.loads(args.e2e_caps_from.read_text()) if args.e2e_caps_from else {}
         if earlier:
             records, skipped, base = earlier["runs"], earlier["skipped"], earlier["baseline"]
         else:
@@ -182,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     records,
                     args.steps,
                     deadline,
-                    prior_tries(earlier, n, cap),
+                    prior_tries(earlier, n, cap, e2e_caps),
                 )
                 for cap, n in CAP_ORDER
                 if cap in args.caps and n in arms
@@ -200,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": args.workers,
         "tied_available": tied,
         "main_table_from": earlier_commands(earlier) if earlier else None,
+        "e2e_caps_from": e2e_caps.get("command") if e2e_caps else None,
+        "e2e_caps_commit": e2e_caps["machine"]["git_commit"] if e2e_caps else None,
     }
     result = {
         "quick": args.quick,

@@ -1,8 +1,15 @@
 """One arm of `benchmarks.memory_decoder`, run in a fresh process: build a Llama-style decoder from a `LlamaConfig`
-(random weights, no download), train it a few steps per phase on random tokens, and write the peak RSS per phase.
+(random weights, no download) or load it from a checkpoint folder (`"checkpoint"` in the spec: `TRGLModel.from_base`
+of the path, lazy), train it a few steps per phase on random tokens, and write the peak RSS per phase.
 
     python -m benchmarks.reports.memory_decoder_arm SPEC.json RESULT.json
     python -m benchmarks.reports.memory_decoder_arm --baseline RESULT.json   # imports only
+    python -m benchmarks.reports.memory_decoder_arm --save-base SPEC.json DIR  # the spec's decoder, saved (sharded)
+    python -m benchmarks.reports.memory_decoder_arm --generate STAGE_DIR RESULT.json  # load a stage, generate
+
+Peak anonymous memory: a background thread reads `RssAnon` of /proc/self/status every 5 ms (whole process and per
+phase); unlike `VmHWM` it leaves out mapped file pages (`RssFile`: libraries, memory-mapped weights), which the kernel
+can drop.
 
 Peak RSS is `VmHWM` of /proc/self/status. Per phase: the high-water mark is reset (`/proc/self/clear_refs` = 5) when a
 phase begins and read when it ends; before every reset the current `VmHWM` is folded into the whole-process peak, so
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,14 +37,44 @@ def status_bytes(key: str) -> int:
     raise KeyError(key)
 
 
+class AnonSampler(threading.Thread):
+    """Peak `RssAnon` (whole process and since the last `take`), sampled every `period_s` seconds."""
+
+    def __init__(self, period_s: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.period_s, self.whole, self.current, self.samples = period_s, 0, 0, 0
+        self.lock = threading.Lock()
+        self.sample()
+        self.start()
+
+    def sample(self) -> None:
+        value = status_bytes("RssAnon")
+        with self.lock:
+            self.whole, self.current, self.samples = max(self.whole, value), max(self.current, value), self.samples + 1
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.period_s)
+            self.sample()
+
+    def take(self) -> int:
+        """The peak since the last `take` (including a reading now); restarts it from the current value."""
+        self.sample()
+        with self.lock:
+            peak, self.current = self.current, 0
+        self.sample()
+        return peak
+
+
 class PeakTracker:
-    """Per-phase and whole-process peak RSS from `VmHWM`, with resets between phases."""
+    """Per-phase and whole-process peak RSS from `VmHWM`, with resets between phases, and peak `RssAnon`."""
 
     def __init__(self) -> None:
         self.whole = status_bytes("VmHWM")
         self.phases: list[dict[str, Any]] = []
         self.can_reset = True
         self.cuda = False
+        self.anon = AnonSampler()
 
     def reset(self) -> None:
         """Fold the current high-water mark into the whole peak, then restart it from the current RSS."""
@@ -49,7 +87,10 @@ class PeakTracker:
     def close_phase(self, name: str, **extra: Any) -> dict[str, Any]:
         """Record the peak since the last reset under `name`, and reset."""
         peak = status_bytes("VmHWM")
-        self.phases.append({"phase": name, "peak_rss_bytes": peak, "exact": self.can_reset, **extra})
+        anon = self.anon.take()
+        self.phases.append(
+            {"phase": name, "peak_rss_bytes": peak, "peak_anon_bytes": anon, "exact": self.can_reset, **extra}
+        )
         if self.cuda:
             import torch
 
@@ -70,9 +111,17 @@ def import_stack() -> None:
 def llama(spec: dict[str, Any]):
     """A `LlamaForCausalLM` with random weights from the spec's width, depth and vocabulary (untied LM head)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
+    torch.manual_seed(0)
+    return LlamaForCausalLM(llama_config(spec))
+
+
+def llama_config(spec: dict[str, Any]):
+    """The `LlamaConfig` of the spec's decoder."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         hidden_size=spec["width"],
         intermediate_size=spec["intermediate"],
         num_hidden_layers=spec["layers"],
@@ -83,8 +132,29 @@ def llama(spec: dict[str, Any]):
         tie_word_embeddings=False,
         attn_implementation="sdpa",
     )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
+
+
+def save_base(spec: dict[str, Any], folder: str) -> None:
+    """Build the spec's decoder and `save_pretrained` it into `folder` in 500 MB shards (the helper process)."""
+    llama(spec).save_pretrained(folder, max_shard_size="500MB")
+
+
+def generate(stage: str) -> dict[str, Any]:
+    """Load a stage folder with `AutoModelForCausalLM.from_pretrained` and greedily generate 4 tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    begin = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(stage)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    return {
+        "class": type(model).__name__,
+        "layers": model.config.num_hidden_layers,
+        "params": sum(p.numel() for p in model.parameters()),
+        "new_tokens": out[0, ids.shape[1] :].tolist(),
+        "seconds": round(time.perf_counter() - begin, 1),
+    }
 
 
 class RandomTokens:
@@ -151,8 +221,8 @@ def train_args(spec: dict[str, Any], workdir: Path, arm: dict[str, Any]):
         return TrainingArguments(**common)
     from trgl_hf import TRGLTrainingArguments
 
-    offload = {"trgl_offload": arm["offload"]} if arm.get("offload") else {}
-    return TRGLTrainingArguments(**common, trgl_mode=arm["mode"], trgl_save_stages="none", **offload)
+    stages = arm.get("save_stages", "none")
+    return TRGLTrainingArguments(**common, trgl_mode=arm["mode"], trgl_save_stages=stages, trgl_offload=arm["offload"])
 
 
 def run(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -169,8 +239,12 @@ def run(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     tracker.cuda = spec.get("device", "cpu") == "cuda"
     arm = spec["arm"]
     imports = tracker.close_phase("imports")
-    base = llama(spec)
-    base_params = sum(p.numel() for p in base.parameters())
+    if spec.get("checkpoint"):  # a TRGL arm: from_base(path) loads it lazily (memory-mapped)
+        base = spec["checkpoint"]
+        base_params = spec["checkpoint_params"]
+    else:
+        base = llama(spec)
+        base_params = sum(p.numel() for p in base.parameters())
     model = base
     if arm["kind"] == "trgl":
         head = {"aux_head": arm["head"]} if arm.get("head") else {}
@@ -183,7 +257,9 @@ def run(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     callback = make_callback(tracker)
     trainer_class = Trainer if arm["kind"] == "e2e" else trgl_hf.TRGLTrainer
     trainer = trainer_class(model=model, args=train_args(spec, workdir, arm), train_dataset=data, callbacks=[callback])
+    begin_train = time.perf_counter()
     trainer.train()
+    train_wall = time.perf_counter() - begin_train
     if arm["kind"] == "e2e":
         tracker.close_phase("phase 1", trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
     tracker.close_phase("end")
@@ -196,17 +272,32 @@ def run(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "model_params": model_params,
         "phases": tracker.phases,
         "whole_peak_rss_bytes": max(tracker.whole, status_bytes("VmHWM")),
+        "whole_peak_anon_bytes": tracker.anon.whole,
+        "anon_samples": tracker.anon.samples,
+        "train_wall_s": round(train_wall, 2),
+        "stages": sorted(p.name for p in workdir.glob("stage-*")),
         "wall_s": round(time.perf_counter() - begin_wall, 2),
         "cpu_s": round(time.process_time() - begin_cpu, 2),
     }
 
 
 def main(argv: list[str]) -> None:
-    """`--baseline OUT` (imports only) or `SPEC OUT`."""
+    """`--baseline OUT` (imports only), `--save-base SPEC DIR`, `--generate STAGE OUT` or `SPEC OUT`."""
     if argv[0] == "--baseline":
+        sampler = AnonSampler()
         import_stack()
-        result = {"import_peak_rss_bytes": status_bytes("VmHWM"), "import_rss_bytes": status_bytes("VmRSS")}
+        result = {
+            "import_peak_rss_bytes": status_bytes("VmHWM"),
+            "import_rss_bytes": status_bytes("VmRSS"),
+            "import_peak_anon_bytes": sampler.take(),
+        }
         Path(argv[1]).write_text(json.dumps(result))
+        return
+    if argv[0] == "--save-base":
+        save_base(json.loads(Path(argv[1]).read_text()), argv[2])
+        return
+    if argv[0] == "--generate":
+        Path(argv[2]).write_text(json.dumps(generate(argv[1])))
         return
     spec = json.loads(Path(argv[0]).read_text())
     result = run(spec, Path(spec["workdir"]))

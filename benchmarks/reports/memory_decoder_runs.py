@@ -1,5 +1,6 @@
 """Fresh-process runs of `benchmarks.memory_decoder`: the arm runner in a subprocess (optionally inside a cgroup v1
-memory group with a hard limit), the cgroup self-check, the import baseline, and the cap search over depths."""
+memory group with a hard limit), the checkpoint an arm loads written first by an uncapped helper process, the load-and-
+generate check of a saved stage (uncapped), the cgroup self-check, the import baseline, and the cap search."""
 
 from __future__ import annotations
 
@@ -19,7 +20,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 GIB = 1024**3
 ARM_MODULE = "benchmarks.reports.memory_decoder_arm"
-TRY_KEYS = ("layers", "params", "ok", "failure", "exit_code", "seconds", "whole_peak_rss_bytes", "cgroup", "cpu_s")
+TRY_KEYS = (
+    "layers",
+    "params",
+    "ok",
+    "failure",
+    "exit_code",
+    "seconds",
+    "whole_peak_rss_bytes",
+    "whole_peak_anon_bytes",
+    "cgroup",
+    "cpu_s",
+    "train_wall_s",
+    "checkpoint_s",
+    "generate",
+)
 
 
 def decoder_params(model: dict[str, Any], layers: int) -> int:
@@ -108,12 +123,15 @@ def run_arm(
     timeout_s: float = 400,
 ) -> dict[str, Any]:
     """One fresh process training `arm` on the decoder; with `cap_gib`, inside a memory cgroup of that size."""
-    scratch = Path(tempfile.mkdtemp(prefix="trgl_memory_decoder_"))
+    scratch = Path(tempfile.mkdtemp(prefix="trgl_memory_decoder_", dir=SCRATCH_DIR))
     spec = {**model, "layers": layers, "steps": steps, "arm": arm, "workdir": str(scratch / "run")}
-    (scratch / "spec.json").write_text(json.dumps(spec))
-    cgroup = Cgroup(f"{os.getpid()}-{scratch.name}", int(cap_gib * GIB)) if cap_gib else None
-    begin = time.perf_counter()
+    cgroup = None
     try:
+        written = write_checkpoint(spec, scratch, timeout_s) if arm.get("base") == "checkpoint" else {}
+        spec.update(written)
+        (scratch / "spec.json").write_text(json.dumps(spec))
+        cgroup = Cgroup(f"{os.getpid()}-{scratch.name}", int(cap_gib * GIB)) if cap_gib else None
+        begin = time.perf_counter()
         code, log_text = run_child([str(scratch / "spec.json"), str(scratch / "result.json")], cgroup, timeout_s)
         record = {
             "arm": name,
@@ -123,6 +141,7 @@ def run_arm(
             "exit_code": code,
             "params": decoder_params(model, layers),
             "seconds": round(time.perf_counter() - begin, 1),
+            "checkpoint_s": written.get("checkpoint_s"),
         }
         if cgroup:
             record["cgroup"] = cgroup.stats()
@@ -130,6 +149,8 @@ def run_arm(
         record["ok"] = code == 0 and result_file.exists()
         if record["ok"]:
             record.update(json.loads(result_file.read_text()))
+            if record.get("stages"):
+                record["generate"] = generate_check(scratch / "run" / record["stages"][-1])
         else:
             killed = cgroup.oom_kills() > 0 if cgroup is not None else code == -signal.SIGKILL
             record["failure"] = "oom-killed" if killed else ("timeout" if code is None else "error")
@@ -142,10 +163,58 @@ def run_arm(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+SCRATCH_DIR = os.environ.get("TRGL_BENCH_SCRATCH") or None  # checkpoints and run folders (default: the temp dir)
+
+
+def write_checkpoint(spec: dict[str, Any], scratch: Path, timeout_s: float) -> dict[str, Any]:
+    """The spec's decoder built and `save_pretrained` (sharded) into `scratch/base` by an uncapped helper process."""
+    begin = time.perf_counter()
+    (scratch / "base-spec.json").write_text(json.dumps(spec))
+    code, text = run_child(["--save-base", str(scratch / "base-spec.json"), str(scratch / "base")], None, timeout_s)
+    if code != 0:
+        raise RuntimeError(f"checkpoint helper failed ({code}):\n{text}")
+    for file in (scratch / "base").iterdir():  # on disk, out of the page cache: the capped run reads it cold
+        descriptor = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
+    return {
+        "checkpoint": str(scratch / "base"),
+        "checkpoint_params": decoder_params(spec, spec["layers"]),
+        "checkpoint_s": round(time.perf_counter() - begin, 1),
+    }
+
+
+def generate_check(stage: Path) -> dict[str, Any]:
+    """Load `stage` with `AutoModelForCausalLM.from_pretrained` and generate a few tokens, in an uncapped process."""
+    out = stage.parent.parent / "generate.json"
+    code, text = run_child(["--generate", str(stage), str(out)], None, 600)
+    if code != 0 or not out.exists():
+        return {"stage": stage.name, "ok": False, "exit_code": code, "log_tail": text[-800:]}
+    return {"stage": stage.name, "ok": True, **json.loads(out.read_text())}
+
+
+def run_group(model, layers, names: list[str], arms: dict, steps: int, deadline, need_s: float) -> list[dict]:
+    """Arms of one model run one after another in this worker (the wall-time pairs: same model, back to back)."""
+    records = []
+    for name in names:
+        if deadline.left_s() < need_s:
+            records.append({"skipped": True, "arm": name, "layers": layers, "reason": "deadline"})
+        else:
+            records.append(run_arm(model, layers, name, arms[name], steps))
+    return records
+
+
 def summary(record: dict[str, Any]) -> str:
     if not record["ok"]:
         return f"{record['failure']} (exit {record['exit_code']}, {record['seconds']} s)"
-    return f"peak {record['whole_peak_rss_bytes'] / 2**20:.0f} MiB, {record['cpu_s']} CPU s, {record['seconds']} s"
+    return (
+        f"peak {record['whole_peak_rss_bytes'] / 2**20:.0f} MiB (anon {record['whole_peak_anon_bytes'] / 2**20:.0f}), "
+        f"{record['cpu_s']} CPU s, train {record['train_wall_s']} s, {record['seconds']} s"
+        + (f", generate {record['generate'].get('ok')}" if record.get("generate") else "")
+    )
 
 
 def log(message: str) -> None:
@@ -195,9 +264,13 @@ class Deadline:
         return (self.at - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
-def predicted_start(model: dict[str, Any], grid: list[int], records: list[dict], name: str, cap_gib: float) -> int:
-    """Index of the grid depth a straight-line fit of the main table's peaks (by depth, at the cap's width) puts just
-    under the cap (one point: 16 bytes per parameter of a layer as the slope); the middle of the grid without any."""
+def predicted_start(
+    model: dict[str, Any], grid: list[int], records: list[dict], name: str, cap_gib: float, arm: dict | None = None
+) -> int:
+    """Index of the grid depth a straight-line fit of the main table's peaks (by depth, at the cap's width; the arm's
+    name less a `_last` suffix) puts just under the cap (one point: 16 bytes per parameter of a layer as the slope, of
+    a layer per K for an offloaded arm, which holds one module); the middle of the grid without any."""
+    name = name.removesuffix("_last")
     points = sorted(
         (r["layers"], r["whole_peak_rss_bytes"])
         for r in records
@@ -207,6 +280,8 @@ def predicted_start(model: dict[str, Any], grid: list[int], records: list[dict],
         return len(grid) // 2
     (l0, p0), (l1, p1) = points[0], points[-1]
     per_layer = 16 * (decoder_params(model, 2) - decoder_params(model, 1))
+    if arm and arm.get("offload") == "disk":
+        per_layer //= arm["k"]
     slope = max((p1 - p0) / (l1 - l0), 1.0) if l1 > l0 else per_layer
     depth = l0 + (cap_gib * GIB - p0) / slope
     under = [i for i, d in enumerate(grid) if d <= depth]
@@ -233,7 +308,7 @@ def cap_search(
             fits = max(fits, grid.index(t["layers"]))
         elif t.get("failure") == "oom-killed" and t["layers"] in grid:
             fails = min(fails, grid.index(t["layers"]))
-    probe = min(max(predicted_start(model, grid, records, name, cap_gib), 0), len(grid) - 1)
+    probe = min(max(predicted_start(model, grid, records, name, cap_gib, arm), 0), len(grid) - 1)
     if fails - fits > 1 and not fits < probe < fails:
         probe = (fits + fails) // 2
     while fails - fits > 1:
