@@ -93,7 +93,7 @@ def test_auto_offloads_sequential_runs_and_not_parallel_ones(tmp_path):
 
 def test_disk_offload_where_it_cannot_apply_is_refused(tmp_path):
     model = TRGLModel.from_base(tiny_llama(), TRGLConfig(num_modules=3))
-    with pytest.raises(ValueError, match="parallel mode every module trains.*trgl_offload='none'"):
+    with pytest.raises(ValueError, match="parallel mode every module trains.*trgl_offload='auto'"):
         TRGLTrainer(model=model, args=args(tmp_path, trgl_mode="parallel", trgl_offload="disk"))
     with pytest.raises(ValueError, match="trgl_offload"):
         args(tmp_path, trgl_offload="cpu-and-disk")

@@ -31,18 +31,17 @@ def offload_decision(
     """
     obstacle = None
     if mode == "parallel":
-        obstacle = "in parallel mode every module trains at every step, so none can leave memory: use 'sequential'"
+        obstacle = "in parallel mode every module trains at every step, so none can leave memory (sequential can)"
     elif fsdp:
         obstacle = "with FSDP each process holds only a shard of every module already"
     elif several_processes:
         obstacle = "with several processes every process would map files only the main process writes"
     elif device_type != "cpu":
-        obstacle = (f"the run trains on {device_type!r}; offloading from an accelerator is not implemented (keep the "
-                    "model resident there)")  # fmt: skip
+        obstacle = f"the run trains on {device_type!r}; offloading from an accelerator is not implemented"
     if obstacle is None:
         return choice != "none", "inactive modules live in their module files" if choice != "none" else "disabled"
     if choice == "disk":
-        raise ValueError(f"`trgl_offload='disk'` cannot apply: {obstacle}. Use `trgl_offload='none'` (or 'auto').")
+        raise ValueError(f"`trgl_offload='disk'` cannot apply: {obstacle}. Use `trgl_offload='auto'` or 'none'.")
     return False, obstacle
 
 
