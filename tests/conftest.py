@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,41 @@ def digits():
 def images():
     torch.manual_seed(1)
     return torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+
+
+@contextlib.contextmanager
+def memory_capped_group(limit: int):
+    """As root: a child of this process's cgroup v1 memory group limited to `limit` bytes (memory and swap), removed
+    afterwards; yields its folder (write a pid to `cgroup.procs` to put a process in it). Skips where cgroup v1
+    memory cannot be written."""
+    from trgl_hf import memory_limits
+
+    memberships = dict(memory_limits.cgroup_memberships("/proc"))
+    parent = None
+    if os.geteuid() == 0 and 1 in memberships:
+        parent = memory_limits.group_directory(Path("/sys/fs/cgroup/memory"), memberships[1])
+    if parent is None or not os.access(parent, os.W_OK) or not (parent / "memory.limit_in_bytes").exists():
+        pytest.skip("cgroup v1 memory is not writable here (needs root and /sys/fs/cgroup/memory)")
+    group = parent / f"trgl-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        if (group / "memory.memsw.limit_in_bytes").exists():
+            (group / "memory.memsw.limit_in_bytes").write_text(str(limit))
+    except OSError as error:
+        pytest.skip(f"cannot make a limited cgroup v1 memory group: {error}")
+    try:
+        yield group
+    finally:
+        for _ in range(50):  # the group can be removed once its last process is gone
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+@pytest.fixture
+def memory_cap():
+    """`memory_capped_group`: `with memory_cap(limit) as group:`."""
+    return memory_capped_group

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -176,18 +174,6 @@ def test_without_mem_available_the_physical_memory_is_the_ceiling(tmp_path):
     assert report.bytes == MiB and "below the physical memory" in report.source
 
 
-def _v1_memory_writable() -> tuple[Path, Path] | None:
-    """This process's cgroup v1 memory folder and the mount, when a child group can be made in it."""
-    memberships = dict(memory_limits.cgroup_memberships("/proc"))
-    mount = Path("/sys/fs/cgroup/memory")
-    if os.geteuid() != 0 or 1 not in memberships:
-        return None
-    group = memory_limits.group_directory(mount, memberships[1])
-    if group is None or not os.access(group, os.W_OK) or not (group / "memory.limit_in_bytes").exists():
-        return None
-    return group, mount
-
-
 _CHILD = """
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("memory_limits", sys.argv[1])
@@ -200,21 +186,12 @@ print(json.dumps({"bytes": report.bytes, "source": report.source}))
 
 
 @pytest.mark.slow
-def test_a_process_in_a_real_cgroup_v1_memory_group_reports_its_limit():
+def test_a_process_in_a_real_cgroup_v1_memory_group_reports_its_limit(memory_cap):
     """As root: a child group of this process's cgroup v1 memory group, limited to 96 MiB; a Python process started
     in it (stdlib only: the module file is loaded alone) reports at most the limit, from the group's own path."""
-    found = _v1_memory_writable()
-    if found is None:
-        pytest.skip("cgroup v1 memory is not writable here (needs root and /sys/fs/cgroup/memory)")
-    parent, mount = found
-    group = parent / f"trgl-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     limit = 96 * MiB
-    try:
-        group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(limit))
-    except OSError as error:
-        pytest.skip(f"cannot make a limited cgroup v1 memory group: {error}")
-    try:
+    with memory_cap(limit) as group:
+        mount = Path("/sys/fs/cgroup/memory")
         script = f'echo $$ > {group / "cgroup.procs"} && exec "$0" -c "$1" "$2"'
         module_file = Path(memory_limits.__file__).resolve()
         result = subprocess.run(["sh", "-c", script, sys.executable, _CHILD, str(module_file)], capture_output=True,
@@ -224,10 +201,3 @@ def test_a_process_in_a_real_cgroup_v1_memory_group_reports_its_limit():
         assert 0 < report["bytes"] <= limit, report
         assert report["bytes"] > limit // 4, report  # a bare Python leaves most of 96 MiB free
         assert f"cgroup v1 memory limit of /{group.relative_to(mount).as_posix()}" in report["source"], report
-    finally:
-        for _ in range(50):  # the group can be removed once its last process is gone
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
