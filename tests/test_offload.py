@@ -120,7 +120,6 @@ def test_a_base_loaded_from_its_checkpoint_is_not_written_again(tmp_path):
     assert offloaded == [str(tmp_path / "run" / ".trgl-offload" / module_filename(i)) for i in (1, 2)]
 
 
-
 def test_a_phase_links_the_files_of_the_modules_it_did_not_train(tmp_path):
     model = TRGLModel.from_base(tiny_llama(), TRGLConfig(num_modules=3))
     first, second = tmp_path / "first", tmp_path / "second"
@@ -149,3 +148,26 @@ def test_another_models_folder_is_refused(tmp_path):
     other = TRGLModel.from_base(tiny_llama(), TRGLConfig(num_modules=2))
     with pytest.raises(ValueError, match="another model.s weights.*model that wrote it"):
         read_module_folder(other, tmp_path)
+
+
+class StopAtPhase(TrainerCallback):
+    """Stops the run (as a kill would) when module 2's phase starts."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if kwargs["model"].trainable_modules == (1,):
+            raise RuntimeError("stopped")
+
+
+def test_a_resident_run_resumes_offloaded_to_the_same_weights(tmp_path):
+    whole, _, _ = train(tmp_path / "whole", tiny_llama, token_rows(), trgl_offload="none")
+    model = TRGLModel.from_base(tiny_llama(), TRGLConfig(num_modules=3))
+    stopped = TRGLTrainer(model=model, args=args(tmp_path / "run", trgl_offload="none"), train_dataset=token_rows(),
+                          callbacks=[StopAtPhase()])  # fmt: skip
+    with pytest.raises(RuntimeError, match="stopped"):
+        stopped.train()
+    model = TRGLModel.from_base(tiny_llama(seed=5), TRGLConfig(num_modules=3))  # other weights: all come from the run
+    resumed = TRGLTrainer(model=model, args=args(tmp_path / "run", trgl_offload="disk"), train_dataset=token_rows())
+    resumed.train(resume_from_checkpoint=True)
+    expected = whole.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
