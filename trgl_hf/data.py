@@ -35,8 +35,14 @@ def load_digits_dataset(seed: int = 0, validation_fraction: float = 0.15, test_f
     ```
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:
+        raise ImportError(
+            "`load_digits_dataset` reads scikit-learn's bundled digits: install it with "
+            "`pip install 'trgl_hf[recipes]'` (or `pip install scikit-learn`)."
+        ) from error
 
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None]
