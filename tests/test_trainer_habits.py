@@ -2,6 +2,7 @@
 every row of an evaluation, the set a dict of evaluation sets names, a run resumed at a phase's last checkpoint."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
 from .conftest import tiny_cifar_resnet
 
 
-def trainer_for(out, digits, callbacks=(), eval_dataset=None, **overrides):
+def trainer_for(out, digits, callbacks=(), eval_dataset=None, compute_metrics=None, **overrides):
     model = TRGLModel.from_base(tiny_cifar_resnet(num_labels=10, num_channels=1), TRGLConfig(num_modules=2))
     settings = dict(output_dir=str(out), trgl_mode="sequential", max_steps=6, logging_steps=1,
                     per_device_train_batch_size=16, learning_rate=0.5, optim="sgd", report_to="none",
@@ -21,7 +22,7 @@ def trainer_for(out, digits, callbacks=(), eval_dataset=None, **overrides):
     settings.update(overrides)
     validation = digits["validation"].select(range(40)) if eval_dataset is None else eval_dataset
     return TRGLTrainer(model=model, args=TRGLTrainingArguments(**settings), train_dataset=digits["train"].select(
-        range(96)), eval_dataset=validation, callbacks=list(callbacks))  # fmt: skip
+        range(96)), eval_dataset=validation, callbacks=list(callbacks), compute_metrics=compute_metrics)  # fmt: skip
 
 
 def test_with_load_best_model_at_end_the_stage_metrics_are_the_best_checkpoints(tmp_path, digits):
@@ -116,3 +117,29 @@ def test_optimizers_with_fsdp_are_refused(tmp_path, digits):
                                  fsdp=True, fsdp_config={"fsdp_version": 2}, save_strategy="no")  # fmt: skip
     with pytest.raises(ValueError, match="optimizer_cls_and_kwargs"):
         TRGLTrainer(model=model, args=args, optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
+
+
+def test_the_tutorials_evaluate_metric_scores_every_module(tmp_path, digits):
+    """The tutorials' `metric = evaluate.load("accuracy")` in `compute_metrics` (a local copy: no network)
+    gives every module's accuracy, equal to the built-in one."""
+    import evaluate
+    import numpy as np
+
+    metric = evaluate.load(str(Path(__file__).with_name("data") / "evaluate_accuracy.py"))
+
+    def compute_metrics(eval_pred):
+        logits, labels = eval_pred
+        return metric.compute(predictions=np.argmax(logits, axis=-1), references=labels)
+
+    trainer = trainer_for(tmp_path / "out", digits, compute_metrics=compute_metrics)
+    trainer.train()
+    with_evaluate = trainer.evaluate()
+    trainer.compute_metrics = None
+    builtin = trainer_for(tmp_path / "builtin", digits)
+    builtin.model.load_state_dict(trainer.model.state_dict())
+    expected = builtin.evaluate()
+    for module in (1, 2):
+        assert with_evaluate[f"eval_module_{module}_accuracy"] == pytest.approx(
+            expected[f"eval_module_{module}_accuracy"]
+        )
+    assert 0 < with_evaluate["eval_module_2_accuracy"] <= 1
