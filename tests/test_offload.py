@@ -171,3 +171,18 @@ def test_a_resident_run_resumes_offloaded_to_the_same_weights(tmp_path):
     expected = whole.state_dict()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_a_filesystem_without_hard_links_gets_copies(tmp_path, monkeypatch):
+    model = TRGLModel.from_base(tiny_llama(), TRGLConfig(num_modules=3))
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    write_module_folder(model, first)
+
+    def no_links(*args, **kwargs):
+        raise OSError("links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_module_folder(model, second, changed={1}, previous=first)
+    assert (second / module_filename(0)).read_bytes() == (first / module_filename(0)).read_bytes()
+    assert (second / module_filename(0)).stat().st_ino != (first / module_filename(0)).stat().st_ino

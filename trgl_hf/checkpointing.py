@@ -102,11 +102,16 @@ def link_copy(folder: str | os.PathLike, destination: str | os.PathLike, skip: t
             target.mkdir(parents=True, exist_ok=True)
         elif relative.as_posix() not in skip:
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
+            link_file(source, target)
     return destination
+
+
+def link_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Hard-link `source` as `target`, or copy it where the filesystem cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .checkpointing import link_file
 
 SHARED_FILE = "trgl-shared.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -72,7 +73,7 @@ def write_module_folder(
         source = previous / name if previous is not None else None
         unchanged = index is not None and changed is not None and index not in changed
         if unchanged and source is not None and source.is_file() and _same_keys(source, tensors):
-            os.link(source, folder / name)
+            link_file(source, folder / name)
         else:
             save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()}, str(folder / name),
                       metadata={"format": "pt"})  # fmt: skip

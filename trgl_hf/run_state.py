@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .checkpointing import atomic_directory, remove_tree, stage_dirname, write_json
+from .checkpointing import atomic_directory, link_file, remove_tree, stage_dirname, write_json
 from .guards import check_weight_folder
 from .module_files import (
     LAP_STATE_PATTERN,
@@ -229,7 +228,7 @@ class RunState:
         for module, state in self.lap_states.items():
             name = lap_state_filename(module)
             if module not in changed and previous is not None and (previous / name).is_file():
-                os.link(previous / name, folder / name)
+                link_file(previous / name, folder / name)
             else:
                 torch.save(state, folder / name)
 
