@@ -170,7 +170,9 @@ def render(result: dict[str, Any], table, caps, goals) -> str:
         "Every run is a fresh process: a `LlamaForCausalLM` built from a `LlamaConfig` (random weights, untied LM "
         f"head, heads of 64 dims), {s['steps_per_phase']} optimizer step(s) per phase, fp32 AdamW (`adamw_torch`), "
         f'{s["data"]}, one torch thread, `use_cpu=True`, `save_strategy="no"`, `trgl_save_stages="none"`, '
-        '`report_to="none"`; `gc` arms pass `gradient_checkpointing=True`. Peak = `VmHWM` of the whole process; '
+        '`report_to="none"`; `gc` arms pass `gradient_checkpointing=True`; resident TRGL arms pass '
+        '`trgl_offload="none"`, `_disk` arms load a saved checkpoint and pass `trgl_offload="disk"` (see Reading), '
+        "`_last` arms write the last stage. Peak = `VmHWM` of the whole process; "
         "phase peaks reset `VmHWM` (`/proc/self/clear_refs` = 5) at `on_phase_begin` and read it at `on_phase_end` "
         "(after the phase's progress weights are saved). Models: "
         + "; ".join(
@@ -245,6 +247,7 @@ def render(result: dict[str, Any], table, caps, goals) -> str:
         "## Reading",
         "",
         *[f"- {n}" for n in READING],
+        *[f"- {n}" for n in result.get("notes") or []],
         *continued_from(s.get("main_table_from")),
         *dropped(result),
         *parts(result),
