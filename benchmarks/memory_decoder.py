@@ -4,6 +4,8 @@ and the largest decoder each trains under an enforced memory cap (issue 26, item
 
     python -m benchmarks.memory_decoder            # main table + cap search at 2 and 4 GiB (about 20 min, 2 cores)
     python -m benchmarks.memory_decoder --quick    # tiny decoder, no cap search (seconds)
+    python -m benchmarks.memory_decoder --main-from benchmarks/results/memory_decoder.json \
+        --only-arms seq_k8_disk,seq_k8_gc_disk --only-width 512  # add these rows to that file, no cap search
 
 Every run is a fresh process (`benchmarks/reports/memory_decoder_arm.py`): the decoder is built from a `LlamaConfig`
 (random weights), trained `--steps` optimizer steps per phase (fp32 AdamW, batch of random tokens, `use_cpu=True`,
@@ -60,6 +62,8 @@ ARMS = {
     "seq_k16_disk": {**DISK, "k": 16, "head": "native"},
     "seq_k8_tied_disk": {**DISK, "k": 8, "head": "tied"},
     "seq_k8_tied_disk_last": {**DISK, "k": 8, "head": "tied", "save_stages": "last"},
+    "seq_k8_gc_disk": {**DISK, "k": 8, "gc": True, "head": "native"},
+    "seq_k8_tied_gc_disk": {**DISK, "k": 8, "gc": True, "head": "tied"},
 }
 QUICK_ARMS = {
     "e2e": {"kind": "e2e"},
@@ -71,10 +75,19 @@ WIDE = {"width": 512, "intermediate": 1408, "vocab": 32000, "seq": 128, "batch":
 NARROW = {"width": 256, "intermediate": 704, "vocab": 32000, "seq": 128, "batch": 2}
 TINY = {"width": 64, "intermediate": 172, "vocab": 1000, "seq": 32, "batch": 2}
 # (model, depth, groups) of the main table: a group's arms run one after another in one worker (the resident /
-# offloaded pairs: same model, back to back, for the wall-time comparison); the narrow rows test "peak independent of
-# depth" (L / K = 3)
+# offloaded pairs, and offloaded without / with gradient checkpointing: same model, back to back, for the wall-time
+# comparison); the narrow rows test "peak independent of depth" (L / K = 3)
 MAIN_RUNS = [
-    (WIDE, 16, [["e2e"], ["seq_k8_tied", "seq_k8_tied_disk"], ["seq_k8", "seq_k8_disk"], ["seq_k4", "seq_k4_disk"]]),
+    (
+        WIDE,
+        16,
+        [
+            ["e2e"],
+            ["seq_k8_tied", "seq_k8_tied_disk", "seq_k8_tied_gc_disk"],
+            ["seq_k8", "seq_k8_disk", "seq_k8_gc_disk"],
+            ["seq_k4", "seq_k4_disk"],
+        ],
+    ),
     (WIDE, 16, [["seq_k16", "seq_k16_disk"], ["par_k4", "par_k4_tied"]]),
     (NARROW, 24, [["seq_k8", "seq_k8_disk"]]),
     (NARROW, 48, [["seq_k16", "seq_k16_disk"]]),
@@ -119,6 +132,36 @@ def main_table(runs, arms: dict[str, dict], steps: int, pool, deadline: Deadline
     return [r for r in records if not r.get("skipped")], skipped
 
 
+def only(runs, names: list[str], width: int | None) -> list:
+    """`runs` cut to the arms `names` (in their groups and order) and, given `width`, to models of that width."""
+    cut = [(m, layers, [[n for n in g if n in names] for g in groups]) for m, layers, groups in runs]
+    return [(m, layers, [g for g in gs if g]) for m, layers, gs in cut if width in (None, m["width"])]
+
+
+def merged(earlier: dict[str, Any], records: list, skipped: list, command: str, arms: dict) -> dict[str, Any]:
+    """An earlier result file with the runs of an `--only-arms` part added (tagged with the part's number, which the
+    report shows); its cap searches, baseline and header stay, the part is listed under Reading."""
+    number = len(earlier.get("parts") or []) + 2
+    part = {
+        "command": command,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "git_commit": report.machine()["git_commit"],
+        "what": f"part {number}: main-table rows {', '.join(sorted({r['arm'] for r in records}))} (tagged "
+        f"[{number}]; run with the earlier file's baseline, no cap search)",
+        "load_average": report.machine()["load_average"],
+    }
+    runs = [*earlier["runs"], *({**r, "part": number} for r in records)]
+    settings = {**earlier["settings"], "arms": {**earlier["settings"]["arms"], **arms}}
+    keep = {k: v for k, v in earlier.items() if k not in ("table", "cap_table", "targets")}
+    return {
+        **keep,
+        "settings": settings,
+        "runs": runs,
+        "skipped": [*earlier["skipped"], *skipped],
+        "parts": [*(earlier.get("parts") or []), part],
+    }
+
+
 def earlier_commands(earlier: dict[str, Any]) -> list[str]:
     """The commands of an earlier result file and of the files it continued, oldest first."""
     return [*(earlier["settings"].get("main_table_from") or []), earlier["command"]]
@@ -154,6 +197,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="JSON",
         help="reuse the end-to-end cap tries of an earlier result file (plain Trainer, independent of the library)",
     )
+    parser.add_argument(
+        "--only-arms",
+        default=None,
+        metavar="A,B",
+        help="with --main-from: run only these main-table arms (no cap search) and add their rows to that file",
+    )
+    parser.add_argument("--only-width", type=int, default=None, help="with --only-arms: only models of this width")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time")
     parser.add_argument("--stop-utc", default=None, help="start no run after this UTC time (HH:MM)")
     parser.add_argument("--budget-min", type=float, default=None, help="start no run after this many minutes")
@@ -161,6 +211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.caps, args.steps, args.workers = [], 1, 3  # baseline and the arms at once
+    if args.only_arms and not args.main_from:
+        parser.error("--only-arms adds rows to an earlier result file: give it with --main-from")
     return args
 
 
@@ -180,6 +232,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     arms = {n: a for n, a in (QUICK_ARMS if args.quick else ARMS).items() if tied or a.get("head") != "tied"}
     runs = [(TINY, 4, [["e2e"], ["seq_k2", "seq_k2_disk"]])] if args.quick else MAIN_RUNS
     log(f"{command}: tied heads {'available' if tied else 'not available'}, out {out_dir}")
+    if args.only_arms:
+        names = args.only_arms.split(",")
+        with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+            records, skipped = main_table(only(runs, names, args.only_width), arms, args.steps, pool, deadline)
+        earlier = json.loads(args.main_from.read_text())
+        result = merged(earlier, records, skipped, command, {n: arms[n] for n in names if n in arms})
+        print(report.write_outputs(result, out_dir))
+        return result
     with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
         earlier = json.loads(args.main_from.read_text()) if args.main_from else {}
         e2e_caps = json.loads(args.e2e_caps_from.read_text()) if args.e2e_caps_from else {}

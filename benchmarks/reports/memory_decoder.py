@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reports.memory_decoder_targets import NOT_MEASURED, READING, targets
+from benchmarks.reports.memory_decoder_targets import NOT_MEASURED, READING, label, targets
 
 MIB = 2**20
 BYTES_TRAINED = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
@@ -84,6 +84,7 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         table.append(
             {
                 "arm": record["arm"],
+                "part": record.get("part"),
                 "width": record["width"],
                 "layers": record["layers"],
                 "base_params": record["base_params"],
@@ -186,7 +187,8 @@ def render(result: dict[str, Any], table, caps, goals) -> str:
         "MiB. **Floor** of a phase = baseline + 16 B x parameters the phase trains (counted from `requires_grad` at "
         "its last step: fp32 weight, gradient, AdamW's two moments) + 4 B x the frozen shared vocabulary matrix "
         "read by a tied head after module 1; the arm's floor is its largest phase's. Activations are not in the "
-        "floor. *Saving captured* = (e2e - peak) / (e2e - floor).",
+        "floor. *Saving captured* = (e2e - peak) / (e2e - floor). An arm tagged [n] ran in part n of the run (see "
+        "Reading), back to back with the other [n] arms of its model.",
         "",
         "| width | L | arm | base params | model params | peak MiB | x e2e | floor MiB | x floor | saving captured | "
         "anon peak MiB | anon floor MiB | x anon floor | build MiB | phase peaks MiB | anon phase peaks MiB | CPU s "
@@ -198,7 +200,7 @@ def render(result: dict[str, Any], table, caps, goals) -> str:
             lines.append(f"| {r['width']} | {r['layers']} | {r['arm']} | failed: {r['failure']} |" + " |" * 14)
             continue
         lines.append(
-            f"| {r['width']} | {r['layers']} | {r['arm']} | {r['base_params'] / 1e6:.1f}M | "
+            f"| {r['width']} | {r['layers']} | {label(r)} | {r['base_params'] / 1e6:.1f}M | "
             f"{r['model_params'] / 1e6:.1f}M | {mib(r['peak_bytes'])} | {ratio(r['x_e2e'])} | {mib(r['floor_bytes'])} "
             f"| {ratio(r['x_floor'])} | {ratio(r['saving_captured'])} | {mib(r.get('anon_peak_bytes'))} | "
             f"{mib(r.get('anon_floor_bytes'))} | {ratio(r.get('x_floor_anon'))} | {mib(r['build_peak_bytes'])} | "

@@ -36,13 +36,18 @@ READING = [
 ]
 
 
+def label(row: dict[str, Any]) -> str:
+    """The arm's name, tagged with the part of the run it ran in when it is not the first."""
+    return row["arm"] + (f" [{row['part']}]" if row.get("part") else "")
+
+
 def floor_lines(table: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in table:
         if row["arm"].startswith("seq_k") and row.get("x_floor_anon"):
             verdict = "met" if row["x_floor_anon"] <= 1.25 else "missed"
             lines.append(
-                f"Sequential peak <= 1.25x floor — {row['arm']} W={row['width']} L={row['layers']}: anon "
+                f"Sequential peak <= 1.25x floor — {label(row)} W={row['width']} L={row['layers']}: anon "
                 f"{row['x_floor_anon']:.2f}x ({verdict}; VmHWM {row['x_floor']:.2f}x)"
             )
     return lines
@@ -90,16 +95,37 @@ def cap_lines(caps: list[dict[str, Any]]) -> list[str]:
 
 def wall_lines(table: list[dict[str, Any]]) -> list[str]:
     """Offloaded (`X_disk`) against resident (`X`) train wall time on the same model, run back to back."""
-    rows = {(r["width"], r["layers"], r["arm"]): r for r in table if r.get("train_wall_s")}
+    rows = {(r["width"], r["layers"], r["arm"], r.get("part")): r for r in table if r.get("train_wall_s")}
     lines = []
-    for (width, layers, arm), disk in rows.items():
-        resident = rows.get((width, layers, arm.removesuffix("_disk")))
+    for (width, layers, arm, part), disk in rows.items():
+        resident = rows.get((width, layers, arm.removesuffix("_disk"), part))
         if arm.endswith("_disk") and resident:
             cost = disk["train_wall_s"] / resident["train_wall_s"] - 1
             lines.append(
-                f"Offloading <= 10% wall time — {arm} W={width} L={layers}: train {disk['train_wall_s']:.1f} s vs "
-                f"{resident['train_wall_s']:.1f} s resident = {cost:+.0%} ({'met' if cost <= 0.10 else 'missed'}; "
+                f"Offloading <= 10% wall time — {label(disk)} W={width} L={layers}: train "
+                f"{disk['train_wall_s']:.1f} s vs {resident['train_wall_s']:.1f} s resident = {cost:+.0%} "
+                f"({'met' if cost <= 0.10 else 'missed'}; "
                 f"CPU {disk['cpu_s']:.0f} s vs {resident['cpu_s']:.0f} s for the whole process)"
+            )
+    return lines
+
+
+def gc_lines(table: list[dict[str, Any]]) -> list[str]:
+    """Gradient checkpointing with offload (`X_gc_disk`) against the same offloaded arm without (`X_disk`), both run
+    back to back in the same part (issue 26, item 5: no target, the numbers)."""
+    rows = {(r["width"], r["layers"], r["arm"], r.get("part")): r for r in table if r.get("anon_peak_bytes")}
+    lines = []
+    for (width, layers, arm, part), gc in rows.items():
+        plain = rows.get((width, layers, arm.replace("_gc_disk", "_disk"), part))
+        if arm.endswith("_gc_disk") and plain:
+            anon = gc["anon_peak_bytes"] / plain["anon_peak_bytes"] - 1
+            rss = gc["peak_bytes"] / plain["peak_bytes"] - 1
+            lines.append(
+                f"Gradient checkpointing with offload — {label(gc)} vs {label(plain)} W={width} L={layers}: anon peak "
+                f"{gc['anon_peak_bytes'] / 2**20:.0f} vs {plain['anon_peak_bytes'] / 2**20:.0f} MiB ({anon:+.0%}; "
+                f"{gc['x_floor_anon']:.2f}x vs {plain['x_floor_anon']:.2f}x anon floor), VmHWM "
+                f"{gc['peak_bytes'] / 2**20:.0f} vs {plain['peak_bytes'] / 2**20:.0f} MiB ({rss:+.0%}), train "
+                f"{gc['train_wall_s']:.1f} s vs {plain['train_wall_s']:.1f} s"
             )
     return lines
 
@@ -113,4 +139,5 @@ def targets(table: list[dict[str, Any]], caps: list[dict[str, Any]]) -> list[str
                 f"Parallel <= 1.0x end-to-end — {row['arm']} W={row['width']} L={row['layers']}: "
                 f"{row['x_e2e']:.2f}x ({'met' if row['x_e2e'] <= 1.0 else 'missed'})"
             )
-    return lines + (wall_lines(table) or ["Offloading <= 10% wall time: no resident / offloaded pair in this run."])
+    walls = wall_lines(table) or ["Offloading <= 10% wall time: no resident / offloaded pair in this run."]
+    return lines + gc_lines(table) + walls
