@@ -14,8 +14,8 @@ does not depend on the values), global batch 128 (64 per process), SGD, no clipp
 - `TRGL flat`: `TRGLTrainer`, parallel mode, K = 4 linear heads, with the averaging this library used before: after
   the last module's backward, every gradient copied into one flat buffer, one blocking all-reduce, copied back
   (re-implemented here as `flat_synchronise`);
-- `TRGL overlapped`: the same with `trgl_hf.grad_sync.GradientAverager` (each module's buckets are reduced while the
-  next module computes);
+- `TRGL overlapped`: the same with `trgl_hf.distributed.grad_sync.GradientAverager` (each module's buckets are
+  reduced while the next module computes);
 - `TRGL FSDP2`: the same sharded per module with FSDP2 (`fsdp=True, fsdp_config={"fsdp_version": 2}`; skipped in a
   single process, where FSDP is refused).
 
@@ -277,8 +277,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         summary = summarise(Path(tmp), opts)
     result = {
         "benchmark": "ddp_overlap",
-        "config": {k: getattr(opts, k) for k in ("depth", "num_modules", "batch_per_process", "steps", "warmup",
-                                                 "reps", "threads", "quick")},  # fmt: skip
+        "config": {
+            k: getattr(opts, k)
+            for k in ("depth", "num_modules", "batch_per_process", "steps", "warmup", "reps", "threads", "quick")
+        },  # fmt: skip
         "summary": summary,
         "load_start": load_start,
         "environment": env.environment(env.command_line("ddp_overlap", argv)),

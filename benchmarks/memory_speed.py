@@ -26,7 +26,7 @@ from typing import Any
 from benchmarks.common import env, memory, models, steps, timing
 from benchmarks.common.env import log, mib
 from benchmarks.reports import memory_speed as report
-from trgl_hf.splitting import equal_split
+from trgl_hf.modeling.splitting import equal_split
 
 
 class Bench:

@@ -84,7 +84,7 @@ def run_point(spec: dict[str, Any]) -> dict[str, Any]:
     lines: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: lines.append(record.getMessage())  # the storage chosen for every cache
-    logger = logging.getLogger("trgl_hf.prefix_cache")
+    logger = logging.getLogger("trgl_hf.training.prefix_cache")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     dataset = load_from_disk(spec["data"]).select(range(spec["rows"])).with_format("torch")

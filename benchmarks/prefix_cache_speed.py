@@ -34,8 +34,8 @@ from benchmarks.common import data, env, models, timing
 from benchmarks.common.env import log
 from benchmarks.reports import prefix_cache as prefix_report
 from trgl_hf import TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.prefix_cache import PrefixCache, ShardWriter
-from trgl_hf.run_state import RunState
+from trgl_hf.training.prefix_cache import PrefixCache, ShardWriter
+from trgl_hf.training.run_state import RunState
 
 ARMS = ("e2e", "memory", "disk", "none")
 TIMED = [  # (class, method, label): wall time of every call while a run is timed
@@ -80,7 +80,7 @@ class Timers:
 
 
 class CacheLog(logging.Handler):
-    """The `trgl_hf.prefix_cache` INFO lines (which storage was chosen, and why)."""
+    """The `trgl_hf.training.prefix_cache` INFO lines (which storage was chosen, and why)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -156,7 +156,7 @@ def run_arm(arm: str, spec: dict[str, Any], dataset, args: argparse.Namespace, s
     steps = timing.StepTimes()
     trainer.add_callback(steps)
     cache_log = CacheLog()
-    logging.getLogger("trgl_hf.prefix_cache").addHandler(cache_log)
+    logging.getLogger("trgl_hf.training.prefix_cache").addHandler(cache_log)
     gc.collect()
     load_before = os.getloadavg()
     begin = cpu_snapshot()
@@ -165,7 +165,7 @@ def run_arm(arm: str, spec: dict[str, Any], dataset, args: argparse.Namespace, s
             trainer.train()
         end = cpu_snapshot()
     finally:
-        logging.getLogger("trgl_hf.prefix_cache").removeHandler(cache_log)
+        logging.getLogger("trgl_hf.training.prefix_cache").removeHandler(cache_log)
     record = {
         "model": spec["name"],
         "arm": arm,
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return result
     env.setup(args.threads)  # no gc freeze: the per-phase gc.collect of Trainer.train costs what it costs users
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated (SIGTERM): rerun with --reuse to keep the runs"))
-    logging.getLogger("trgl_hf.prefix_cache").setLevel(logging.INFO)
+    logging.getLogger("trgl_hf.training.prefix_cache").setLevel(logging.INFO)
     out_dir = env.out_dir(args.out_dir, args.quick, "prefix_cache_speed")
     command = env.command_line("prefix_cache_speed", argv)
     cifar = None if args.quick else env.shared_data("cifar10")

@@ -40,7 +40,7 @@ from trgl_hf import (  # noqa: E402
     TRGLTrainingArguments,
     load_digits_dataset,
 )
-from trgl_hf.run_lock import RunLock  # noqa: E402
+from trgl_hf.training.run_lock import RunLock  # noqa: E402
 
 TARGET = Path(__file__).with_name("errors.md")
 

@@ -95,7 +95,7 @@ def memory_capped_group(limit: int):
     """As root: a child of this process's cgroup v1 memory group limited to `limit` bytes (memory and swap), removed
     afterwards; yields its folder (write a pid to `cgroup.procs` to put a process in it). Skips where cgroup v1
     memory cannot be written."""
-    from trgl_hf import memory_limits
+    from trgl_hf.training import memory_limits
 
     memberships = dict(memory_limits.cgroup_memberships("/proc"))
     parent = None

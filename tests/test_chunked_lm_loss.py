@@ -9,8 +9,8 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from trgl_hf import TRGLConfig, TRGLModel
-from trgl_hf.losses import chunked_causal_lm_loss, lm_loss_chunk_tokens
-from trgl_hf.tasks import get_task
+from trgl_hf.modeling.losses import chunked_causal_lm_loss, lm_loss_chunk_tokens
+from trgl_hf.modeling.tasks import get_task
 
 VOCAB = 37
 

@@ -15,6 +15,6 @@ def test_error_table_is_up_to_date():
 
 
 def test_readme_lists_every_supported_architecture():
-    from trgl_hf.adapters.registry import support_table
+    from trgl_hf.modeling.architectures.registry import support_table
 
     assert support_table() in (ROOT / "README.md").read_text()

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from trgl_hf import TRGLConfig, TRGLModel
-from trgl_hf.adapters import base as adapter_base
+from trgl_hf.modeling.architectures import base as adapter_base
 
 from .adapters.test_registry import AUTO, SUPPORTED, build, inputs_for, perturb
 from .conftest import REPO_ROOT, tiny_hf_resnet

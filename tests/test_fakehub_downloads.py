@@ -93,7 +93,8 @@ def downloads(fake_hub, tmp_path):
 
 @pytest.fixture
 def pushed(fake_hub, bert_folder) -> HfApi:
-    """`bert_folder` on branch `stage-02` and under `stages/stage-02/` on `main`, pushed like `trgl_hf.hub` does."""
+    """`bert_folder` on branch `stage-02` and under `stages/stage-02/` on `main`, pushed like `trgl_hf.hub.push`
+    does."""
     api = fake_hub.api()
     api.create_repo(REPO)
     api.create_branch(REPO, branch="stage-02")

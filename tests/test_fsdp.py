@@ -1,6 +1,6 @@
-"""FSDP2 per module (`trgl_hf.fsdp`): 2 CPU processes (gloo) train like 1 process with the same global batch, in every
-mode, switched on by the training arguments or by an accelerate FSDP config; stages load natively; what cannot work is
-refused with its fix."""
+"""FSDP2 per module (`trgl_hf.distributed.fsdp`): 2 CPU processes (gloo) train like 1 process with the same global
+batch, in every mode, switched on by the training arguments or by an accelerate FSDP config; stages load natively; what
+cannot work is refused with its fix."""
 
 import importlib.util
 import json

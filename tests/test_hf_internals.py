@@ -7,7 +7,7 @@ import accelerate
 import pytest
 import transformers
 
-from trgl_hf import hf_internals
+from trgl_hf.training import hf_internals
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,9 +22,10 @@ from huggingface_hub.utils import _http
 from transformers import AutoModelForImageClassification, DataCollatorWithPadding
 
 import trgl_hf
-from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments, hub_pusher
-from trgl_hf.checkpointing import save_stage, stage_dirname
-from trgl_hf.hub import (
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
+from trgl_hf.export.checkpointing import save_stage, stage_dirname
+from trgl_hf.hub import pusher as hub_pusher
+from trgl_hf.hub.push import (
     HubPushError,
     find_stage_folders,
     push_final,
@@ -391,8 +392,8 @@ def test_a_hub_failing_every_upload_never_stops_training(
         assert f"  {name} (branch '{name}'): 4 failed attempt(s), last: HfHubHTTPError: " in report
     assert "Push them again with `trainer.push_to_hub()`" in report
     call = report.split("from any process with:\n    ", 1)[1].splitlines()[0]
-    assert call == f"trgl_hf.hub.push_run_stages({str(out)!r}, {REPO!r}, strategy='branch')"
-    assert "trgl_hf.hub.trgl_hf" not in str(trainer.hub_push_failures[0])  # the errors name the same call
+    assert call == f"trgl_hf.hub.push.push_run_stages({str(out)!r}, {REPO!r}, strategy='branch')"
+    assert "trgl_hf.hub.push.trgl_hf" not in str(trainer.hub_push_failures[0])  # the errors name the same call
 
     # The Hub is back: the printed call, run as a user would (token and endpoint from the environment), pushes it all.
     fake_hub.clear_faults()

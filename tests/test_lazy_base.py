@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from trgl_hf import TRGLConfig, TRGLModel
-from trgl_hf.module_files import FileMappings, module_tensors
+from trgl_hf.export.module_files import FileMappings, module_tensors
 
 
 def save_sharded_llama(folder, layers: int = 4, hidden: int = 32) -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trgl_hf.losses import (
+from trgl_hf.modeling.losses import (
     BatchNormBranchEnergy,
     branch_energy,
     transport_cost,
@@ -74,7 +74,7 @@ def test_fused_batchnorm_energy_keeps_no_branch_copy():
 
 
 def test_difference_energy_matches_plain_autograd_and_keeps_no_difference():
-    from trgl_hf.losses import DifferenceEnergy
+    from trgl_hf.modeling.losses import DifferenceEnergy
 
     before = torch.randn(4, 6, 8, requires_grad=True)
     results, saved_bytes = [], {}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trgl_hf import memory_limits
-from trgl_hf.memory_limits import available_memory, available_memory_report, cgroup_memory_limits
+from trgl_hf.training import memory_limits
+from trgl_hf.training.memory_limits import available_memory, available_memory_report, cgroup_memory_limits
 
 MiB, GiB = 1024**2, 1024**3
 V1_UNLIMITED = 9223372036854771712  # what cgroup v1 writes for "no limit" on 4 KiB pages

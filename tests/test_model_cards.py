@@ -9,8 +9,8 @@ from datasets import Dataset
 from huggingface_hub import ModelCard
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.model_cards import module_plot_svg, stage_model_card
-from trgl_hf.trainer import dataset_name
+from trgl_hf.export.model_cards import module_plot_svg, stage_model_card
+from trgl_hf.training.trainer import dataset_name
 
 FACTS = {"stage": 2, "num_stages": 3, "trgl_mode": "sequential", "taus": [5.0, 10.0, 10.0], "use_transport": True,
          "has_processor": True, "remote_code": False}  # fmt: skip

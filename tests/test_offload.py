@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.module_files import (
+from trgl_hf.export.module_files import (
     FileMappings,
     is_module_folder,
     module_filename,

@@ -157,7 +157,7 @@ def test_multilap_laps_continue_one_data_order_and_see_every_example(budget, tmp
     from datasets import Dataset
     from transformers import default_data_collator
 
-    from trgl_hf.phases import lap_order
+    from trgl_hf.training.phases import lap_order
 
     size, batch = 40, 4
     pixels = np.zeros((size, 1, 8, 8), dtype=np.float32) + np.arange(size, dtype=np.float32)[:, None, None, None]

@@ -13,8 +13,8 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast, default_data_collator
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.losses import DifferenceEnergy, branch_energy, transport_cost
-from trgl_hf.prefix_cache import PrefixCache, ShardWriter, prefix_cache_decision
+from trgl_hf.modeling.losses import DifferenceEnergy, branch_energy, transport_cost
+from trgl_hf.training.prefix_cache import PrefixCache, ShardWriter, prefix_cache_decision
 
 VOCAB, PAD, WIDTH = 40, 0, 14
 TEXT = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,

@@ -66,7 +66,7 @@ def test_lora_base_trains_only_its_adapters_and_heads_and_exports_merged(tmp_pat
 
 
 def test_the_transport_term_reads_the_branches_of_a_lora_model():
-    from trgl_hf.peft_support import merged_state_dict
+    from trgl_hf.modeling.peft_support import merged_state_dict
 
     lora = _lora_bert()
     with torch.no_grad():  # adapters that change the function (B = 0 at initialisation)
@@ -144,6 +144,6 @@ def test_a_lora_run_with_mean_heads_exports_merged_stages_and_no_adapter(tmp_pat
         with torch.no_grad():
             torch.testing.assert_close(exported(**inputs).logits, module_logits[:, stage - 1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="native heads"):
-        from trgl_hf.peft_support import save_stage_adapter
+        from trgl_hf.export.peft_adapters import save_stage_adapter
 
         save_stage_adapter(model, 1, tmp_path / "adapter")

@@ -11,8 +11,15 @@ from datasets import Dataset
 from torch.utils.data import IterableDataset
 from transformers import DataCollatorWithPadding, default_data_collator
 
-from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments, prefix_cache
-from trgl_hf.prefix_cache import PrefixCache, ShardWriter, build_prefix_cache, parse_bytes, prefix_cache_decision
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
+from trgl_hf.training import prefix_cache
+from trgl_hf.training.prefix_cache import (
+    PrefixCache,
+    ShardWriter,
+    build_prefix_cache,
+    parse_bytes,
+    prefix_cache_decision,
+)
 
 TOKENS = ("trgl_hidden_states", "input_ids", "attention_mask")
 
@@ -96,7 +103,7 @@ def test_the_budget_decides_memory_or_disk(tmp_path, caplog):
 def test_the_default_budget_respects_the_cgroup_limit(tmp_path, monkeypatch, caplog):
     """Without `trgl_prefix_cache_max_memory`, the budget is 25% of what the process's cgroup limit leaves when that is
     less than `MemAvailable` (a container): 8 GiB free on the machine, 4 KiB left in the group -> on disk."""
-    from trgl_hf import memory_limits
+    from trgl_hf.training import memory_limits
 
     proc, cgroups = tmp_path / "proc", tmp_path / "cgroup"
     (proc / "self").mkdir(parents=True)
@@ -152,7 +159,7 @@ class CacheSpy:
             self.sizes.append(cache.nbytes)
             return cache
 
-        monkeypatch.setattr("trgl_hf.trainer.build_prefix_cache", spy)
+        monkeypatch.setattr("trgl_hf.training.trainer.build_prefix_cache", spy)
 
 
 def test_a_disk_cache_trains_bit_identically_to_the_memory_cache(tmp_path, digits, make_cifar_resnet, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.transport import TransportSchedule
+from trgl_hf.modeling.transport import TransportSchedule
 
 
 def _args(out, **overrides):
@@ -92,8 +92,8 @@ def _tiny_bert(num_labels=2):
 def test_a_pretrained_base_gets_the_pretrained_defaults_and_a_random_one_the_papers(tmp_path):
     from transformers import BertForSequenceClassification
 
-    from trgl_hf.configuration_trgl import DEFAULT_TAU
-    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_WARMUP_STEPS, PRETRAINED_TAU
+    from trgl_hf.modeling.configuration_trgl import DEFAULT_TAU
+    from trgl_hf.modeling.pretrained_defaults import PRETRAINED_HEAD_WARMUP_STEPS, PRETRAINED_TAU
 
     _tiny_bert().save_pretrained(tmp_path / "base")
     pretrained = TRGLModel.from_base(BertForSequenceClassification.from_pretrained(tmp_path / "base"),
@@ -130,7 +130,7 @@ def test_a_pretrained_base_trains_with_the_pretrained_defaults(tmp_path):
     from datasets import Dataset
     from transformers import BertForSequenceClassification
 
-    from trgl_hf.pretrained_defaults import PRETRAINED_HEAD_LEARNING_RATE
+    from trgl_hf.modeling.pretrained_defaults import PRETRAINED_HEAD_LEARNING_RATE
 
     _tiny_bert().save_pretrained(tmp_path / "base")
     model = TRGLModel.from_base(BertForSequenceClassification.from_pretrained(tmp_path / "base"),
@@ -160,8 +160,16 @@ def test_the_mean_head_is_the_default_only_where_it_exports_exactly(tmp_path):
     torch.manual_seed(0)
     GPT2ForSequenceClassification(GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, num_labels=2,
                                              pad_token_id=0)).save_pretrained(tmp_path / "gpt2")  # fmt: skip
-    ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=2,
-                                        num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "vit")
+    ViTForImageClassification(
+        ViTConfig(
+            image_size=16,
+            patch_size=8,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    ).save_pretrained(tmp_path / "vit")
     for name in ("gpt2", "vit"):
         assert TRGLModel.from_base(str(tmp_path / name), num_modules=2).config.aux_head == "native"
     _tiny_bert().save_pretrained(tmp_path / "bert")

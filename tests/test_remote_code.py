@@ -18,7 +18,8 @@ from transformers.dynamic_module_utils import get_imports, get_relative_import_f
 from transformers.utils import hub as transformers_hub
 
 import trgl_hf
-from trgl_hf import TRGLConfig, TRGLModel, remote_code
+from trgl_hf import TRGLConfig, TRGLModel
+from trgl_hf.modeling import remote_code
 
 SAVED_FILES = ["config.json", "configuration_trgl_remote.py", "model.safetensors", "modeling_trgl_remote.py",
                "trgl_hf_bundle.py"]  # fmt: skip
@@ -100,7 +101,7 @@ def load_script(folder: Path, io_file: Path, prelude: str = "") -> str:
         with torch.no_grad():
             assert torch.equal(reloaded(**io).module_logits, expected)
         print("class", type(model).__module__, type(model).__name__)
-        print("package", sys.modules[type(model).__module__.rpartition(".")[0]].__version__)
+        print("package", sys.modules[type(model).__module__.split(".")[0]].__version__)
         print("imported trgl_hf", "trgl_hf" in sys.modules)
         print("remote-code-ok")
         """
@@ -152,7 +153,7 @@ def test_loads_in_a_fresh_process_with_the_installed_trgl_hf(tmp_path, make_cifa
         assert type(model) is trgl_hf.TRGLModel and type(model.config) is trgl_hf.TRGLConfig
         """
     ))  # fmt: skip
-    assert "class trgl_hf.modeling_trgl TRGLModel" in stdout
+    assert "class trgl_hf.modeling.modeling_trgl TRGLModel" in stdout
 
 
 @pytest.mark.parametrize("kind", ["cifar", "bert"])
@@ -193,14 +194,24 @@ def module_level_imports(source: str) -> set[str]:
 def test_bundle_needs_only_core_dependencies():
     _, sha256, data, _ = remote_code.encode_bundle("trgl_hf")
     modules = remote_code.decode_bundle(data, sha256)["modules"]
-    assert {"modeling_trgl", "configuration_trgl", "remote_code", "adapters", "adapters.registry"} <= set(modules)
-    assert not {"trainer", "training_args", "data", "hub", "registration"} & set(modules)
+    assert {"modeling.modeling_trgl", "modeling.configuration_trgl", "modeling.remote_code", "modeling.architectures",
+            "modeling.architectures.registry"} <= set(modules)  # fmt: skip
+    outside = {"training.trainer", "training.training_args", "training.data", "hub.push", "modeling.registration"}
+    assert not outside & set(modules)
     needs = {name: module_level_imports(entry["source"]) - set(sys.stdlib_module_names) - CORE_DEPENDENCIES
              for name, entry in modules.items()}  # fmt: skip
     assert not {name: extra for name, extra in needs.items() if extra}, (
         "trgl_hf modules bundled for remote code import packages a bare torch/transformers install lacks: import "
         "them lazily, or keep the model code from depending on those modules"
     )
+
+
+def test_bundle_holds_only_the_modeling_and_models_packages():
+    """The remote code a saved model carries is the model: nothing of training, distribution, export or the Hub."""
+    _, sha256, data, _ = remote_code.encode_bundle("trgl_hf")
+    modules = remote_code.decode_bundle(data, sha256)["modules"]
+    outside = sorted(name for name in modules if name.split(".")[0] not in ("modeling", "models"))
+    assert not outside, f"the remote-code bundle holds modules outside modeling/ and models/: {outside}"
 
 
 def test_bundle_registers_the_auto_classes_of_registration():
@@ -280,7 +291,7 @@ def test_auto_model_gives_the_truncated_backbone_of_a_stage(tmp_path, make_cifar
         config = json.loads((tmp_path / kind / "config.json").read_text())
         assert config["auto_map"]["AutoModel"] == "modeling_trgl_stage.TRGLStageModel"
         model = AutoModel.from_pretrained(tmp_path / kind)
-        assert (type(model).__module__, type(model).__name__) == ("trgl_hf.hub_models.modeling_trgl_stage",
+        assert (type(model).__module__, type(model).__name__) == ("trgl_hf.models.modeling_trgl_stage",
                                                                   "TRGLStageModel")  # fmt: skip
         assert not hasattr(model, "head")
         assert model.main_input_name == ("input_ids" if kind == "mean" else "pixel_values")

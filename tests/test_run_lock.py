@@ -4,7 +4,7 @@ import json
 import os
 import socket
 
-from trgl_hf.run_lock import LOCK_FILE, RunLock
+from trgl_hf.training.run_lock import LOCK_FILE, RunLock
 
 
 def dead_record() -> str:

@@ -4,7 +4,7 @@ to one."""
 import pytest
 from transformers.trainer_utils import get_last_checkpoint
 
-from trgl_hf.run_markers import check_marker, read_marker, write_marker
+from trgl_hf.training.run_markers import check_marker, read_marker, write_marker
 
 
 def test_one_marker_named_by_the_run_step_is_kept(tmp_path):

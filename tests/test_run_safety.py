@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments, checkpointing
-from trgl_hf.run_lock import LOCK_FILE, RunLock
+from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
+from trgl_hf.export import checkpointing
+from trgl_hf.training.run_lock import LOCK_FILE, RunLock
 
 from .conftest import tiny_cifar_resnet
 
@@ -157,7 +158,7 @@ def test_files_follow_the_umask(train, tmp_path):
 
 
 def test_non_finite_metrics_never_reach_a_card(train, tmp_path, caplog):
-    from trgl_hf.guards import finite_metrics
+    from trgl_hf.training.guards import finite_metrics
 
     assert finite_metrics({"accuracy": 0.5, "loss": float("nan")}, 1) == {"accuracy": 0.5, "loss": None}
     assert "not finite" in caplog.text
@@ -238,7 +239,7 @@ def test_two_runs_into_one_folder_one_is_refused_the_other_intact(train, tmp_pat
         "from tests.test_run_safety import run\n"
         "class Slow(trgl_hf.TRGLTrainer): pass\n"
         "train = trgl_hf.load_digits_dataset()['train'].select(range(64))\n"
-        "import trgl_hf.trainer as t\n"
+        "import trgl_hf.training.trainer as t\n"
         "step = t.TRGLTrainer.training_step\n"
         "def slow(*a, **k):\n    time.sleep(0.3)\n    return step(*a, **k)\n"
         "t.TRGLTrainer.training_step = slow\n"

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from trgl_hf.splitting import balanced_split, check_split, equal_split
+from trgl_hf.modeling.splitting import balanced_split, check_split, equal_split
 
 
 def test_equal_split_gives_extra_blocks_to_first_modules():

@@ -7,7 +7,7 @@ import pytest
 from transformers import HfArgumentParser
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.training_args import stage_selection
+from trgl_hf.training.training_args import stage_selection
 
 from .conftest import tiny_cifar_resnet
 

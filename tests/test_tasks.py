@@ -9,7 +9,7 @@ from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments, get_task
-from trgl_hf.data import check_labels
+from trgl_hf.training.data import check_labels
 
 SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
 

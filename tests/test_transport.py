@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trgl_hf import TRGLConfig
-from trgl_hf.transport import TransportSchedule
+from trgl_hf.modeling.transport import TransportSchedule
 
 
 def test_weights_follow_tau_and_vangl_is_zero():

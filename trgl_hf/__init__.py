@@ -11,27 +11,27 @@ TRGLTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation
 ```
 """
 
-from .adapters import supported_architectures, supported_families
-from .cifar_weights import load_akamaster_resnet
-from .configuration_trgl import TRGLConfig
-from .data import load_digits_dataset
-from .hub import HubPushError, push_final, push_run_stages, push_stage
-from .hub_models.configuration_cifar_resnet import CifarResNetConfig
-from .hub_models.configuration_trgl_stage import TRGLStageConfig
-from .hub_models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
-from .hub_models.modeling_trgl_stage import (
+from .hub.push import HubPushError, push_final, push_run_stages, push_stage
+from .modeling.architectures import supported_architectures, supported_families
+from .modeling.configuration_trgl import TRGLConfig
+from .modeling.losses import transport_cost
+from .modeling.modeling_trgl import TRGLModel, TRGLOutput
+from .modeling.registration import register_auto_classes
+from .modeling.tasks import Task, get_task
+from .models.cifar_weights import load_akamaster_resnet
+from .models.configuration_cifar_resnet import CifarResNetConfig
+from .models.configuration_trgl_stage import TRGLStageConfig
+from .models.modeling_cifar_resnet import CifarResNetForImageClassification, CifarResNetModel
+from .models.modeling_trgl_stage import (
     TRGLStageForImageClassification,
     TRGLStageForSequenceClassification,
     TRGLStageModel,
 )
-from .losses import transport_cost
-from .metrics import PerModuleMetrics, accuracy
-from .modeling_trgl import TRGLModel, TRGLOutput
-from .registration import register_auto_classes
-from .run_callbacks import TRGLCallback
-from .tasks import Task, get_task
-from .trainer import NonFiniteLossError, TRGLTrainer
-from .training_args import TRGLTrainingArguments
+from .training.data import load_digits_dataset
+from .training.metrics import PerModuleMetrics, accuracy
+from .training.run_callbacks import TRGLCallback
+from .training.trainer import NonFiniteLossError, TRGLTrainer
+from .training.training_args import TRGLTrainingArguments
 
 register_auto_classes()
 

@@ -32,7 +32,7 @@ ARMS: dict[str, dict[str, Any]] = {
         args=PAPER_ARGS,
     ),
     # library defaults: for this pretrained text classifier, mean-pooling heads (`aux_head="mean"`), heads at 1e-3,
-    # relative tau = 1000 (this library's extensions, see `trgl_hf/pretrained_defaults.py`)
+    # relative tau = 1000 (this library's extensions, see `trgl_hf/modeling/pretrained_defaults.py`)
     "trgl_defaults": dict(label="TRGL (defaults)", kind="trgl", library_defaults=True),
     "trgl_lora": dict(label="TRGL + LoRA", kind="trgl", lora=True, library_defaults=True),
     # the paper's VanGL with the defaults' mean heads: what the transport term adds with the same heads

@@ -126,7 +126,7 @@ def speed_markdown(result: dict[str, Any]) -> str:
         f"is repeated (up to {cfg['retries']} times; {len(result['discarded_runs'])} run(s) discarded this way). "
         'The disk arm forces memory-mapped safetensors shards with `trgl_prefix_cache_max_memory="1KB"` (files under '
         "`output_dir/.trgl-prefix-cache` on the local disk, read through the page cache); the storage of every cache "
-        "is checked in the `trgl_hf.prefix_cache` log.",
+        "is checked in the `trgl_hf.training.prefix_cache` log.",
     ]
     for spec in result["models"]:
         summary = result["summary"][spec["name"]]
@@ -241,7 +241,7 @@ def _lowest(points: list[dict[str, Any]]) -> dict[str, Any]:
 def memory_summary(result: dict[str, Any]) -> dict[str, Any]:
     """Per model and size: the cache's own cost (cached run minus uncached run) in anonymous memory, file-backed
     pages and peak RSS; whether the anonymous cost is flat above the budget."""
-    from trgl_hf.prefix_cache import parse_bytes
+    from trgl_hf.training.prefix_cache import parse_bytes
 
     budget = parse_bytes(result["config"]["budget"]) / MIB
     out: dict[str, Any] = {"budget_mib": budget}
@@ -295,8 +295,8 @@ def memory_markdown(result: dict[str, Any]) -> str:
         "file pages (the memory-mapped Arrow dataset and a disk cache's safetensors shards), page cache that the "
         "kernel can reclaim and that processes mapping the same file share. *Peak RSS*: `VmHWM` (the exact "
         "high-water mark, anonymous + file-backed; `getrusage().ru_maxrss` is not used: after `exec` it keeps the "
-        "forked parent's high-water mark). Estimated cache size: the `trgl_hf.prefix_cache` log (rows x bytes per row "
-        "of the first batch), per cached phase; storage as chosen by the library.",
+        "forked parent's high-water mark). Estimated cache size: the `trgl_hf.training.prefix_cache` log (rows x "
+        "bytes per row of the first batch), per cached phase; storage as chosen by the library.",
         "",
         "Datasets: " + "; ".join(f"{name}: {info['note']}" for name, info in result["data"].items()) + ". Both are "
         "written with `save_to_disk` and opened with `load_from_disk` (memory-mapped Arrow, torch format): the data "

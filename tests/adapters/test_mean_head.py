@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLStageForSequenceClassification
-from trgl_hf.hub_models.aux_heads import MeanPoolHead
+from trgl_hf.models.aux_heads import MeanPoolHead
 
 SMALL = dict(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32)
 

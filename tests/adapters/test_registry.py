@@ -16,7 +16,7 @@ import transformers as tf
 from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from trgl_hf import TRGLConfig, TRGLModel, supported_architectures
-from trgl_hf.adapters.registry import REGISTRY
+from trgl_hf.modeling.architectures.registry import REGISTRY
 
 from ..conftest import tiny_cifar_resnet, tiny_hf_resnet
 

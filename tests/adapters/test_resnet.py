@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from trgl_hf import TRGLConfig, TRGLModel
-from trgl_hf.adapters.base import BlockState
+from trgl_hf.modeling.architectures.base import BlockState
 
 
 def explicit_blocks(backbone):

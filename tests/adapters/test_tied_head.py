@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.adapters.registry import CAUSAL_LM, REGISTRY
+from trgl_hf.modeling.architectures.registry import CAUSAL_LM, REGISTRY
 
 from .test_registry import build as build_registered
 from .test_registry import inputs_for, perturb
@@ -183,7 +183,7 @@ def test_tied_head_is_refused_where_it_cannot_be_exact():
 
 def test_tied_projection_refuses_fsdp_sharded_weights(monkeypatch):
     """FSDP shards module 1's embedding per module; a later head cannot read it: refused, naming the fix."""
-    from trgl_hf.adapters import tied_head
+    from trgl_hf.modeling.architectures import tied_head
 
     model = TRGLModel.from_base(build("gpt2"), TRGLConfig(num_modules=3, aux_head="tied"))
     monkeypatch.setattr(tied_head, "_is_dtensor", lambda value: True)

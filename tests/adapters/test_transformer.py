@@ -166,7 +166,7 @@ def test_every_trainable_parameter_gets_a_gradient(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_recomputed_branch_difference_trains_like_plain_autograd(family, monkeypatch):
-    from trgl_hf.losses import branch_energy
+    from trgl_hf.modeling.losses import branch_energy
 
     model = TRGLModel.from_base(build(family), TRGLConfig(num_modules=2, tau=0.5)).train()
     for block in model.adapter.blocks:  # make branches non-trivial

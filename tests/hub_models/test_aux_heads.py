@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.hub_models.aux_heads import ConvAuxHead
+from trgl_hf.models.aux_heads import ConvAuxHead
 
 
 def trained_head() -> ConvAuxHead:

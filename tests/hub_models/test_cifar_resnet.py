@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trgl_hf.cifar_weights import AKAMASTER_NORMALIZATION, load_akamaster_resnet
-from trgl_hf.hub_models.configuration_cifar_resnet import CifarResNetConfig
-from trgl_hf.hub_models.modeling_cifar_resnet import (
+from trgl_hf.models.cifar_weights import AKAMASTER_NORMALIZATION, load_akamaster_resnet
+from trgl_hf.models.configuration_cifar_resnet import CifarResNetConfig
+from trgl_hf.models.modeling_cifar_resnet import (
     CifarResNetBasicLayer,
     CifarResNetForImageClassification,
     CifarResNetModel,

@@ -155,11 +155,29 @@ def test_text_recipe_on_a_local_model_and_parquet_folder(tmp_path):
     from transformers import pipeline
 
     model_dir, data_dir = tiny_text_model_and_data(tmp_path)
-    metrics = train_text_classification.main([
-        "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--num_modules", "2",
-        "--trgl_mode", "sequential", "--num_train_epochs", "3", "--learning_rate", "0.01",
-        "--per_device_train_batch_size", "16", "--output_dir", str(tmp_path / "out"), "--tau", "10", *COMMON,
-    ])  # fmt: skip  (its weights are random: the paper's tau, not the defaults for pretrained encoders)
+    metrics = train_text_classification.main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--dataset_name",
+            str(data_dir),
+            "--num_modules",
+            "2",
+            "--trgl_mode",
+            "sequential",
+            "--num_train_epochs",
+            "3",
+            "--learning_rate",
+            "0.01",
+            "--per_device_train_batch_size",
+            "16",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--tau",
+            "10",
+            *COMMON,
+        ]
+    )  # fmt: skip  (its weights are random: the paper's tau, not the defaults for pretrained encoders)
     assert metrics["test"]["test_module_2_accuracy"] > 0.9
     stage = tmp_path / "out" / "stage-02"
     config = json.loads((stage / "config.json").read_text())

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trgl_hf.grad_sync import GradientAverager
+from trgl_hf.distributed.grad_sync import GradientAverager
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -50,8 +50,9 @@ in_first = [all(id(p) in first_module for p in b.params) for b in averager.bucke
 result = {
     "buckets": len(averager.buckets),
     "packed": sum(len(b.params) > 1 for b in averager.buckets),
-    "buckets_never_mix_modules": all(in_first[i] or not any(id(p) in first_module for p in b.params)
-                                     for i, b in enumerate(averager.buckets)),  # fmt: skip
+    "buckets_never_mix_modules": all(
+        in_first[i] or not any(id(p) in first_module for p in b.params) for i, b in enumerate(averager.buckets)
+    ),  # fmt: skip
     "first_module_launched_before_second_backward": [s for s, f in zip(first_launched, in_first) if f],
     "second_module_launched_before_its_backward": [s for s, f in zip(first_launched, in_first) if not f],
     "max_buffer_bytes": averager.max_buffer_bytes,

@@ -1,0 +1,2 @@
+"""Pushing to the Hugging Face Hub: stages, the final model and run cards (`push`), and in the background during a run
+(`pusher`)."""

@@ -1,0 +1,83 @@
+"""Every private transformers / accelerate API trgl_hf relies on, in one place.
+
+`TRGLTrainer` runs one `Trainer.train()` per phase and trains modules with their own backward, so it needs a few
+things the public API does not offer. They were checked against the versions in `CHECKED_VERSIONS` (pinned in
+`constraints.txt`; a test keeps the three equal). On import, each is looked up: an upgrade that removes one fails here,
+loudly, with the name of what is missing, instead of silently skipping an override.
+
+- `Accelerator._optimizers / _schedulers / _models`: emptied between phases, so each phase prepares a fresh
+  optimizer, scheduler and distributed wrapper (otherwise the second phase keeps the first one's optimizer).
+- `Trainer._remove_unused_columns`, `Trainer._get_collator_with_removed_columns`, `Trainer._prepare_inputs`: the
+  prefix cache feeds the model exactly what a training batch would hold.
+- `Trainer._clip_grad_norm` (overridden: each module is clipped on its own) and `Trainer._push_from_checkpoint`
+  (overridden: intermediate checkpoints are not pushed, finished stages are).
+- `Trainer.is_distributed_loading_by_transformers`: set when the trainer shards the model with FSDP2 itself
+  (`trgl_hf.distributed.fsdp`), so that `_prepare_for_training` neither wraps the sharded model (DDP, FSDP) nor shards
+  it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import accelerate
+import transformers
+from accelerate import Accelerator
+from transformers import Trainer
+
+CHECKED_VERSIONS = {"transformers": "5.24.0", "accelerate": "1.15.0"}
+TRAINER_METHODS = ("_remove_unused_columns", "_get_collator_with_removed_columns", "_prepare_inputs")
+OVERRIDDEN_TRAINER_METHODS = ("_clip_grad_norm", "_push_from_checkpoint")
+ACCELERATOR_LISTS = ("_optimizers", "_schedulers", "_models")
+TRAINER_FLAGS = ("is_distributed_loading_by_transformers",)  # read by `Trainer._prepare_for_training`
+
+
+def check_private_api() -> None:
+    """Raise an `ImportError` naming every private API this module needs that the installed versions lack."""
+    missing = [f"transformers.Trainer.{name}" for name in (*TRAINER_METHODS, *OVERRIDDEN_TRAINER_METHODS)
+               if not callable(getattr(Trainer, name, None))]  # fmt: skip
+    assigned = Accelerator.__init__.__code__.co_names  # the lists are created in __init__
+    missing += [f"accelerate.Accelerator.{name}" for name in ACCELERATOR_LISTS if name not in assigned]
+    read = Trainer._prepare_for_training.__code__.co_names if hasattr(Trainer, "_prepare_for_training") else ()
+    missing += [f"transformers.Trainer.{name}" for name in TRAINER_FLAGS if name not in read]
+    if missing:
+        raise ImportError(
+            f"trgl_hf needs {', '.join(missing)}, which transformers {transformers.__version__} / accelerate "
+            f"{accelerate.__version__} do not have (checked against {CHECKED_VERSIONS}): install the versions of "
+            "`constraints.txt`."
+        )
+
+
+check_private_api()
+
+
+def reset_accelerator(accelerator: Accelerator) -> None:
+    """Forget the optimizers, schedulers and models prepared for the previous phase."""
+    for name in ACCELERATOR_LISTS:
+        getattr(accelerator, name).clear()
+
+
+def remove_unused_columns(trainer: Trainer, dataset: Any, description: str) -> Any:
+    """The dataset without the columns the model's forward does not take (as the Trainer's dataloaders do)."""
+    return trainer._remove_unused_columns(dataset, description=description)
+
+
+def collator_without_unused_columns(trainer: Trainer, collator: Callable, description: str) -> Callable:
+    """The collator wrapped to drop unused columns of map-style datasets (as the Trainer's dataloaders do)."""
+    return trainer._get_collator_with_removed_columns(collator, description=description)
+
+
+def prepare_inputs(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch moved to the trainer's device, as `Trainer.training_step` prepares it."""
+    return trainer._prepare_inputs(batch)
+
+
+__all__ = [
+    "CHECKED_VERSIONS",
+    "check_private_api",
+    "collator_without_unused_columns",
+    "prepare_inputs",
+    "remove_unused_columns",
+    "reset_accelerator",
+]
