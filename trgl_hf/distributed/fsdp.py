@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..modeling.sharded import full_parameters, is_dtensor, is_sharded, reshard_all
+from .processes import has_process_group, is_multiprocess
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def check_fsdp_setup(settings: FSDPSettings | None, accelerator: Any, model: nn.
             "`aux_head='tied'` reads module 1's vocabulary matrix from every module's head, which FSDP shards per "
             "module: build the TRGL model with `TRGLConfig(aux_head='native')` for FSDP, or train without FSDP (DDP)."
         )
-    if not (dist.is_available() and dist.is_initialized()):
+    if not has_process_group():
         raise ValueError(
             f"FSDP was asked for by {settings.source} but this is a single process without a process group: launch "
             "with `accelerate launch --num_processes N` or `torchrun --nproc_per_node N`, or turn FSDP off."
@@ -268,7 +269,7 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer, settings: FSDPSettin
 def average_task_losses(task_losses: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """The modules' task losses averaged over processes (FSDP averages the gradients itself; the method of
     multipliers needs the same losses on every process)."""
-    if not task_losses or not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not task_losses or not is_multiprocess():
         return task_losses
     values = torch.stack([value.reshape(()).float() for value in task_losses.values()])
     dist.all_reduce(values)

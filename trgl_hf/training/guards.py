@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed.processes import has_process_group
 from ..export.checkpointing import STAGE_METADATA_FILE
 from ..modeling.weight_files import check_weight_folder
 
@@ -167,7 +168,7 @@ def check_one_world(args: Any) -> None:
     would believe it is the only one, and all of them would write the stages)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() != args.world_size:
+    if has_process_group() and dist.get_world_size() != args.world_size:
         raise ValueError(
             f"The process group has {dist.get_world_size()} processes but the training arguments see "
             f"{args.world_size} ({args.parallel_mode}): on CPU processes pass `use_cpu=True` (`--use_cpu true`, or "

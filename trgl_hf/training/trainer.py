@@ -40,6 +40,7 @@ from ..distributed.fsdp import (
     shard_optimizer_state,
 )
 from ..distributed.grad_sync import DEFAULT_BUCKET_BYTES, GradientAverager
+from ..distributed.processes import is_multiprocess
 from ..export.checkpointing import save_stage, stage_dirname
 from ..export.model_cards import PLOT_FILE, load_arguments, module_plot_svg, module_table, run_model_card
 from ..export.peft_adapters import ADAPTER_DIR, exports_stage_adapters, save_stage_adapter
@@ -87,10 +88,6 @@ from .run_state import STATE_FILE, RunCheckpointCallback, RunState, check_checkp
 from .training_args import TRGLTrainingArguments
 
 logger = logging.getLogger(__name__)
-
-
-def _several_processes() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class TRGLPredictionOutput(PredictionOutput):
@@ -180,7 +177,7 @@ class TRGLTrainer(Trainer):
         check_one_world(self.args)
         check_fsdp_setup(self._fsdp, self.accelerator, model)
         self.offloads, self.offload_reason = offload_decision(self.args.trgl_offload, self.args.trgl_mode,
-                                                              self.args.device.type, _several_processes(),
+                                                              self.args.device.type, is_multiprocess(),
                                                               self._fsdp is not None)  # fmt: skip
         """Whether inactive modules live in their module files (`trgl_offload`), and why."""
         # The trainer shards the model itself: the Trainer must neither wrap it (DDP, FSDP) nor average its gradients.
@@ -806,7 +803,7 @@ class TRGLTrainer(Trainer):
         """Give every process rank 0's buffers (BatchNorm statistics) of `modules` (all by default), as DDP's
         forward does with `broadcast_buffers=True`: before each training step, before a prefix cache is built and
         before anything is evaluated or saved, so the ranks never drift apart."""
-        if not _several_processes():
+        if not is_multiprocess():
             return
         net: TRGLModel = self.accelerator.unwrap_model(self.model)
         for buffer in net.module_buffers(modules):
@@ -815,7 +812,7 @@ class TRGLTrainer(Trainer):
     def _gradient_averager(self, net: TRGLModel) -> GradientAverager | None:
         """The phase's gradient averager (hooks on the trainable parameters), created at its first step; `None` in
         a single process."""
-        if self._fsdp is not None or not _several_processes():
+        if self._fsdp is not None or not is_multiprocess():
             return None
         if self._averager is None:
             cap = self.args.ddp_bucket_cap_mb
@@ -1002,7 +999,7 @@ class TRGLTrainer(Trainer):
             if f"{self.selection_prefix}best_module" in e and e.get("step") == self.state.global_step
         ]
         best_loaded = self.args.load_best_model_at_end and self.state.best_model_checkpoint is not None
-        if ran and not best_loaded and not _several_processes():
+        if ran and not best_loaded and not is_multiprocess():
             metrics = {name: value for name, value in ran[-1].items() if name.startswith("eval_")}
             self.best_module = int(metrics[f"{self.selection_prefix}best_module"])
             return metrics
