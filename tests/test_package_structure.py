@@ -135,3 +135,87 @@ def test_the_model_side_imports_nothing_of_the_training_side():
             if wrong:
                 outside[name] = wrong
     assert not outside, f"model-side modules import training-side modules: {outside}"
+
+
+# ---------------------------------------------------------------------------------------------------- hf_internals
+
+KNOWN_PRIVATE_ATTRIBUTES = {"_is_hf_initialized", "model_wrapped"}
+"""Private transformers attributes that no class lists (set on instances, or internal despite their public name)."""
+KNOWN_PRIVATE_NAMES = {"SubConfigSpec", "default_logdir"}
+"""Names imported from transformers' internal modules that are not part of its public API."""
+DOCUMENTED_HOOKS = {"_init_weights"}
+"""Private-looking methods transformers documents for custom models to override."""
+
+
+def private_transformers_names() -> set[str]:
+    """Private attributes and methods of the transformers / accelerate classes trgl_hf builds on (set in their
+    `__init__` or defined on them), except torch's and Python's own."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import PreTrainedConfig, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import TrainerControl, TrainerState
+
+    names = set(KNOWN_PRIVATE_ATTRIBUTES)
+    for cls in (Trainer, PreTrainedModel, PreTrainedConfig, TrainingArguments, TrainerCallback, TrainerState,
+                TrainerControl, Accelerator):  # fmt: skip
+        names |= {name for name in dir(cls) if name.startswith("_") and not name.startswith("__")}
+        code = getattr(cls.__init__, "__code__", None)
+        names |= {
+            name for name in (code.co_names if code else ()) if name.startswith("_") and not name.startswith("__")
+        }
+    return names - set(dir(torch.nn.Module)) - set(dir(object)) - DOCUMENTED_HOOKS
+
+
+def declared_overrides() -> set[str]:
+    """The private methods `hf_internals` declares (and checks) as overridden."""
+    from trgl_hf.modeling import hf_internals as model_internals
+    from trgl_hf.training import hf_internals as training_internals
+
+    return {*model_internals.OVERRIDDEN_MODEL_METHODS, *training_internals.OVERRIDDEN_TRAINER_METHODS}
+
+
+def private_uses(tree: ast.AST, private: set[str], overrides: set[str]) -> list[tuple[int, str]]:
+    """`(line, what)` of every private transformers API used in `tree`: a private attribute read or written, a private
+    method defined (unless a declared override; its `super().<name>` call is then allowed), a private name imported."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in private - overrides:
+            found.append((node.lineno, f"defines {node.name}"))
+        elif isinstance(node, ast.Attribute) and node.attr in private:
+            is_super = isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "super"
+            if not (is_super and node.attr in overrides):
+                found.append((node.lineno, f".{node.attr}"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("transformers", "accelerate"):
+            found += [(node.lineno, f"imports {alias.name}") for alias in node.names
+                      if alias.name.startswith("_") or alias.name in KNOWN_PRIVATE_NAMES]  # fmt: skip
+    return found
+
+
+def test_the_private_api_walker_finds_each_kind_of_use():
+    source = (
+        "from transformers.configuration_utils import SubConfigSpec\n"
+        "class M:\n"
+        "    def _save_checkpoint(self):\n"
+        "        super()._save_checkpoint()\n"
+        "        self._get_collator_with_removed_columns()\n"
+        "    def _remove_unused_columns(self):\n"
+        "        module._is_hf_initialized = True\n"
+    )
+    uses = private_uses(ast.parse(source), private_transformers_names(), {"_save_checkpoint"})
+    assert {what for _, what in uses} == {"imports SubConfigSpec", "._get_collator_with_removed_columns",
+                                          "defines _remove_unused_columns", "._is_hf_initialized"}  # fmt: skip
+
+
+def test_private_transformers_apis_are_used_only_in_hf_internals():
+    private, overrides = private_transformers_names(), declared_overrides()
+    assert overrides <= private  # a declared override that is no private API any more is stale
+    uses = {}
+    for name, (path, _) in package_modules().items():
+        if name.rsplit(".", 1)[-1] != "hf_internals":
+            found = private_uses(ast.parse(path.read_text(encoding="utf-8")), private, overrides)
+            if found:
+                uses[name] = found
+    assert not uses, (
+        "private transformers / accelerate APIs used outside hf_internals (wrap them there, or declare an override "
+        f"in its OVERRIDDEN_* lists): {uses}"
+    )

@@ -7,8 +7,8 @@ import math
 from typing import Any, Literal
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
+from .hf_internals import SubConfigSpec
 from .transport import DEFAULT_TAU, TransportSchedule
 
 SPLIT_POLICIES = ("equal", "balanced")

@@ -23,6 +23,7 @@ from .architectures.base import BlockState, task_model_from_config
 from .architectures.registry import CAUSAL_LM
 from .architectures.tied_head import TiedLMHead
 from .configuration_trgl import TRGLConfig
+from .hf_internals import auto_class_cleared, mark_initialized
 from .losses import chunked_causal_lm_loss, lm_loss_chunk_tokens, trgl_loss
 from .peft_support import frozen_parameter_ids, inject_lora, is_peft_model, unwrap_peft_model
 from .pretrained_defaults import is_pretrained_base, resolve_aux_head, resolve_tau, resolve_tau_scale
@@ -127,7 +128,7 @@ class TRGLModel(PreTrainedModel):
         if backbone is not None:  # the user's model: post_init must not initialise any of it again (e.g. LoRA layers
             given = [backbone, *([head_template] if head_template is not None else []), *(heads or [])]
             for module in (m for owner in given for m in owner.modules()):
-                module._is_hf_initialized = True  # injected after the base's own initialisation)
+                mark_initialized(module)  # injected after the base's own initialisation)
         if backbone is None:
             task_model = task_model_from_config(base_config)
             if config.peft_config:  # a LoRA base: the same adapters, before the saved weights are loaded
@@ -312,20 +313,17 @@ class TRGLModel(PreTrainedModel):
         write_remote_code(save_directory)
         config = self.config
         had_auto_map, previous_auto_map = "auto_map" in config.__dict__, getattr(config, "auto_map", None)
-        had_auto_class = "_auto_class" in config.__dict__
         config.auto_map = {**(previous_auto_map or {}), **remote_auto_map()}
-        # A config class loaded through remote code is registered for `AutoConfig`; transformers would then copy
-        # `configuration_trgl.py` alone into the folder and point `auto_map` at it.
-        config._auto_class = None
         try:
-            return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+            # A config class loaded through remote code is registered for `AutoConfig`; transformers would then copy
+            # `configuration_trgl.py` alone into the folder and point `auto_map` at it.
+            with auto_class_cleared(config):
+                return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
         finally:
             if had_auto_map:
                 config.auto_map = previous_auto_map
             else:
                 del config.auto_map
-            if not had_auto_class:
-                del config._auto_class
 
     @classmethod
     def register_for_auto_class(cls, auto_class: Any = "AutoModel") -> None:

@@ -1,4 +1,5 @@
-"""Every private transformers / accelerate API trgl_hf relies on, in one place.
+"""Every private transformers / accelerate API the training side relies on, in one place (the model side's are in
+`trgl_hf.modeling.hf_internals`, checked here too).
 
 `TRGLTrainer` runs one `Trainer.train()` per phase and trains modules with their own backward, so it needs a few
 things the public API does not offer. They were checked against the versions in `CHECKED_VERSIONS` (pinned in
@@ -9,8 +10,12 @@ loudly, with the name of what is missing, instead of silently skipping an overri
   optimizer, scheduler and distributed wrapper (otherwise the second phase keeps the first one's optimizer).
 - `Trainer._remove_unused_columns`, `Trainer._get_collator_with_removed_columns`, `Trainer._prepare_inputs`: the
   prefix cache feeds the model exactly what a training batch would hold.
-- `Trainer._clip_grad_norm` (overridden: each module is clipped on its own) and `Trainer._push_from_checkpoint`
-  (overridden: intermediate checkpoints are not pushed, finished stages are).
+- `Trainer._clip_grad_norm` (overridden: each module is clipped on its own), `Trainer._push_from_checkpoint`
+  (overridden: intermediate checkpoints are not pushed, finished stages are) and `Trainer._save_checkpoint`
+  (overridden: never a checkpoint of weights a non-finite loss has reached; the run's progress is recorded).
+- `Trainer.model_wrapped`: reset to the model before each phase, so no previous phase's wrapper is reused.
+- `transformers.integrations.integration_utils.default_logdir`: the TensorBoard folder name, pinned under the run's
+  folder for the whole run.
 - `Trainer.is_distributed_loading_by_transformers`: set when the trainer shards the model with FSDP2 itself
   (`trgl_hf.distributed.fsdp`), so that `_prepare_for_training` neither wraps the sharded model (DDP, FSDP) nor shards
   it again.
@@ -25,10 +30,13 @@ import accelerate
 import transformers
 from accelerate import Accelerator
 from transformers import Trainer
+from transformers.integrations.integration_utils import default_logdir
+
+from ..modeling.hf_internals import missing_private_api as missing_model_api
 
 CHECKED_VERSIONS = {"transformers": "5.24.0", "accelerate": "1.15.0"}
 TRAINER_METHODS = ("_remove_unused_columns", "_get_collator_with_removed_columns", "_prepare_inputs")
-OVERRIDDEN_TRAINER_METHODS = ("_clip_grad_norm", "_push_from_checkpoint")
+OVERRIDDEN_TRAINER_METHODS = ("_clip_grad_norm", "_push_from_checkpoint", "_save_checkpoint")
 ACCELERATOR_LISTS = ("_optimizers", "_schedulers", "_models")
 TRAINER_FLAGS = ("is_distributed_loading_by_transformers",)  # read by `Trainer._prepare_for_training`
 
@@ -41,6 +49,7 @@ def check_private_api() -> None:
     missing += [f"accelerate.Accelerator.{name}" for name in ACCELERATOR_LISTS if name not in assigned]
     read = Trainer._prepare_for_training.__code__.co_names if hasattr(Trainer, "_prepare_for_training") else ()
     missing += [f"transformers.Trainer.{name}" for name in TRAINER_FLAGS if name not in read]
+    missing += missing_model_api()
     if missing:
         raise ImportError(
             f"trgl_hf needs {', '.join(missing)}, which transformers {transformers.__version__} / accelerate "
@@ -56,6 +65,17 @@ def reset_accelerator(accelerator: Accelerator) -> None:
     """Forget the optimizers, schedulers and models prepared for the previous phase."""
     for name in ACCELERATOR_LISTS:
         getattr(accelerator, name).clear()
+
+
+def set_wrapped_model(trainer: Trainer, model: Any) -> None:
+    """Make `model` the trainer's `model_wrapped` (what `Trainer.train()` wraps and saves), forgetting a previous
+    phase's wrapper."""
+    trainer.model_wrapped = model
+
+
+def default_logging_dir() -> str:
+    """The folder name the Trainer's loggers (TensorBoard) write under by default: `runs/<date>_<host>`."""
+    return default_logdir()
 
 
 def remove_unused_columns(trainer: Trainer, dataset: Any, description: str) -> Any:
@@ -77,7 +97,9 @@ __all__ = [
     "CHECKED_VERSIONS",
     "check_private_api",
     "collator_without_unused_columns",
+    "default_logging_dir",
     "prepare_inputs",
     "remove_unused_columns",
     "reset_accelerator",
+    "set_wrapped_model",
 ]

@@ -24,7 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from transformers import EvalPrediction, Trainer
 from transformers.integrations import TensorBoardCallback
-from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_callback import DefaultFlowCallback, ProgressCallback, TrainerState
 from transformers.trainer_utils import PredictionOutput, TrainOutput
 
@@ -60,7 +59,14 @@ from .guards import (
     run_fingerprint,
     run_identity,
 )
-from .hf_internals import collator_without_unused_columns, prepare_inputs, remove_unused_columns, reset_accelerator
+from .hf_internals import (
+    collator_without_unused_columns,
+    default_logging_dir,
+    prepare_inputs,
+    remove_unused_columns,
+    reset_accelerator,
+    set_wrapped_model,
+)
 from .input_checks import (
     check_batch_fits,
     check_model_inputs,
@@ -469,7 +475,7 @@ class TRGLTrainer(Trainer):
         folders are removed as phases finish), one folder for the whole run."""
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
-                callback.logging_dir = str(root / default_logdir())
+                callback.logging_dir = str(root / default_logging_dir())
 
     def _end_run(self, root: Path, totals: dict[str, float], started: float, output: Any) -> TrainOutput:
         """One run for everything around the loop: the Trainer state holds the run's global step and every phase's
@@ -662,7 +668,7 @@ class TRGLTrainer(Trainer):
         if self._fsdp is not None:  # sharded the first time; before every optimizer, the trained parameters are set
             shard_modules(self.model, self._fsdp, self.args.device)
         self.optimizer, self.lr_scheduler = self._given_optimizers
-        self.model_wrapped = self.model
+        set_wrapped_model(self, self.model)
         reset_accelerator(self.accelerator)
         self._module_sums = {}
         self._first_nonfinite, self._nonfinite_values = {}, {}
