@@ -33,7 +33,7 @@ MIB = 2**20
 
 def offload_available() -> bool:
     """Whether this checkout's `trgl_offload` has `"cpu"` (read from its source; `"disk"` is refused on a GPU)."""
-    offload = REPO_ROOT / "trgl_hf" / "offload.py"
+    offload = REPO_ROOT / "trgl_hf" / "training" / "offload.py"
     return offload.exists() and '"cpu"' in offload.read_text().split("OFFLOAD_CHOICES", 1)[-1].split("\n", 1)[0]
 
 

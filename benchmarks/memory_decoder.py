@@ -114,7 +114,7 @@ CAP_ORDER = [
 
 def tied_available() -> bool:
     """Whether this checkout's `TRGLConfig` accepts `aux_head="tied"` (read from its source, no torch import)."""
-    source = (REPO_ROOT / "trgl_hf" / "configuration_trgl.py").read_text()
+    source = (REPO_ROOT / "trgl_hf" / "modeling" / "configuration_trgl.py").read_text()
     return '"tied"' in source.split("aux_head:", 1)[-1].split("\n", 1)[0]
 
 
