@@ -35,6 +35,7 @@ def load_digits_dataset(seed: int = 0, validation_fraction: float = 0.15, test_f
     ```
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
