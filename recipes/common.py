@@ -232,3 +232,52 @@ def write_results(trainer: Any, metrics: dict[str, dict[str, float]], metric: st
     for split, values in table.items():
         logger.info("%s %s per module: %s", split, metric, ", ".join(f"{v:.4f}" for v in values if v is not None))
     return path
+
+
+def training_step_bytes(model: Any, inputs: dict[str, Any], trainable: Any = None) -> int:
+    """Bytes of the tensors one SGD-with-momentum training step of `model` on `inputs` holds at its peak: the
+    parameters that train, their gradients and momentum (3 x their size), plus every activation autograd saves for the
+    backward (each storage once; parameters excluded). `trainable`: a TRGL model's 0-based module trained in this step
+    (its frozen prefix runs without a graph, as in sequential training); None trains the whole model end-to-end.
+
+    Measured on the model itself with one forward and backward; its weights, buffers (BatchNorm statistics),
+    gradients and the random stream are left as they were.
+    """
+    import torch
+
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.train()
+        if trainable is None:
+            loss = model(**inputs).loss
+            trained = [p for p in model.parameters() if p.requires_grad]
+        else:
+            with model.phase([trainable]):
+                loss = model(**inputs).loss
+                trained = [p for p in model.parameters() if p.requires_grad]
+        del loss  # the graph's saved activations are counted; no backward, so no gradient is written
+    model.train(was_training)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+    return 3 * sum(p.numel() * p.element_size() for p in trained) + sum(saved.values())
+
+
+def first_training_batch(trainer: Any) -> dict[str, Any]:
+    """The model inputs of the trainer's first training batch, drawn without moving the random stream the run uses."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        batch = next(iter(trainer.get_train_dataloader()))
+    return {name: value for name, value in batch.items() if name in ("pixel_values", "input_ids", "attention_mask",
+                                                                      "labels")}  # fmt: skip
