@@ -159,7 +159,7 @@ def renamed_note(renamed: dict[str, str]) -> str:
     return (
         "Run files renamed when the defaults changed to mean heads: "
         + pairs
-        + ": the `trgl_mean` runs gave `aux_head=\"mean\"` explicitly with the other defaults, i.e. today's defaults; "
+        + ': the `trgl_mean` runs gave `aux_head="mean"` explicitly with the other defaults, i.e. today\'s defaults; '
         "the earlier `trgl_defaults` / `trgl_lora` runs had native heads. "
     )
 
