@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models built from configs, real data from scikit-learn, quiet logging."""
+"""Shared fixtures of both tiers (tests/unit/, tests/integration/): tiny models built from configs, real data from
+scikit-learn, quiet logging."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Launched on 2 CPU processes by tests/test_distributed.py: a BatchNorm model trained sequentially, recording every
-rank's buffers when each phase's evaluation starts and when each phase begins (after its prefix cache is built)."""
+"""Launched on 2 CPU processes by tests/integration/distributed/test_distributed.py: a BatchNorm model trained
+sequentially, recording every rank's buffers when each phase's evaluation starts and when each phase begins (after its
+prefix cache is built)."""
 
 import sys
 from pathlib import Path

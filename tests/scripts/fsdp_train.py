@@ -1,4 +1,5 @@
-"""Launched by tests/test_fsdp.py: train a tiny model in each given mode and save it with `trainer.save_model`.
+"""Launched by tests/integration/distributed/test_fsdp.py: train a tiny model in each given mode and save it with
+`trainer.save_model`.
 
 `python fsdp_train.py OUT FAMILY MODE...`: on 2 processes with FSDP2 (`fsdp=True`, `fsdp_version: 2`, unless the
 launcher's accelerate FSDP config asks for it) at 8 rows per process. The test runs `train(..., world=1)` in its own

@@ -1,5 +1,5 @@
-"""Run by tests/test_grad_sync.py under `torch.distributed.run --nproc_per_node 2`: the bucketed, overlapped gradient
-averaging against a plain all-reduce of the same gradients."""
+"""Run by tests/integration/distributed/test_grad_sync.py under `torch.distributed.run --nproc_per_node 2`: the
+bucketed, overlapped gradient averaging against a plain all-reduce of the same gradients."""
 
 import json
 import sys

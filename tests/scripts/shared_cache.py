@@ -1,6 +1,6 @@
-"""Launched on 2 CPU processes by tests/test_distributed.py: sequential training with the prefix cache. When each
-cached phase begins, every rank records which rank wrote which shard and how many rows; rank 0 also records the whole
-shared cache and the cache one process computes alone from the data with the same weights."""
+"""Launched on 2 CPU processes by tests/integration/distributed/test_distributed.py: sequential training with the
+prefix cache. When each cached phase begins, every rank records which rank wrote which shard and how many rows; rank 0
+also records the whole shared cache and the cache one process computes alone from the data with the same weights."""
 
 import json
 import sys

@@ -1,5 +1,5 @@
-"""Launched on 2 CPU processes by tests/test_distributed.py: sequential training on a streaming dataset; every rank
-records a fingerprint (the pixel sum) of each row it trains on, per phase and step."""
+"""Launched on 2 CPU processes by tests/integration/distributed/test_distributed.py: sequential training on a streaming
+dataset; every rank records a fingerprint (the pixel sum) of each row it trains on, per phase and step."""
 
 import json
 import sys

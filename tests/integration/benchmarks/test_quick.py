@@ -1,0 +1,107 @@
+"""Every benchmark runs end to end in its `--quick` mode (tiny models and data, output to a temporary folder), so a
+benchmark that breaks fails CI. The subprocesses start together (two at a time) when the module's first test runs:
+importing torch and transformers dominates each run, and the machine has two cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+TIMEOUT_S = 240
+PARALLEL = 2
+
+# module, extra arguments, the files its --quick run must write
+BENCHMARKS = {
+    "memory_speed": ([], ["memory_speed.json", "memory_speed.md", "memory_speed.png"]),
+    "memory_transformers": ([], ["memory_transformers.json", "memory_transformers.md"]),
+    "gpu_resnet110": (["--device", "cpu"], ["gpu_resnet110.json", "gpu_resnet110.md"]),
+    "ddp_overlap": ([], ["ddp_overlap.json", "ddp_overlap.md"]),
+    "accuracy_cifar10": ([], ["accuracy_cifar10.json", "accuracy_cifar10.md", "accuracy_cifar10.png"]),
+    "lm_tiny_shakespeare": ([], ["tiny_shakespeare_gpt2.json", "tiny_shakespeare_gpt2.md"]),
+    "text_sst2_minilm": ([], ["sst2_minilm.json", "sst2_minilm.md", "sst2_minilm.png"]),
+    "prefix_cache_speed": ([], ["prefix_cache_speed.json", "prefix_cache_speed.md"]),
+    "prefix_cache_memory": ([], ["prefix_cache_memory.json", "prefix_cache_memory.md", "prefix_cache_memory.png"]),
+    "memory_decoder": ([], ["memory_decoder.json", "memory_decoder.md"]),
+    "gpu_memory_decoder": (["--device", "cpu"], ["gpu_memory_decoder.json", "gpu_memory_decoder.md"]),
+}
+SLOW = {"ddp_overlap", "prefix_cache_memory", "gpu_memory_decoder"}
+"""The longest quick runs (two processes; cache memory at several sizes; the GPU script's CPU path, which the decoder
+benchmark's quick run mostly covers) run with `-m slow`, keeping the default suite's time."""
+
+
+class QuickRuns:
+    """Starts the `--quick` runs, at most `PARALLEL` at a time, in the order the tests ask for them."""
+
+    def __init__(self, root: Path, names: list[str]):
+        self.root, self.pending, self.running, self.done = root, list(names), {}, {}
+
+    def _start_more(self) -> None:
+        while self.pending and len(self.running) < PARALLEL:
+            name = self.pending.pop(0)
+            extra, _ = BENCHMARKS[name]
+            out = self.root / name
+            command = [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out-dir", str(out), *extra]
+            log = open(self.root / f"{name}.log", "w")
+            env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.running[name] = (process, time.monotonic(), log)
+
+    def result(self, name: str) -> tuple[int | None, str, Path]:
+        while name not in self.done:
+            self._start_more()
+            for other, (process, started, log) in list(self.running.items()):
+                if process.poll() is None and time.monotonic() - started > TIMEOUT_S:
+                    process.kill()
+                    process.wait()
+                    self.done[other] = None
+                elif process.poll() is not None:
+                    self.done[other] = process.returncode
+                else:
+                    continue
+                log.close()
+                del self.running[other]
+            time.sleep(0.2)
+        text = (self.root / f"{name}.log").read_text()
+        return self.done[name], text, self.root / name
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory, request):
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_benchmark_runs_in_quick_mode"]  # fmt: skip
+    runs = QuickRuns(tmp_path_factory.mktemp("benchmarks_quick"), selected)
+    yield runs
+    for process, _, log in runs.running.values():
+        process.kill()
+        log.close()
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in BENCHMARKS]
+)
+def test_benchmark_runs_in_quick_mode(quick_runs, name):
+    returncode, log, out = quick_runs.result(name)
+    assert returncode is not None, f"{name} --quick ran past {TIMEOUT_S} s:\n{log[-3000:]}"
+    assert returncode == 0, f"{name} --quick failed:\n{log[-3000:]}"
+    for filename in BENCHMARKS[name][1]:
+        assert (out / filename).is_file(), f"{name} --quick did not write {filename}"
+    payload = json.loads((out / BENCHMARKS[name][1][0]).read_text())
+    assert "quick" in json.dumps(payload), f"{name}: the JSON does not say it was a --quick run"
+
+
+def test_every_benchmark_script_is_covered():
+    scripts = {p.stem for p in (REPO_ROOT / "benchmarks").glob("*.py") if p.stem != "__init__"}
+    assert scripts == set(BENCHMARKS), "add the new benchmark to BENCHMARKS (every script needs a --quick run)"
+
+
+def test_no_script_over_400_lines():
+    long = {str(p.relative_to(REPO_ROOT)): n for p in (REPO_ROOT / "benchmarks").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}  # fmt: skip
+    assert not long, f"split these files: {long}"
