@@ -7,8 +7,8 @@ registered and its configuration passes the entry's checks; any other model is r
 with a message that names it, says why, and lists what is supported.
 
 Registering a new architecture: add one entry to `_ENTRIES` (and, for a new block structure, an adapter file); the
-parametrised tests of `tests/adapters/test_registry.py` then check its transport term against hooks on the uncut
-model and its stages against the TRGL model's heads.
+parametrised tests of `tests/unit/modeling/architectures/test_registry.py` then check its transport term against hooks
+on the uncut model and its stages against the TRGL model's heads.
 """
 
 from __future__ import annotations
