@@ -75,13 +75,18 @@ def write_module_folder(
         if unchanged and source is not None and source.is_file() and _same_keys(source, tensors):
             link_file(source, folder / name)
         else:
-            save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()}, str(folder / name),
-                      metadata={"format": "pt"})  # fmt: skip
+            save_tensors(tensors, folder / name)
         weight_map.update(dict.fromkeys(tensors, name))
         total += sum(value.numel() * value.element_size() for value in tensors.values())
     model.config.save_pretrained(folder)
     index_payload = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / INDEX_FILE).write_text(json.dumps(index_payload, indent=2, sort_keys=True) + "\n")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write `tensors` (detached, contiguous, on CPU) to the safetensors file `path`."""
+    save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()}, str(path),
+              metadata={"format": "pt"})  # fmt: skip
 
 
 def _same_keys(path: Path, tensors: dict[str, torch.Tensor]) -> bool:

@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..export.module_files import FileMappings, lap_state_filename, module_filename, module_tensors, read_module_folder
+from ..export.module_files import (
+    FileMappings,
+    lap_state_filename,
+    module_filename,
+    module_tensors,
+    read_module_folder,
+    save_tensors,
+)
 
 OFFLOAD_CHOICES = ("auto", "disk", "none")
 OFFLOAD_DIR = ".trgl-offload"
@@ -45,6 +52,12 @@ def offload_decision(
     return False, obstacle
 
 
+def into_memory(tensors: Any) -> None:
+    """Give each tensor a private in-memory copy of its values (a mapped one leaves its file)."""
+    for tensor in tensors:
+        tensor.data = tensor.data.clone()
+
+
 class ModuleOffload:
     """`trgl_offload="disk"`: every module the current phase does not train lives in a module file, mapped; the
     trained ones are in memory.
@@ -69,8 +82,7 @@ class ModuleOffload:
         for index, tensors in module_tensors(model).items():
             held = {key for key, tensor in tensors.items() if mappings.holds(tensor)}
             if index in trained:
-                for key in held:
-                    tensors[key].data = tensors[key].data.clone()
+                into_memory(tensors[key] for key in held)
             elif index is not None and set(tensors) - held:  # e.g. a base built in memory, or new heads
                 self._write_and_map(index, {key: t for key, t in tensors.items() if key not in held and t.numel()})
 
@@ -78,8 +90,7 @@ class ModuleOffload:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / module_filename(index)
         staging = path.with_name(path.name + ".tmp")
-        save_file({key: value.detach().contiguous() for key, value in tensors.items()}, str(staging),
-                  metadata={"format": "pt"})  # fmt: skip
+        save_tensors(tensors, staging)
         os.replace(staging, path)
         loaded = load_file(str(path))
         for key, tensor in tensors.items():
@@ -91,8 +102,7 @@ class ModuleOffload:
         read_module_folder(model, progress)
         groups = module_tensors(model)
         for index in trained_next:
-            for tensor in groups[index].values():
-                tensor.data = tensor.data.clone()
+            into_memory(groups[index].values())
 
     @staticmethod
     def map_lap_states(progress: Path, lap_states: dict[int, Any]) -> dict[int, Any]:
