@@ -127,3 +127,15 @@ def memory_capped_group(limit: int):
 def memory_cap():
     """`memory_capped_group`: `with memory_cap(limit) as group:`."""
     return memory_capped_group
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n 2 --dist loadgroup` (CI): every integration file runs on one worker, so its module-scoped
+    fixtures are built once, and every test that launches processes shares one group, so two launches never race
+    for the same rendezvous port. Unit tests spread test by test."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if item.get_closest_marker("multiprocess"):
+            item.add_marker(pytest.mark.xdist_group("multiprocess"))
+        elif "integration" in path.parts:
+            item.add_marker(pytest.mark.xdist_group(path.stem))
