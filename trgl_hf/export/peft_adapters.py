@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modeling.architectures.transformer import TransformerAdapter
+from ..modeling.architectures.transformer import TransformerCutter
 from ..modeling.peft_support import LORA_MARKER, merged_state_dict
 
 ADAPTER_DIR = "adapter"
@@ -36,7 +36,7 @@ def exports_stage_adapters(model: Any) -> bool:
     """Whether the stages of `model` also export as PEFT adapters: a LoRA base cut by the transformer adapter with
     native heads (an adapter applies to the native truncated model, whose head must be the stage's)."""
     native = model.config.aux_head == "native"
-    return bool(model.config.peft_config) and isinstance(model.adapter, TransformerAdapter) and native
+    return bool(model.config.peft_config) and isinstance(model.adapter, TransformerCutter) and native
 
 
 def save_stage_adapter(model: Any, stage: int, directory: str | Path) -> dict[str, Any]:

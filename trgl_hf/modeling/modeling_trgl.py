@@ -215,7 +215,7 @@ class TRGLModel(PreTrainedModel):
         if config.family is not None and config.family != adapter_class.family:
             raise ValueError(
                 f"`family={config.family!r}` but {type(base_model).__name__} is cut by the "
-                f"{adapter_class.family!r} adapter: leave `family` unset."
+                f"{adapter_class.family!r} cutter: leave `family` unset."
             )
         task = task_of(base_model, spec.classes[type(base_model).__name__] == CAUSAL_LM)
         if config.label_smoothing and task.name not in ("single_label_classification", "causal_lm"):

@@ -51,7 +51,7 @@ def is_pretrained_base(config: Any) -> bool:
 
 def resolve_aux_head(config: Any, adapter: Any) -> str:
     """`aux_head` when left unset: `PRETRAINED_TEXT_CLASSIFIER_HEAD` ("mean") for a pretrained text sequence
-    classifier whose stages can export it exactly (see `TransformerAdapter.mean_head_problem`), else the family's
+    classifier whose stages can export it exactly (see `TransformerCutter.mean_head_problem`), else the family's
     default head."""
     if config.aux_head is not None:
         return config.aux_head

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import BlockProbe, ModelAdapter
+from .base import BlockProbe, ModelCutter
 from .registry import REGISTRY, ArchitectureSpec, architecture_named, architecture_of, supported_architectures
 
 
 def supported_families() -> list[str]:
-    """Names of the adapter families (block structures) the library can cut: `resnet`, `transformer`, ..."""
+    """Names of the cutter families (block structures) the library can cut: `resnet`, `transformer`, ..."""
     return sorted({spec.adapter.family for spec in REGISTRY.values()})
 
 
@@ -15,7 +15,7 @@ __all__ = [
     "REGISTRY",
     "ArchitectureSpec",
     "BlockProbe",
-    "ModelAdapter",
+    "ModelCutter",
     "architecture_named",
     "architecture_of",
     "supported_architectures",

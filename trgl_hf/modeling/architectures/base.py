@@ -223,10 +223,10 @@ class BlockProbe:
     activation_bytes: int
 
 
-class ModelAdapter(ABC):
+class ModelCutter(ABC):
     """Cuts one family of models into a stem, an ordered list of residual blocks and a head.
 
-    An adapter wraps the *backbone* of a task model (e.g. `ResNetModel` inside `ResNetForImageClassification`)
+    A cutter wraps the *backbone* of a task model (e.g. `ResNetModel` inside `ResNetForImageClassification`)
     and exposes the operations module-wise training needs: run the stem, run one block while measuring the kinetic
     energy of its residual branches, and export a prefix of the blocks with a head as a standalone model.
     """
@@ -350,7 +350,7 @@ class ModelAdapter(ABC):
         """A standalone model made of the stem, the first `num_blocks` blocks and `head`, with identical outputs.
 
         Args:
-            share_weights (`bool`): the stage holds the trained tensors themselves (see [`~ModelAdapter.build_stage`])
+            share_weights (`bool`): the stage holds the trained tensors themselves (see [`~ModelCutter.build_stage`])
                 instead of a copy.
         """
 

@@ -1,12 +1,12 @@
 """The architectures trgl_hf trains exactly, and the answer for every other model.
 
-Each supported architecture is one [`ArchitectureSpec`], keyed by its `model_type`: which adapter cuts it, where its
+Each supported architecture is one [`ArchitectureSpec`], keyed by its `model_type`: which cutter cuts it, where its
 blocks are, how each block adds its branches to the residual stream (what the transport term penalises), what runs
 after the last block, and which task classes are supported. A model is cut only when its `model_type` and class are
 registered and its configuration passes the entry's checks; any other model is refused before anything is trained,
 with a message that names it, says why, and lists what is supported.
 
-Registering a new architecture: add one entry to `_ENTRIES` (and, for a new block structure, an adapter file); the
+Registering a new architecture: add one entry to `_ENTRIES` (and, for a new block structure, a cutter file); the
 parametrised tests of `tests/unit/modeling/architectures/test_registry.py` then check its transport term against hooks
 on the uncut model and its stages against the TRGL model's heads.
 """
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ModelAdapter
-from .resnet import ResNetAdapter
-from .staged import ConvNextAdapter, SwinAdapter, convnext_tail, swin_tail
-from .transformer import PostNorm, StreamPoints, TransformerAdapter
+from .base import ModelCutter
+from .resnet import ResNetCutter
+from .staged import ConvNextCutter, SwinCutter, convnext_tail, swin_tail
+from .transformer import PostNorm, StreamPoints, TransformerCutter
 
 Layout = StreamPoints | PostNorm
 TailFunction = Callable[[nn.Module, torch.Tensor], dict[str, Any]]
@@ -93,7 +93,7 @@ class ArchitectureSpec:
     Args:
         name (`str`): display name, e.g. `"GPT-2"`.
         model_types (`tuple[str, ...]`): the `config.model_type` values of this entry.
-        adapter (`type[ModelAdapter]`): the adapter class that cuts it.
+        adapter (`type[ModelCutter]`): the cutter class that cuts it.
         classes (`dict[str, str]`): supported task classes and what their head predicts (`"classification"` or
             `"causal_lm"`).
         blocks (`str`): dotted path of the `nn.ModuleList` of residual blocks inside the backbone.
@@ -109,7 +109,7 @@ class ArchitectureSpec:
 
     name: str
     model_types: tuple[str, ...]
-    adapter: type[ModelAdapter]
+    adapter: type[ModelCutter]
     classes: dict[str, str]
     blocks: str = ""
     layout: Layout | Callable[[Any], Layout] = field(default_factory=StreamPoints)
@@ -133,7 +133,7 @@ def _lm_and_classifier(prefix: str, lm_name: str | None = None) -> dict[str, str
 
 
 _BERT_LIKE = dict(
-    adapter=TransformerAdapter,
+    adapter=TransformerCutter,
     blocks="encoder.layer",
     layout=PostNorm(("attention.output.LayerNorm", "output.LayerNorm")),
     tail_names=("pooler",),
@@ -141,7 +141,7 @@ _BERT_LIKE = dict(
     penalised="attention and feed-forward branches before their post-LayerNorm",
 )
 _DECODER = dict(
-    adapter=TransformerAdapter,
+    adapter=TransformerCutter,
     blocks="layers",
     layout=StreamPoints(("post_attention_layernorm",)),
     tail_names=("norm",),
@@ -149,7 +149,7 @@ _DECODER = dict(
     penalised="attention and MLP branches (the stream's change across each sub-layer)",
 )
 _VIT_LIKE = dict(
-    adapter=TransformerAdapter,
+    adapter=TransformerCutter,
     blocks="layers",
     layout=StreamPoints(("layernorm_after",)),
     tail_names=("layernorm", "pooler"),
@@ -167,38 +167,38 @@ _ENTRIES = (
     ArchitectureSpec("ELECTRA", ("electra",), classes={"ElectraForSequenceClassification": CLASSIFICATION},
                      **_BERT_LIKE),
     ArchitectureSpec(
-        "DistilBERT", ("distilbert",), TransformerAdapter, {"DistilBertForSequenceClassification": CLASSIFICATION},
+        "DistilBERT", ("distilbert",), TransformerCutter, {"DistilBertForSequenceClassification": CLASSIFICATION},
         blocks="transformer.layer", layout=PostNorm(("sa_layer_norm", "output_layer_norm")),
         penalised="attention and feed-forward branches before their post-LayerNorm",
     ),
     ArchitectureSpec(
-        "DeBERTa-v2", ("deberta-v2",), TransformerAdapter, {"DebertaV2ForSequenceClassification": CLASSIFICATION},
+        "DeBERTa-v2", ("deberta-v2",), TransformerCutter, {"DebertaV2ForSequenceClassification": CLASSIFICATION},
         blocks="encoder.layer", layout=PostNorm(("attention.output.LayerNorm", "output.LayerNorm")),
         check=_refuse_deberta,
         penalised="attention and feed-forward branches before their post-LayerNorm (the relative position "
         "embeddings, shared by every layer, are trained with module 1)",
     ),
     ArchitectureSpec(
-        "ModernBERT", ("modernbert",), TransformerAdapter, {"ModernBertForSequenceClassification": CLASSIFICATION},
+        "ModernBERT", ("modernbert",), TransformerCutter, {"ModernBertForSequenceClassification": CLASSIFICATION},
         blocks="layers", layout=StreamPoints(("mlp_norm",)), tail_names=("final_norm",),
         tail=norm_then_pooler("final_norm"),
         penalised="attention and MLP branches (the stream's change across each sub-layer)",
     ),
     ArchitectureSpec(
-        "GPT-2", ("gpt2",), TransformerAdapter,
+        "GPT-2", ("gpt2",), TransformerCutter,
         {"GPT2LMHeadModel": CAUSAL_LM, "GPT2ForSequenceClassification": CLASSIFICATION},
         blocks="h", layout=StreamPoints(("ln_2",)), tail_names=("ln_f",), tail=norm_then_pooler("ln_f"),
         check=_refuse_cross_attention,
         penalised="attention and MLP branches (the stream's change across each sub-layer)",
     ),
     ArchitectureSpec(
-        "GPT-NeoX", ("gpt_neox",), TransformerAdapter, _lm_and_classifier("GPTNeoX"),
+        "GPT-NeoX", ("gpt_neox",), TransformerCutter, _lm_and_classifier("GPTNeoX"),
         blocks="layers", layout=_neox_layout, tail_names=("final_layer_norm",),
         tail=norm_then_pooler("final_layer_norm"),
         penalised="with `use_parallel_residual` the block's single update attention + MLP; otherwise each branch",
     ),
     ArchitectureSpec(
-        "OPT", ("opt",), TransformerAdapter, _lm_and_classifier("OPT"),
+        "OPT", ("opt",), TransformerCutter, _lm_and_classifier("OPT"),
         blocks="decoder.layers", layout=_opt_layout,
         tail_names=("decoder.final_layer_norm", "decoder.project_out"),
         tail=norm_then_pooler("decoder.final_layer_norm", "decoder.project_out"),
@@ -223,38 +223,38 @@ _ENTRIES = (
     ArchitectureSpec("ViT", ("vit",), classes={"ViTForImageClassification": CLASSIFICATION}, **_VIT_LIKE),
     ArchitectureSpec("DeiT", ("deit",), classes={"DeiTForImageClassification": CLASSIFICATION}, **_VIT_LIKE),
     ArchitectureSpec(
-        "DINOv2", ("dinov2",), TransformerAdapter, {"Dinov2ForImageClassification": CLASSIFICATION},
+        "DINOv2", ("dinov2",), TransformerCutter, {"Dinov2ForImageClassification": CLASSIFICATION},
         blocks="encoder.layer", layout=StreamPoints(("norm2",)), tail_names=("layernorm",),
         tail=norm_then_first_token("layernorm"),
         penalised="attention and MLP branches after layer scale (the stream's change across each sub-layer)",
     ),
     ArchitectureSpec(
-        "Swin", ("swin",), SwinAdapter, {"SwinForImageClassification": CLASSIFICATION},
+        "Swin", ("swin",), SwinCutter, {"SwinForImageClassification": CLASSIFICATION},
         layout=StreamPoints(("layernorm_after",)), tail_names=("layernorm", "pooler"), tail=swin_tail,
         penalised="attention and MLP branches; patch merging is not penalised",
     ),
     ArchitectureSpec(
-        "Swinv2", ("swinv2",), SwinAdapter, {"Swinv2ForImageClassification": CLASSIFICATION},
+        "Swinv2", ("swinv2",), SwinCutter, {"Swinv2ForImageClassification": CLASSIFICATION},
         layout=StreamPoints(("intermediate",)), tail_names=("layernorm", "pooler"), tail=swin_tail,
         penalised="attention and MLP branches after their post-norms; patch merging is not penalised",
     ),
     ArchitectureSpec(
-        "ConvNeXt", ("convnext",), ConvNextAdapter, {"ConvNextForImageClassification": CLASSIFICATION},
+        "ConvNeXt", ("convnext",), ConvNextCutter, {"ConvNextForImageClassification": CLASSIFICATION},
         tail_names=("layernorm",), tail=convnext_tail,
         penalised="each block's branch after layer scale; stem and downsampling layers are not penalised",
     ),
     ArchitectureSpec(
-        "ConvNeXt V2", ("convnextv2",), ConvNextAdapter, {"ConvNextV2ForImageClassification": CLASSIFICATION},
+        "ConvNeXt V2", ("convnextv2",), ConvNextCutter, {"ConvNextV2ForImageClassification": CLASSIFICATION},
         tail_names=("layernorm",), tail=convnext_tail,
         penalised="each block's branch; stem and downsampling layers are not penalised",
     ),
     ArchitectureSpec(
-        "ResNet", ("resnet",), ResNetAdapter, {"ResNetForImageClassification": CLASSIFICATION},
+        "ResNet", ("resnet",), ResNetCutter, {"ResNetForImageClassification": CLASSIFICATION},
         penalised="each block's convolutional branch, downsampling blocks included (fused with the branch's last "
         "BatchNorm: recomputed in backward, nothing kept); the stem is not",
     ),
     ArchitectureSpec(
-        "CIFAR ResNet", ("cifar_resnet",), ResNetAdapter, {"CifarResNetForImageClassification": CLASSIFICATION},
+        "CIFAR ResNet", ("cifar_resnet",), ResNetCutter, {"CifarResNetForImageClassification": CLASSIFICATION},
         penalised="each block's convolutional branch, downsampling blocks included; the stem is not",
     ),
 )  # fmt: skip

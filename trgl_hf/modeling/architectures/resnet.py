@@ -21,7 +21,7 @@ from ...models.aux_heads import PoolLinearHead, build_conv_feature_head
 from ...models.configuration_trgl_stage import TRGLStageConfig
 from ...models.modeling_trgl_stage import TRGLStageForImageClassification
 from ..losses import BatchNormBranchEnergy
-from .base import BlockProbe, BlockState, ModelAdapter, StageWeights, truncate_depths
+from .base import BlockProbe, BlockState, ModelCutter, StageWeights, truncate_depths
 
 
 def _is_residual_block(module: nn.Module) -> bool:
@@ -30,8 +30,8 @@ def _is_residual_block(module: nn.Module) -> bool:
     )
 
 
-class ResNetAdapter(ModelAdapter):
-    """Adapter for backbones with an `embedder` stem and blocks exposing `layer` (residual branch) and `shortcut`."""
+class ResNetCutter(ModelCutter):
+    """Cutter for backbones with an `embedder` stem and blocks exposing `layer` (residual branch) and `shortcut`."""
 
     family = "resnet"
     head_kinds = ("conv", "linear")

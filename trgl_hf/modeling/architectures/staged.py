@@ -20,7 +20,7 @@ from torch import nn
 
 from .base import BlockProbe, BlockState, default_dtype, task_model_from_config, truncate_depths
 from .native_head import NativeHead
-from .transformer import TransformerAdapter
+from .transformer import TransformerCutter
 
 
 def swin_tail(modules: nn.Module, hidden: torch.Tensor) -> dict[str, Any]:
@@ -36,8 +36,8 @@ def convnext_tail(modules: nn.Module, hidden: torch.Tensor) -> dict[str, Any]:
     return {"last_hidden_state": hidden, "pooler_output": modules.layernorm(hidden.mean([-2, -1]))}
 
 
-class StagedAdapter(TransformerAdapter):
-    """Common part of the hierarchical adapters: blocks in stages, a transition layer between stages."""
+class StagedCutter(TransformerCutter):
+    """Common part of the hierarchical cutters: blocks in stages, a transition layer between stages."""
 
     stage_list: str
     block_list: str
@@ -99,7 +99,7 @@ class StagedAdapter(TransformerAdapter):
         return head
 
 
-class SwinAdapter(StagedAdapter):
+class SwinCutter(StagedCutter):
     """Swin and Swinv2: `encoder.layers[s].blocks[j]`, patch merging (`downsample`) after each stage."""
 
     family = "swin"
@@ -115,7 +115,7 @@ class SwinAdapter(StagedAdapter):
         return self.transition(index)(hidden, args[0])
 
 
-class ConvNextAdapter(StagedAdapter):
+class ConvNextCutter(StagedCutter):
     """ConvNeXt and ConvNeXt V2: `encoder.stages[s].layers[j]`, a `downsampling_layer` opening each stage."""
 
     family = "convnext"
@@ -135,4 +135,4 @@ class ConvNextAdapter(StagedAdapter):
         return hidden
 
 
-__all__ = ["ConvNextAdapter", "StagedAdapter", "SwinAdapter", "convnext_tail", "swin_tail"]
+__all__ = ["ConvNextCutter", "StagedCutter", "SwinCutter", "convnext_tail", "swin_tail"]

@@ -37,7 +37,7 @@ from ..peft_support import merged_state_dict
 from .base import (
     BlockProbe,
     BlockState,
-    ModelAdapter,
+    ModelCutter,
     StageWeights,
     reset_backbone_outputs,
     task_model_from_config,
@@ -130,8 +130,8 @@ class _Recorder(nn.Module):
             return getattr(self.__dict__["_block"][0], name)
 
 
-class TransformerAdapter(ModelAdapter):
-    """Adapter for models whose residual blocks are one `nn.ModuleList` (see the module docstring)."""
+class TransformerCutter(ModelCutter):
+    """Cutter for models whose residual blocks are one `nn.ModuleList` (see the module docstring)."""
 
     family = "transformer"
     head_kinds = ("native", "mean", "tied")
@@ -415,4 +415,4 @@ class TransformerAdapter(ModelAdapter):
         return self.build_stage(lambda: TRGLStageForSequenceClassification(stage_config), weights, share_weights)
 
 
-__all__ = ["PostNorm", "StreamPoints", "TransformerAdapter"]
+__all__ = ["PostNorm", "StreamPoints", "TransformerCutter"]
