@@ -11,6 +11,7 @@ from benchmarks.common.sst2_arms import ARMS, SWEEP
 
 from .sst2_minilm_stats import TIE_POINTS, assemble, sweep_rows, sweep_winner  # noqa: F401  (assemble: re-export)
 
+NAME = "sst2_minilm"
 MODULE_WISE = [a for a, s in ARMS.items() if s["kind"] == "trgl"]
 COLORS = {
     "vangl": "tab:gray",
@@ -37,14 +38,7 @@ def sweep_section(runs: dict[str, dict[str, Any]]) -> str:
     """The sweep's table (K = 3, seed 0) and its winner, from the run files."""
     rows = sweep_rows(runs)
     winner = sweep_winner(rows)
-    lines = [
-        '## Sweep for the pretrained-base defaults (K = 3, seed 0, sequential TRGL, `tau_schedule="halves"`)',
-        "",
-        "Chosen on validation only: highest last-module validation accuracy, candidates within "
-        f"{TIE_POINTS} points of it broken by the mean validation accuracy over modules. `trgl_head_lr_multiplier`, "
-        '`trgl_head_warmup_steps` and `tau_scale="relative"` are this library\'s extensions (not in the paper).',
-        "",
-    ]
+    lines = [report.text(NAME, "sweep_intro", tie_points=TIE_POINTS), ""]
     table = []
     for r in rows:
         s = r["settings"]
@@ -59,9 +53,9 @@ def sweep_section(runs: dict[str, dict[str, Any]]) -> str:
         ["candidate", "head lr x", "head warm-up steps", "tau_scale", "tau", "validation acc. per module (%)",
          "mean val. (%)", "last val. (%)", "test acc. per module (%)", "train s"], table))  # fmt: skip
     missing = [n for n in SWEEP if n not in {r["name"] for r in rows}]
-    lines += ["", f"Winner: **{winner}**." if winner else "No sweep run yet."]
+    lines += ["", report.text(NAME, "sweep_winner", winner=winner) if winner else report.text(NAME, "sweep_none")]
     if missing:
-        lines.append(f"Not run: {', '.join(missing)}.")
+        lines.append(report.text(NAME, "sweep_missing", missing=", ".join(missing)))
     return "\n".join(lines)
 
 
@@ -78,15 +72,10 @@ def head_choice_section(result: dict[str, Any]) -> str:
             table.append([k, head, " / ".join(pct(v) for v in val), pct(sum(val) / len(val)), pct(val[-1])])
     if not table:
         return ""
-    return "\n".join([
-        "## Head choice for the pretrained-base defaults (seed 0, the sweep's winner S6, validation only)",
-        "",
-        "After the sweep, the native heads of modules 1-2 (K = 3) and 1-3 (K = 6) still sat at chance. A mean-pooling "
-        'head (`aux_head="mean"`, this library\'s extension) was run with the same settings; it wins on validation at '
-        "both K and became the default for pretrained text classifiers.",
-        "",
-        report.table(["K", "heads", "validation acc. per module (%)", "mean val. (%)", "last val. (%)"], table),
-    ])  # fmt: skip
+    table_text = report.table(
+        ["K", "heads", "validation acc. per module (%)", "mean val. (%)", "last val. (%)"], table
+    )
+    return report.text(NAME, "head_choice", table=table_text)
 
 
 def plot(result: dict[str, Any], out_dir: Path) -> str | None:
