@@ -10,7 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reports.memory_decoder_targets import NOT_MEASURED, READING, label, targets
+from benchmarks.common.report import text
+from benchmarks.reports.memory_decoder_targets import NAME, label, targets
 
 MIB = 2**20
 BYTES_TRAINED = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
@@ -158,37 +159,28 @@ def ratio(value: float | None) -> str:
 
 def render(result: dict[str, Any], table, caps, goals) -> str:
     """The Markdown report."""
-    s, base = result["settings"], result["baseline"]
+    s, base, machine = result["settings"], result["baseline"], result["machine"]
+    models = "; ".join(text(NAME, "model", name=k, **m) for k, m in s["models"].items())
     lines = [
-        "# Decoder training memory (issue 26, item 7)" + (" — quick mode" if result["quick"] else ""),
+        text(NAME, "title", quick=text(NAME, "quick") if result["quick"] else ""),
         "",
-        f"Command: `{result['command']}` ({result['runtime_s']:.0f} s). Machine: {result['machine']['cpu']}, "
-        f"{result['machine']['cpu_count']} cores, {result['machine']['mem_total_mib']} MiB; torch "
-        f"{result['machine']['torch']}, transformers {result['machine']['transformers']}, commit "
-        f"{result['machine']['git_commit'][:10]} (uncommitted trgl_hf files: "
-        f"{len(result['machine']['git_uncommitted_trgl_hf'])}).",
+        text(
+            NAME,
+            "command",
+            command=result["command"],
+            runtime_s=result["runtime_s"],
+            cpu=machine["cpu"],
+            cpu_count=machine["cpu_count"],
+            mem_total_mib=machine["mem_total_mib"],
+            torch=machine["torch"],
+            transformers=machine["transformers"],
+            commit=machine["git_commit"][:10],
+            uncommitted=len(machine["git_uncommitted_trgl_hf"]),
+        ),
         "",
-        "Every run is a fresh process: a `LlamaForCausalLM` built from a `LlamaConfig` (random weights, untied LM "
-        f"head, heads of 64 dims), {s['steps_per_phase']} optimizer step(s) per phase, fp32 AdamW (`adamw_torch`), "
-        f'{s["data"]}, one torch thread, `use_cpu=True`, `save_strategy="no"`, `trgl_save_stages="none"`, '
-        '`report_to="none"`; `gc` arms pass `gradient_checkpointing=True`; resident TRGL arms pass '
-        '`trgl_offload="none"`, `_disk` arms load a saved checkpoint and pass `trgl_offload="disk"` (see Reading), '
-        "`_last` arms write the last stage. Peak = `VmHWM` of the whole process; "
-        "phase peaks reset `VmHWM` (`/proc/self/clear_refs` = 5) at `on_phase_begin` and read it at `on_phase_end` "
-        "(after the phase's progress weights are saved). Models: "
-        + "; ".join(
-            f"{k}: hidden {m['width']}, intermediate {m['intermediate']}, vocab {m['vocab']}, batch {m['batch']} x "
-            f"{m['seq']} tokens"
-            for k, m in s["models"].items()
-        )
-        + ".",
+        text(NAME, "setup", steps=s["steps_per_phase"], data=s["data"], models=models),
         "",
-        f"Import baseline (a process importing torch, transformers, trgl_hf): {mib(base['import_peak_rss_bytes'])} "
-        "MiB. **Floor** of a phase = baseline + 16 B x parameters the phase trains (counted from `requires_grad` at "
-        "its last step: fp32 weight, gradient, AdamW's two moments) + 4 B x the frozen shared vocabulary matrix "
-        "read by a tied head after module 1; the arm's floor is its largest phase's. Activations are not in the "
-        "floor. *Saving captured* = (e2e - peak) / (e2e - floor). An arm tagged [n] ran in part n of the run (see "
-        "Reading), back to back with the other [n] arms of its model.",
+        text(NAME, "floor", baseline=mib(base["import_peak_rss_bytes"])),
         "",
         "| width | L | arm | base params | model params | peak MiB | x e2e | floor MiB | x floor | saving captured | "
         "anon peak MiB | anon floor MiB | x anon floor | build MiB | phase peaks MiB | anon phase peaks MiB | CPU s "
@@ -209,16 +201,19 @@ def render(result: dict[str, Any], table, caps, goals) -> str:
             f"{ratio(r.get('train_wall_s'))} |"
         )
     for skip in result["skipped"]:
-        lines.append(f"\nNot run: {json.dumps(skip)}")
+        lines.append("\n" + text(NAME, "not_run", skip=json.dumps(skip)))
     check = result["cgroup_check"]
     lines += [
         "",
-        "## Largest decoder under a memory cap",
-        "",
-        f"cgroup check (a child allocating 2x a {check.get('limit_mib')} MiB limit is OOM-killed, one allocating "
-        f"half of it is not): {check.get('works')}. Width {s['cap_model']['width']}, depths searched over "
-        f"{s['cap_grid_layers']} (the predicted depth first, then outwards, then bisection), "
-        f"{s['steps_per_phase']} steps per phase; each try in its own memory cgroup.",
+        text(
+            NAME,
+            "caps",
+            limit_mib=check.get("limit_mib"),
+            works=check.get("works"),
+            width=s["cap_model"]["width"],
+            grid=s["cap_grid_layers"],
+            steps=s["steps_per_phase"],
+        ),
         "",
         "| cap | arm | largest L | its params | its peak MiB | its anon peak MiB | its cgroup max MiB | "
         "x e2e params | smallest OOM L | tries (L: result) |",
@@ -236,19 +231,13 @@ def render(result: dict[str, Any], table, caps, goals) -> str:
         )
     lines += [
         "",
-        "## Issue 26 targets today",
-        "",
-        "Which measure: the floor and depth targets compare the peak of anonymous memory (`RssAnon`, sampled every 5 "
-        "ms) with the anonymous floor, because an offloaded run maps its module files and `VmHWM` counts those mapped "
-        "pages (`RssFile`), which the kernel drops under pressure; `VmHWM` ratios are given beside them. The cap "
-        "search is the ground truth either way: the cgroup charges page cache too, but reclaims clean pages before it "
-        "kills. Wall time = `trainer.train()` only.",
+        text(NAME, "targets"),
         "",
         *[f"- {g}" for g in goals],
         "",
         "## Reading",
         "",
-        *[f"- {n}" for n in READING],
+        text(NAME, "reading"),
         *[f"- {n}" for n in result.get("notes") or []],
         *continued_from(s.get("main_table_from")),
         *dropped(result),
@@ -256,7 +245,7 @@ def render(result: dict[str, Any], table, caps, goals) -> str:
         "",
         "## Not measured",
         "",
-        *[f"- {n}" for n in NOT_MEASURED],
+        text(NAME, "not_measured"),
         "",
     ]
     return "\n".join(lines)
@@ -267,13 +256,13 @@ def continued_from(commands: list[str] | None) -> list[str]:
     if not commands:
         return []
     earlier = "; then ".join(f"`{c}`" for c in commands)
-    return [f"- Run in parts: {earlier} (main table and first cap tries); this file's command continued them."]
+    return [text(NAME, "continued_from", earlier=earlier)]
 
 
 def parts(result: dict[str, Any]) -> list[str]:
     """Reading lines for the parts of a run split over several invocations (their commits and times)."""
     return [
-        f"- Part: `{p['command']}` — ended {p['date_utc']}, commit {p['git_commit'][:10]}, {p['what']}"
+        text(NAME, "part", command=p["command"], date_utc=p["date_utc"], commit=p["git_commit"][:10], what=p["what"])
         for p in result.get("parts") or []
     ]
 
@@ -284,7 +273,7 @@ def dropped(result: dict[str, Any]) -> list[str]:
     if not info:
         return []
     tries = ", ".join(f"{t['arm']} {t['cap_gib']:g} GiB L = {t['layers']}" for t in info["tries"])
-    return [f"- Tries left out: {tries}. Why: {info['why']}."]
+    return [text(NAME, "dropped", tries=tries, why=info["why"])]
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> str:
