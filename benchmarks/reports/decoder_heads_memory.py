@@ -10,6 +10,8 @@ from typing import Any
 from benchmarks.common import env, report
 from benchmarks.common.env import log
 
+NAME = "decoder_heads_memory"
+
 MEMORY_DECODER = dict(vocab_size=32000, hidden_size=256, num_hidden_layers=8, num_attention_heads=4,
                       num_key_value_heads=4, intermediate_size=688, max_position_embeddings=256)  # fmt: skip
 MEMORY_ARMS = (("native", 10**9, "native heads, whole logits"), ("native", None, "native heads, chunked"),
@@ -66,32 +68,26 @@ def parallel_memory(opts, command: str, out_dir: Path) -> dict[str, Any]:
                                 input_ids))  # fmt: skip
     result = {"benchmark": "decoder_heads_parallel_memory", "decoder": MEMORY_DECODER, "batch": [4, 256],
               "rows": rows, "environment": env.environment(command)}  # fmt: skip
+    text = markdown(result)
+    report.write_json(out_dir / "decoder_heads_parallel_memory.json", result, indent=2)
+    report.write_atomically(out_dir / "decoder_heads_parallel_memory.md", text)
+    print(text)
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The `--parallel-memory` report (prose: `templates/decoder_heads_memory.md`)."""
+    rows, environment = result["rows"], result["environment"]
     end = rows[0]["peak_bytes"]
+    decoder = ", ".join(f"{k} {v}" for k, v in result["decoder"].items())
     lines = [
-        "# Parallel TRGL on a decoder: peak training memory, native vs tied heads, whole vs chunked LM loss",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"Run on {result['environment']['date_utc']}. One AdamW step (after an untraced step that creates AdamW's "
-        "state); peak bytes from the allocator trace (`benchmarks.common.memory.measure_step`: the training state "
-        "alive at the start of the step + the running peak of the step's allocations; exact, not RSS; "
-        "deterministic). Llama-style decoder built from a config: " + ", ".join(f"{k} {v}" for k, v in
-        MEMORY_DECODER.items()) + ", untied `lm_head`; batch 4 x 256 tokens, `labels = input_ids`. TRGL parallel: "
-        "every module's loss backpropagated as soon as it exists, as `TRGLTrainer` does. Whole logits: "
-        "`lm_loss_chunk_tokens=10**9` (the loss on a module's whole `(4, 256, 32000)` logits, the computation "
-        "before chunking); chunked: the default (64 MiB of float32 logits per chunk = 524 tokens here, each chunk "
-        "recomputed in backward).",
+        report.text(NAME, "header", command=environment["command"], date_utc=environment["date_utc"], decoder=decoder),
         "",
         "| run | parameters | peak MiB | x end-to-end |",
         "| --- | --- | --- | --- |",
-    ]  # fmt: skip
+    ]
     for row in rows:
         lines.append(f"| {row['run']} | {row['parameters'] / 1e6:.1f}M | {row['peak_bytes'] / 2**20:.0f} | "
                      f"{row['peak_bytes'] / end:.2f} |")  # fmt: skip
-    lines += ["", "Raw numbers: `decoder_heads_parallel_memory.json`.", ""]
-    report.write_json(out_dir / "decoder_heads_parallel_memory.json", result, indent=2)
-    report.write_atomically(out_dir / "decoder_heads_parallel_memory.md", "\n".join(lines))
-    print("\n".join(lines))
-    return result
+    lines += ["", report.text(NAME, "footer"), ""]
+    return "\n".join(lines)

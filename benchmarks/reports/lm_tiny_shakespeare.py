@@ -1,4 +1,5 @@
-"""The Tiny Shakespeare report: per-module perplexities (Markdown) and the plot."""
+"""The Tiny Shakespeare report: per-module perplexities (Markdown; prose: `templates/lm_tiny_shakespeare.md`) and the
+plot."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from benchmarks.common import report
 from benchmarks.common.env import log
+
+NAME = "lm_tiny_shakespeare"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -44,35 +47,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def markdown(result: dict[str, Any]) -> str:
     cfg, env = result["config"], result["environment"]
     d = result["data"]
+    k4_note = "" if 4 in cfg["num_modules"] else report.text(NAME, "k4_note")
+    header = report.text(NAME, "header", **cfg, command=env["command"], date_utc=env["date_utc"], torch=env["torch"],
+                         transformers=env["transformers"], torch_threads=env["torch_threads"],
+                         cpu_count=env["cpu_count"], load=env["load_average_at_start"][0],
+                         total_wall_s=result["total_wall_s"], train_blocks=d["train"]["blocks"],
+                         validation_blocks=d["validation"]["blocks"], test_blocks=d["test"]["blocks"],
+                         k4_note=k4_note)  # fmt: skip
     lines = [
-        "# Tiny Shakespeare, character-level GPT-2 from scratch: sequential TRGL vs VanGL vs end-to-end",
-        "",
-        "```bash",
-        env["command"],
-        "```",
-        "",
-        f"Run on {env['date_utc']} with torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['torch_threads']} torch thread(s) on a machine with {env['cpu_count']} CPU cores shared with other "
-        f"jobs (load average {env['load_average_at_start'][0]:.2f} at start), so wall times are indicative only. "
-        f"Total run time {result['total_wall_s']:.0f} s.",
-        "",
-        f"Data: `tiny_shakespeare/input.txt`, 90/5/5 split by character, {cfg['vocab_size']}-character vocabulary, "
-        f"non-overlapping blocks of {cfg['block_size']} characters: {d['train']['blocks']} train, "
-        f"{d['validation']['blocks']} validation, {d['test']['blocks']} test blocks. Model: GPT-2 with "
-        f"{cfg['n_layer']} layers, n_embd {cfg['n_embd']}, {cfg['n_head']} heads, no dropout, untied embeddings, "
-        f"{cfg['parameters']:,} parameters, trained from scratch (same initial weights for every method). "
-        f'Training: {cfg["steps"]} optimizer steps per module (TRGL/VanGL, `trgl_mode="sequential"`, frozen prefix '
-        f"cached) and {cfg['steps']} steps for E2E (the same code path with K = 1), batch {cfg['batch_size']}, AdamW "
-        f"(`{cfg['optim']}`) lr {cfg['lr']}, weight decay 0.01, cosine schedule with {cfg['warmup_steps']} warm-up "
-        f"steps, seed {cfg['seed']}. tau = {cfg['tau']:g} (the library default, `halves` schedule: tau / 2 for the "
-        "first half of the modules), not tuned. Loss = next-character cross-entropy in nats; perplexity = exp(loss). "
-        "These are short runs, far from convergence."
-        + (
-            ""
-            if 4 in cfg["num_modules"]
-            else " K = 4 (one layer per module, `--num-modules 2 4`) was left out to "
-            "keep the run under ~15 minutes on 2 shared CPU cores."
-        ),
+        header,
         "",
         "## Per module",
         "",
@@ -101,9 +84,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "![perplexity per module](tiny_shakespeare_gpt2.png)",
-        "",
-        "Raw numbers (with training logs): `tiny_shakespeare_gpt2.json`.",
+        report.text(NAME, "footer"),
         "",
     ]
     return "\n".join(lines)
@@ -141,24 +122,11 @@ def heads_markdown(result: dict[str, Any]) -> str:
     """The `--compare-heads` report: validation perplexity per module, native vs tied heads, per base and mode."""
     config, arms = result["config"], result["results"]
     k = config["num_modules"]
+    environment = result["environment"]
+    header = report.text(NAME, "heads_header", **config, k=k, command=environment["command"],
+                         date_utc=environment["date_utc"], total_wall_s=result["total_wall_s"])  # fmt: skip
     lines = [
-        "# Tiny Shakespeare, character-level GPT-2 from scratch: native vs tied decoder heads",
-        "",
-        "```bash",
-        result["environment"]["command"],
-        "```",
-        "",
-        f"Run on {result['environment']['date_utc']}; total run time "
-        f"{result['total_wall_s']} s on a machine with 2 CPU cores shared with other jobs (wall times indicative).",
-        "",
-        f"GPT-2, {config['n_layer']} layers, n_embd {config['n_embd']}, {config['n_head']} heads, no dropout, "
-        f"{config['vocab_size']}-character vocabulary, blocks of {config['block_size']}; TRGL K = {k}, tau = "
-        f"{config['tau']} (halves), {config['steps']} optimizer steps per module (parallel: {config['steps']} steps "
-        f"in all), batch {config['batch_size']}, AdamW lr {config['lr']}, cosine, {config['warmup_steps']} warm-up "
-        f"steps, seed {config['seed']}. Same initial weights for both heads. `native`: every module's head is a copy "
-        "of the final LayerNorm and of the LM head; `tied`: its own final LayerNorm + the one shared projection "
-        "(module 1's `lm_head`, or the input embedding when the base ties them), trained by module 1 only. "
-        "Validation split only (the head is chosen on it; the test split is not read).",
+        header,
         "",
         "| base embeddings | mode | head | TRGL parameters | "
         + " | ".join(f"module {m} val. ppl" for m in range(1, k + 1))
@@ -170,5 +138,5 @@ def heads_markdown(result: dict[str, Any]) -> str:
         tied = "tied" if arm["tie_word_embeddings"] else "untied"
         lines.append(f"| {tied} | {arm['trgl_mode']} | {arm['aux_head']} | {arm['trgl_parameters']:,} | {ppl} | "
                      f"{arm['train_wall_s']} |")  # fmt: skip
-    lines += ["", f"Raw numbers: `{result['report_name']}.json`.", ""]
+    lines += ["", report.text(NAME, "heads_footer", report_name=result["report_name"]), ""]
     return "\n".join(lines)
