@@ -148,6 +148,53 @@ def _activations(record: dict[str, Any]) -> int:
     return record["breakdown_at_peak_bytes"]["activations_and_temporaries"]
 
 
+def _checkpointing_text(ck: dict[str, Any]) -> str:
+    optimizer_peak = ""
+    if ck["peak_phase"] == "optimizer":
+        optimizer_peak = report.text(
+            NAME,
+            "shows_checkpointing_optimizer",
+            gradients=mib(ck["breakdown_at_peak_bytes"]["gradients"]),
+            temporaries=mib(ck["breakdown_at_peak_bytes"]["activations_and_temporaries"]),
+            fwd_bwd=mib(_state(ck) + ck["phase_peak_above_state_bytes"]["fwd_bwd"]),
+        )
+    return report.text(
+        NAME,
+        "shows_checkpointing",
+        ratio=ck["ratio_to_e2e"],
+        peak=mib(ck["peak_bytes"]),
+        optimizer_peak=optimizer_peak,
+    )
+
+
+def _sequential_text(result: dict[str, Any], name: str, seq: list[dict[str, Any]], e2e_breakdown: dict) -> str:
+    first = [m for m in result["module_records"] if m["model"] == name and m["K"] == seq[-1]["K"]]
+    if all(r["peak_module"] == 1 for r in seq):
+        peak_module = report.text(NAME, "shows_sequential_module_one")
+    else:
+        peak_module = _join([str(r["peak_module"]) for r in seq])
+    modules = ""
+    if first:
+        k = seq[-1]["K"]
+        modules = report.text(
+            NAME,
+            "shows_sequential_modules",
+            k=k,
+            trained=", ".join(str(mib(m["trainable_param_bytes"])) for m in first),
+            activations=", ".join(str(mib(_activations(m))) for m in first),
+            e2e_share=mib(e2e_breakdown["activations_and_temporaries"] / k),
+            weights=mib(seq[-1]["breakdown_at_peak_bytes"]["weights_and_buffers"]),
+        )
+    return report.text(
+        NAME,
+        "shows_sequential",
+        ratios=_join([str(r["ratio_to_e2e"]) for r in seq]),
+        peaks=_join([str(mib(r["peak_bytes"])) for r in seq]),
+        peak_module=peak_module,
+        modules=modules,
+    )
+
+
 def what_this_shows(result: dict[str, Any]) -> list[str]:
     """Short statements built from the measured numbers only (one per model, then the timing)."""
     records = result["records"]
@@ -165,62 +212,41 @@ def what_this_shows(result: dict[str, Any]) -> list[str]:
         seq = [r for r in seq if r]
         b = e2e["breakdown_at_peak_bytes"]
         static = b["weights_and_buffers"] + b["optimizer_state"]
-        label = "BERT" if name == "bert" else "ViT"
-        text = (
-            f"**{label}** (K = {', '.join(map(str, ks))}): the E2E peak is {mib(e2e['peak_bytes'])} MiB, of which "
-            f"weights + AdamW state {mib(static)} MiB ({100 * static / e2e['peak_bytes']:.0f} %) and activations "
-            f"{mib(b['activations_and_temporaries'])} MiB. "
-        )
-        opt = optimizer_phase_peak(e2e)
+        parts = [
+            report.text(
+                NAME,
+                "shows_model",
+                label="BERT" if name == "bert" else "ViT",
+                ks=", ".join(map(str, ks)),
+                peak=mib(e2e["peak_bytes"]),
+                static=mib(static),
+                static_pct=100 * static / e2e["peak_bytes"],
+                activations=mib(b["activations_and_temporaries"]),
+            )
+        ]
         if ck:
-            text += f"Gradient checkpointing: {ck['ratio_to_e2e']}x ({mib(ck['peak_bytes'])} MiB"
-            if ck["peak_phase"] == "optimizer":
-                text += (
-                    f", reached in the AdamW step: all gradients {mib(ck['breakdown_at_peak_bytes']['gradients'])} "
-                    f"MiB + temporaries {mib(ck['breakdown_at_peak_bytes']['activations_and_temporaries'])} MiB; "
-                    f"its forward/backward peaks lower, at "
-                    f"{mib(_state(ck) + ck['phase_peak_above_state_bytes']['fwd_bwd'])} MiB"
-                )
-            text += "). "
+            parts.append(_checkpointing_text(ck))
         if par:
-            text += (
-                f"TRGL parallel: {_join([str(r['ratio_to_e2e']) for r in par])}x "
-                f"({_join([str(mib(r['peak_bytes'])) for r in par])} MiB), at the last module's forward/backward "
-                "with the gradients of the earlier modules alive "
-                f"({_join([str(mib(r['breakdown_at_peak_bytes']['gradients'])) for r in par])} "
-                "MiB); it keeps every gradient and the whole AdamW state, and its own AdamW step peaks at "
-                f"{_join([str(mib(optimizer_phase_peak(r))) for r in par])} MiB (E2E's: {mib(opt)} MiB). "
+            parts.append(
+                report.text(
+                    NAME,
+                    "shows_parallel",
+                    ratios=_join([str(r["ratio_to_e2e"]) for r in par]),
+                    peaks=_join([str(mib(r["peak_bytes"])) for r in par]),
+                    gradients=_join([str(mib(r["breakdown_at_peak_bytes"]["gradients"])) for r in par]),
+                    optimizer_peaks=_join([str(mib(optimizer_phase_peak(r))) for r in par]),
+                    e2e_optimizer_peak=mib(optimizer_phase_peak(e2e)),
+                )
             )
-            if ck:
-                above = [r for r in par if r["peak_bytes"] > ck["peak_bytes"]]
-                if above:
-                    text += f"Parallel uses more memory than checkpointing at K = {_ks(above)}. "
+            above = [r for r in par if ck and r["peak_bytes"] > ck["peak_bytes"]]
+            if above:
+                parts.append(report.text(NAME, "shows_parallel_above", ks=_ks(above)))
         if seq:
-            first = [m for m in result["module_records"] if m["model"] == name and m["K"] == seq[-1]["K"]]
-            text += (
-                f"TRGL sequential: {_join([str(r['ratio_to_e2e']) for r in seq])}x "
-                f"({_join([str(mib(r['peak_bytes'])) for r in seq])} MiB), peak at module "
-                + (
-                    "1 (which also trains the embeddings)"
-                    if all(r["peak_module"] == 1 for r in seq)
-                    else _join([str(r["peak_module"]) for r in seq])
-                )
-            )
-            if first:
-                trained = [mib(m["trainable_param_bytes"]) for m in first]
-                text += (
-                    f"; at K = {seq[-1]['K']} the modules train {', '.join(map(str, trained))} MiB of parameters "
-                    f"and each module's activations are {', '.join(str(mib(_activations(m))) for m in first)} MiB"
-                    f" (E2E's / K = {mib(b['activations_and_temporaries'] / seq[-1]['K'])} MiB), while the weights of "
-                    f"all modules ({mib(seq[-1]['breakdown_at_peak_bytes']['weights_and_buffers'])} MiB) stay in "
-                    "memory"
-                )
-            text += ". "
-            if ck:
-                above = [r for r in seq if r["peak_bytes"] > ck["peak_bytes"]]
-                if above:
-                    text += f"Sequential uses more memory than checkpointing at K = {_ks(above)}."
-        out.append(text.strip())
+            parts.append(_sequential_text(result, name, seq, b))
+            above = [r for r in seq if ck and r["peak_bytes"] > ck["peak_bytes"]]
+            if above:
+                parts.append(report.text(NAME, "shows_sequential_above", ks=_ks(above)))
+        out.append(" ".join(parts).strip())
         for mode, rows in (("checkpointing", [ck] if ck else []), ("parallel", par)):
             timing_ratios[mode] += [r["cpu_ratio_to_e2e"] for r in rows if r.get("cpu_ratio_to_e2e") is not None]
         timing_ratios["sequential"] += [
@@ -231,7 +257,7 @@ def what_this_shows(result: dict[str, Any]) -> list[str]:
         times = r.get("step_cpu_times_s") or []
         if len(times) >= 2:
             spreads.append((100 * (max(times) - min(times)) / min(times), r, times))
-    text = "**Time (CPU)**: " + "; ".join(
+    ratios = "; ".join(
         f"{mode} {min(v):.2f}-{max(v):.2f}x E2E" if len(v) > 1 else f"{mode} {v[0]:.2f}x E2E"
         for mode, v in (
             ("gradient checkpointing", timing_ratios["checkpointing"]),
@@ -240,12 +266,17 @@ def what_this_shows(result: dict[str, Any]) -> list[str]:
         )
         if v
     )
+    text = report.text(NAME, "shows_time", ratios=ratios)
     if spreads:
         worst = max(spreads, key=lambda item: item[0])
-        text += (
-            f". Two steps of the same configuration differ by up to {worst[0]:.0f} % ({worst[1]['model']} "
-            f"{worst[1]['mode']}: {worst[2][0]} vs {worst[2][1]} s) on the shared cores, so TRGL vs E2E differences "
-            "of that size are not resolved by this run (checkpointing's extra cost is larger than that scatter)."
+        text += report.text(
+            NAME,
+            "shows_time_spread",
+            spread=worst[0],
+            model=worst[1]["model"],
+            mode=worst[1]["mode"],
+            first=worst[2][0],
+            second=worst[2][1],
         )
     out.append(text)
     return out
