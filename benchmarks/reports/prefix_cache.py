@@ -1,5 +1,6 @@
 """The prefix-cache reports: speed (TRGL sequential with the cache in memory, on disk, without it, against end-to-end)
-and host memory (peak RSS against the number of training examples, at a fixed cache budget)."""
+and host memory (peak RSS against the number of training examples, at a fixed cache budget).
+The prose is in `templates/prefix_cache.md`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 from benchmarks.common import report
 from benchmarks.common.env import MIB, fmt
+
+NAME = "prefix_cache"
 
 SPEED_TARGETS = {"memory/e2e": 1.10, "disk/memory": 1.15}
 ARM_LABELS = {
@@ -103,36 +106,24 @@ def _scaled(parts: dict[str, float], factor: float) -> float:
 
 def speed_markdown(result: dict[str, Any]) -> str:
     env, cfg = result["environment"], result["config"]
+    quick = report.text(NAME, "speed_quick") if result["quick"] else ""
     lines = [
-        "# Prefix cache: sequential TRGL (cache in memory, on disk, none) vs end-to-end, wall time of `train()`",
-        "",
-        "```bash",
-        env["command"],
-        "```",
-        "",
-        f"Run on {env['date_utc']} (torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['torch_threads']} torch threads, {env['cpu_count']} CPU cores: {env['cpu']}); load average "
-        f"{env['load_average_at_start'][0]:.2f} at the start, {env['load_average_at_end'][0]:.2f} at the end; "
-        f"total {env['runtime_s']:.0f} s." + (" **--quick smoke run: not a measurement.**" if result["quick"] else ""),
-        "",
-        f"Data: {result['data']}. Batch {cfg['batch_size']}, epochs (TRGL: per module) as given per model, SGD "
-        "(momentum 0.9, lr 0.05, constant), gradient clipping 1.0, no evaluation, logging or checkpoints "
-        '(`save_strategy="no"`, `trgl_save_stages=False`, `report_to="none"`, `disable_tqdm=True`, '
-        f'`dataloader_num_workers=0`, `use_cpu=True`, seed 0). TRGL: equal split, `aux_head="{cfg["aux_head"]}"` '
-        "(linear heads: the timing compares the methods, not the heads' cost), tau 10. Every run builds a fresh model "
-        "with the same initial weights and times the whole `train()` (TRGL: every phase, cache building included), "
-        f"in one process, the arms interleaved in rotated order; {cfg['reps']} repetition(s), medians. A run during "
-        f"which other processes used more than {cfg['busy_threshold']:.0%} of the machine's CPUs (from /proc/stat) "
-        f"is repeated (up to {cfg['retries']} times; {len(result['discarded_runs'])} run(s) discarded this way). "
-        'The disk arm forces memory-mapped safetensors shards with `trgl_prefix_cache_max_memory="1KB"` (files under '
-        "`output_dir/.trgl-prefix-cache` on the local disk, read through the page cache); the storage of every cache "
-        "is checked in the `trgl_hf.training.prefix_cache` log.",
-    ]
+        report.text(NAME, "speed_header", **env, load_start=env["load_average_at_start"][0],
+                    load_end=env["load_average_at_end"][0], quick=quick, data=result["data"],
+                    batch_size=cfg["batch_size"], aux_head=cfg["aux_head"], reps=cfg["reps"],
+                    busy_threshold=cfg["busy_threshold"], retries=cfg["retries"],
+                    discarded=len(result["discarded_runs"])),
+    ]  # fmt: skip
     for spec in result["models"]:
         summary = result["summary"][spec["name"]]
         arms, ratios = summary["arms"], summary["ratios"]
         e2e = arms.get("e2e", {}).get("median_wall_s")
-        lines += ["", f"## {spec['name']}, {spec['epochs']} epoch(s)" + (" per module" if spec["K"] > 1 else ""), ""]
+        per_module = report.text(NAME, "per_module") if spec["K"] > 1 else ""
+        lines += [
+            "",
+            report.text(NAME, "speed_model", name=spec["name"], epochs=spec["epochs"], per_module=per_module),
+            "",
+        ]
         rows = []
         for arm, values in arms.items():
             ratio = values["median_wall_s"] / e2e if e2e and values["median_wall_s"] else None
@@ -166,11 +157,10 @@ def speed_markdown(result: dict[str, Any]) -> str:
                 f"{f' (at 4 epochs: {projected:.3f})' if projected else ''} | {fmt(target)} | {met} |"
             )
         if summary.get("module1_spread") is not None:
-            lines += ["", f"Noise floor: module 1's steps (the same work in every TRGL run) took "
-                      f"{min(summary['module1_steps_s']):.1f} to {max(summary['module1_steps_s']):.1f} s over the "
-                      f"{len(summary['module1_steps_s'])} TRGL runs, a spread of {summary['module1_spread']:.1%} of "
-                      "their median, with the machine otherwise idle."]  # fmt: skip
-        lines += ["", "Where the time goes (seconds, medians over the repetitions):", ""]
+            steps = summary["module1_steps_s"]
+            lines += ["", report.text(NAME, "speed_noise", low=min(steps), high=max(steps), runs=len(steps),
+                                      spread=summary["module1_spread"])]  # fmt: skip
+        lines += ["", report.text(NAME, "speed_parts_intro"), ""]
         keys = [
             "wall",
             "steps",
@@ -191,26 +181,14 @@ def speed_markdown(result: dict[str, Any]) -> str:
         )
         per_phase = {a: v["cache_build_per_phase_s"] for a, v in arms.items() if v["cache_build_per_phase_s"]}
         if per_phase:
-            lines += ["", "Cache building per phase (seconds; phase 1 trains on the data, no cache):", ""]
+            lines += ["", report.text(NAME, "speed_cache_intro"), ""]
             lines.append(
                 report.table(
                     ["arm", *[f"phase {i + 2}" for i in range(len(next(iter(per_phase.values()))))]],
                     [[ARM_LABELS[a], *[fmt(t, 2) for t in v]] for a, v in per_phase.items()],
                 )
             )
-    lines += [
-        "",
-        "Parts: *steps* = the optimizer steps (forward, backward, clipping, optimizer step; a Trainer callback "
-        "from `on_step_begin` to `on_step_end`); *loop_overhead* = the rest of each `Trainer.train()` call "
-        "(data loading and collation, optimizer and dataloader creation, accelerator preparation, end of "
-        "training); *cache_gather* = the part of the data loading spent gathering cached batches (inside "
-        "loop_overhead); *cache_build* = `TRGLTrainer._build_prefix_cache` (*cache_forward*: the frozen module's "
-        "forward pass and the transfers; *cache_store*: `ShardWriter.add`/`flush`: concatenation, and for the "
-        "disk arm the safetensors writes); *per_phase_overhead* = `_reset_for_phase` + `_finish_phase` (of which "
-        "*save_progress*: the whole model's weights written to the run folder after every phase); "
-        "*run_overhead* = everything else in `train()` (input checks, fingerprints, the run lock, dropping the "
-        "cache, the run's state files).",
-    ]
+    lines += ["", report.text(NAME, "speed_parts")]
     return "\n".join(lines) + "\n"
 
 
@@ -227,7 +205,6 @@ def write_speed(result: dict[str, Any], out_dir: Path) -> str:
 MEMORY_COLUMNS = ["examples", "estimated cache MiB (per phase)", "storage", "anonymous cost MiB",
                   "anonymous cost / largest cache", "file-backed cost MiB", "peak RSS cost MiB",
                   "peak RSS MiB (cache / never)"]  # fmt: skip
-GPT2_LABEL = "GPT-2 (2 layers, hidden 64, 4 heads: the causal-LM recipe's model), 128-character blocks, K=2"
 
 
 def _lowest(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -279,33 +256,15 @@ def memory_summary(result: dict[str, Any]) -> dict[str, Any]:
 def memory_markdown(result: dict[str, Any]) -> str:
     env, cfg, summary = result["environment"], result["config"], result["summary"]
     budget = summary["budget_mib"]
+    datasets_notes = "; ".join(f"{name}: {info['note']}" for name, info in result["data"].items())
     lines = [
-        "# Prefix cache: host memory (RSS) against the number of training examples, at a fixed budget", "",
-        "```bash", env["command"], "```", "",
-        f"Run on {env['date_utc']} (torch {env['torch']}, transformers {env['transformers']}, datasets "
-        f"{env['datasets']}); total {env['runtime_s']:.0f} s." + (" **--quick smoke run.**" * result["quick"]),
-        "",
-        f"Every point is a fresh process running `TRGLTrainer.train()` (`trgl_mode=\"sequential\"`, "
-        f"{cfg['steps_per_module']} optimizer steps per module, batch {cfg['batch_size']}: building the caches "
-        f"dominates) with `trgl_prefix_cache=\"auto\"` and `trgl_prefix_cache_max_memory=\"{cfg['budget']}\"` "
-        f"({budget:g} MiB), and the same run with `trgl_prefix_cache=\"never\"`; {cfg['repeats']} run(s) of each, "
-        "the lowest value kept. Cost of the cache = cached run minus uncached run at the same size. *Anonymous*: the "
-        "rise of `RssAnon` (/proc/self/status, sampled every 2 ms by a thread) from the start of `train()` to its "
-        "peak: the process's own memory (tensors, buffers, allocator). *File-backed*: the same for `RssFile`: mapped "
-        "file pages (the memory-mapped Arrow dataset and a disk cache's safetensors shards), page cache that the "
-        "kernel can reclaim and that processes mapping the same file share. *Peak RSS*: `VmHWM` (the exact "
-        "high-water mark, anonymous + file-backed; `getrusage().ru_maxrss` is not used: after `exec` it keeps the "
-        "forked parent's high-water mark). Estimated cache size: the `trgl_hf.training.prefix_cache` log (rows x "
-        "bytes per row of the first batch), per cached phase; storage as chosen by the library.",
-        "",
-        "Datasets: " + "; ".join(f"{name}: {info['note']}" for name, info in result["data"].items()) + ". Both are "
-        "written with `save_to_disk` and opened with `load_from_disk` (memory-mapped Arrow, torch format): the data "
-        "is never loaded into anonymous memory; its pages are file-backed RSS (more of them in the cached run, which "
-        "reads every row once to build the first cache).",
+        report.text(NAME, "memory_header", **env, quick=report.text(NAME, "memory_quick") if result["quick"] else "",
+                    steps_per_module=cfg["steps_per_module"], batch_size=cfg["batch_size"], budget=cfg["budget"],
+                    budget_mib=budget, repeats=cfg["repeats"], datasets_notes=datasets_notes),
     ]  # fmt: skip
     for name, model in cfg["models"].items():
         part, check = summary[name], summary[name]["check"]
-        title = GPT2_LABEL if name == "gpt2" else f"CIFAR ResNet-{model['depth']}, CIFAR-10 images, K={model['K']}"
+        title = report.text(NAME, "memory_gpt2") if name == "gpt2" else report.text(NAME, "memory_resnet", **model)
         rows = [[r["rows"], " + ".join(f"{e:.1f}" for e in r["estimates_mib"]), "/".join(r["storage"]),
                  fmt(r["anon_cost_mib"], 1), fmt(r["anon_cost_x_largest_cache"]), fmt(r["file_cost_mib"], 1),
                  fmt(r["rss_cost_mib"], 1), f"{r['peak_rss_mib']['cache']:.0f} / {r['peak_rss_mib']['never']:.0f}"]
@@ -313,12 +272,10 @@ def memory_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"## {title}", "", report.table(MEMORY_COLUMNS, rows)]
         if "flat" in check:
             low, high = check["over_budget_anon_cost_mib"]
-            lines += ["", f"Largest cache {check['largest_cache_x_budget']}x the budget. Target (anonymous cost at "
-                      "most budget + 10% + a constant independent of the dataset size, i.e. flat above the budget): "
-                      f"{'met' if check['flat'] else '**not met**'}: the anonymous cost of the points over the budget "
-                      f"runs from {low:.1f} to {high:.1f} MiB (spread {check['spread_mib']:.1f} MiB, allowed 10% of "
-                      f"the budget); largest anonymous cost - 1.1 x budget = "
-                      f"{check['max_anon_cost_minus_1.1_budget_mib']:.1f} MiB."]  # fmt: skip
+            lines += ["", report.text(NAME, "memory_check", largest=check["largest_cache_x_budget"],
+                                      verdict="met" if check["flat"] else "**not met**", low=low, high=high,
+                                      spread=check["spread_mib"],
+                                      excess=check["max_anon_cost_minus_1.1_budget_mib"])]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
