@@ -61,9 +61,16 @@ def analysis_notes(result: dict[str, Any]) -> list[str]:
             if ckpt:
                 wins = sum(p < c for p, c in zip(configs[key]["cpu_s"], ckpt["cpu_s"]))
                 parts.append(
-                    f"K={k}: parallel ({interleaved_head(key)}) {configs[key]['median_cpu_ratio_to_e2e']}x vs "
-                    f"checkpointing {ckpt['median_cpu_ratio_to_e2e']}x E2E CPU time, parallel faster in "
-                    f"{wins} of {len(ckpt['cpu_s'])} rounds"
+                    report.text(
+                        NAME,
+                        "note_interleaved_part",
+                        k=k,
+                        head=interleaved_head(key),
+                        parallel=configs[key]["median_cpu_ratio_to_e2e"],
+                        checkpointing=ckpt["median_cpu_ratio_to_e2e"],
+                        wins=wins,
+                        rounds=len(ckpt["cpu_s"]),
+                    )
                 )
         if parts:
             linear = any("linear_head" in key for key in configs)
@@ -72,10 +79,7 @@ def analysis_notes(result: dict[str, Any]) -> list[str]:
                     NAME,
                     "note_interleaved",
                     parts="; ".join(parts),
-                    linear=" Linear heads (global "
-                    "pooling + a linear layer) are the cheaper alternative to the paper's conv heads."
-                    if linear
-                    else "",
+                    linear=" " + report.text(NAME, "note_interleaved_linear") if linear else "",
                 )
             )
     pairs = []
