@@ -15,6 +15,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..modeling.tasks import get_task, stage_loader
+from .stage_folders import read_stage_metadata, stage_dirname
 
 PAPER_URL = "https://arxiv.org/abs/2309.17357"
 TAGS = ["trgl", "greedy-module-wise-training", "trgl_hf"]
@@ -34,7 +35,7 @@ def stage_card_facts(folder: str | Path) -> dict[str, Any]:
     """What [`stage_model_card`] needs from a saved stage folder: its `trgl_stage.json`, its class, whether it needs
     remote code and whether a processor (tokenizer / image processor) was saved with it."""
     folder = Path(folder)
-    facts = json.loads((folder / "trgl_stage.json").read_text(encoding="utf-8"))
+    facts = read_stage_metadata(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     facts["architecture"] = (config.get("architectures") or [None])[0]
     facts["remote_code"] = bool(config.get("auto_map"))
@@ -92,61 +93,14 @@ def stage_model_card(
         `ModelCard`: metadata (`library_name`, `pipeline_tag`, `base_model`, `datasets`, `metrics`, tags, results)
         and a body with the stage's metrics, the run's per-module table, and load and pipeline snippets.
     """
-    stage, num_stages = int(facts["stage"]), int(facts["num_stages"])
-    task = get_task(facts.get("task") or "single_label_classification")
     loader, pipeline_tag = stage_loader(facts.get("architecture"))
-    metrics = facts.get("metrics") or {}
-    metric_names = sorted(metrics) or [task.selection_metric]
-    dataset = facts.get("dataset")
-    name = f"{location}@{revision}" if revision else f"{location}/{subfolder}" if subfolder else location
-    results = [
-        EvalResult(
-            task_type=pipeline_tag,
-            dataset_type=dataset,
-            dataset_name=dataset,
-            dataset_split="validation",
-            metric_type=metric,
-            metric_value=float(value),
-        )  # fmt: skip
-        for metric, value in sorted(metrics.items())
-        if dataset and isinstance(value, (int, float)) and math.isfinite(value)
-    ]
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag=pipeline_tag,
-        base_model=facts.get("base_model") or None,
-        datasets=[dataset] if dataset else None,
-        metrics=metric_names,
-        tags=[*TAGS, f"stage-{stage:02d}"],
-        model_name=name if results else None,
-        eval_results=results or None,
-    )
+    card_data = _stage_card_data(facts, pipeline_tag, _card_model_name(location, revision, subfolder))
     arguments = load_arguments(location, revision, subfolder, bool(facts.get("remote_code")))
-    stage_metrics = "\n".join(f"| {n} | {format_value(metrics[n])} |" for n in sorted(metrics)) or "| - | - |"
-    table = module_table(facts.get("module_metrics") or {})
-    per_module = f"## Every module of the run\n\n{table}\n" if table else ""
     body = f"""---
 {card_data.to_yaml()}
 ---
 
-# Stage {stage} of {num_stages} of a TRGL run
-
-Modules 1..{stage} of a network cut into {num_stages} modules and trained module-wise with
-[TRGL]({PAPER_URL}) (transport-regularised greedy learning) by `trgl_hf`, followed by the auxiliary head of module
-{stage}: a standalone `{facts.get("architecture")}` ({task.name.replace("_", " ")}).
-
-- base model: `{facts.get("base_model") or "built from a config"}`
-- dataset: `{dataset or "not recorded"}`
-- mode: `{facts.get("trgl_mode")}`, modules K = {num_stages}, transport term: `{facts.get("use_transport")}`,
-  tau per module: `{facts.get("taus")}`
-
-## Metrics of this stage (validation)
-
-| metric | value |
-| --- | --- |
-{stage_metrics}
-
-{per_module}
+{_stage_summary(facts)}
 ## Load it
 
 ```python
@@ -158,6 +112,75 @@ model = {loader}.from_pretrained({arguments})
 {_pipeline_section(pipeline_tag, arguments, bool(facts.get("has_processor")), subfolder is not None)}
 {_adapter_section(facts.get("peft_adapter"), location, revision, subfolder)}"""
     return ModelCard(body)
+
+
+def _card_model_name(location: str, revision: str | None, subfolder: str | None) -> str:
+    """The name a card's evaluation results are filed under: the location, with its revision or subfolder."""
+    return f"{location}@{revision}" if revision else f"{location}/{subfolder}" if subfolder else location
+
+
+def _stage_task(facts: dict[str, Any]) -> Any:
+    """The task a stage was trained on (single-label classification for stages that do not record one)."""
+    return get_task(facts.get("task") or "single_label_classification")
+
+
+def _stage_card_data(facts: dict[str, Any], pipeline_tag: str, name: str) -> ModelCardData:
+    """The card's metadata: library, pipeline, base model, dataset, metrics, tags and evaluation results."""
+    metrics, dataset = facts.get("metrics") or {}, facts.get("dataset")
+    results = _eval_results(metrics, dataset, pipeline_tag)
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        base_model=facts.get("base_model") or None,
+        datasets=[dataset] if dataset else None,
+        metrics=sorted(metrics) or [_stage_task(facts).selection_metric],
+        tags=[*TAGS, stage_dirname(int(facts["stage"]))],
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
+
+
+def _eval_results(metrics: dict[str, Any], dataset: str | None, pipeline_tag: str) -> list[EvalResult]:
+    """One Hub evaluation result per finite metric (none when the dataset is not recorded)."""
+    return [
+        EvalResult(
+            task_type=pipeline_tag,
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split="validation",
+            metric_type=metric,
+            metric_value=float(value),
+        )  # fmt: skip
+        for metric, value in sorted(metrics.items())
+        if dataset and isinstance(value, (int, float)) and math.isfinite(value)
+    ]
+
+
+def _stage_summary(facts: dict[str, Any]) -> str:
+    """The card's title, what the stage is, the run's settings, its metrics and (when known) every module's."""
+    stage, num_stages = int(facts["stage"]), int(facts["num_stages"])
+    metrics = facts.get("metrics") or {}
+    stage_metrics = "\n".join(f"| {n} | {format_value(metrics[n])} |" for n in sorted(metrics)) or "| - | - |"
+    table = module_table(facts.get("module_metrics") or {})
+    per_module = f"## Every module of the run\n\n{table}\n" if table else ""
+    return f"""# Stage {stage} of {num_stages} of a TRGL run
+
+Modules 1..{stage} of a network cut into {num_stages} modules and trained module-wise with
+[TRGL]({PAPER_URL}) (transport-regularised greedy learning) by `trgl_hf`, followed by the auxiliary head of module
+{stage}: a standalone `{facts.get("architecture")}` ({_stage_task(facts).name.replace("_", " ")}).
+
+- base model: `{facts.get("base_model") or "built from a config"}`
+- dataset: `{facts.get("dataset") or "not recorded"}`
+- mode: `{facts.get("trgl_mode")}`, modules K = {num_stages}, transport term: `{facts.get("use_transport")}`,
+  tau per module: `{facts.get("taus")}`
+
+## Metrics of this stage (validation)
+
+| metric | value |
+| --- | --- |
+{stage_metrics}
+
+{per_module}"""
 
 
 def _adapter_section(

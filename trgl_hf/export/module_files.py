@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpointing import link_file
+from .atomic_files import link_file
 
 SHARED_FILE = "trgl-shared.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

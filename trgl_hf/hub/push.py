@@ -19,7 +19,6 @@ import glob
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,8 +29,17 @@ from typing import Any, Literal
 from huggingface_hub import HfApi
 from huggingface_hub.utils import validate_repo_id
 
-from ..export.checkpointing import STAGE_METADATA_FILE, link_copy, stage_dirname
+from ..export.atomic_files import link_copy
 from ..export.model_cards import stage_card_facts, stage_model_card
+from ..export.stage_folders import (
+    STAGE_CARD_FILE,
+    check_stage_folder,
+    find_stage_folders,
+    has_stage_metadata,
+    no_stage_folder_message,
+    read_stage_metadata,
+    stage_dirname,
+)
 from ..modeling.tasks import stage_loader
 
 try:  # the HTTP client of huggingface_hub 2.x; its transport errors (connection refused, timeouts) are not OSErrors
@@ -49,7 +57,6 @@ STAGES_FOLDER = "stages"
 
 PUSH_STRATEGIES = ("branch", "subfolder")
 
-_STAGE_FOLDER_PATTERN = re.compile(r"^stage-(\d+)$")
 # Hub failures: HfHubHTTPError and OfflineModeIsEnabled are OSErrors; httpx2 transport errors are not; a server that
 # rejects the model card's metadata or answers malformed JSON gives a ValueError.
 _HUB_ERRORS = (OSError, ValueError, _TransportError)
@@ -137,26 +144,6 @@ def push_target(stage: int, strategy: str) -> str:
     return f"subfolder '{stage_subfolder(stage)}' of main"
 
 
-def read_stage_metadata(stage_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run facts and metrics that [`save_stage`] wrote to `trgl_stage.json` in a stage folder.
-
-    Args:
-        stage_dir (`str` or `os.PathLike`): a stage folder, e.g. `output_dir/stage-02`.
-
-    Returns:
-        `dict`: with keys `stage`, `num_stages`, `base_model`, `dataset`, `trgl_mode`, `taus`, `use_transport` and
-        `metrics`.
-
-    Raises:
-        `FileNotFoundError`: if the folder has no `trgl_stage.json`.
-    """
-    path = Path(stage_dir) / STAGE_METADATA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{stage_dir} is not a TRGL stage folder: {STAGE_METADATA_FILE} is missing.")
-    with open(path, encoding="utf-8") as stream:
-        return json.load(stream)
-
-
 def push_stage(
     stage_dir: str | os.PathLike,
     repo_id: str,
@@ -206,45 +193,80 @@ def push_stage(
     )
     ```
     """
+    _check_push_target(repo_id, strategy)
+    stage_dir = Path(stage_dir)
+    stage, num_stages = _stage_and_count(stage_dir, stage)
+    branch, subfolder = (stage_branch(stage), None) if strategy == "branch" else (None, stage_subfolder(stage))
+    target, retry = push_target(stage, strategy), _stage_retry_calls(stage_dir, repo_id, stage, strategy)
+    message = commit_message or f"Upload TRGL stage {stage}/{num_stages}"
+    with _hub_copy(stage_dir, repo_id, revision=branch, subfolder=subfolder) as folder:
+        with _raised_as_push_error(stage, repo_id, target, stage_dir, retry):
+            _replace_remote_tree(api, token, private, repo_id, folder, branch, subfolder, message)
+    logger.info("Pushed %s to %s (%s).", stage_dir, repo_id, target)
+    return branch or subfolder
+
+
+def _check_push_target(repo_id: str, strategy: str) -> None:
+    """Refuse an invalid repository id, or a push strategy other than `"branch"` and `"subfolder"`."""
     if strategy not in PUSH_STRATEGIES:
         raise ValueError(f"`strategy` must be one of {PUSH_STRATEGIES}, got {strategy!r}.")
     validate_repo_id(repo_id)
-    stage_dir = Path(stage_dir)
-    metadata = _check_stage_folder(stage_dir)
-    if stage is None:
-        stage = int(metadata["stage"])
-    elif int(metadata["stage"]) != stage:
+
+
+def _stage_and_count(stage_dir: Path, stage: int | None) -> tuple[int, int]:
+    """`(stage, num_stages)` of a complete stage folder; `stage`, when given, must be the one it holds."""
+    metadata = check_stage_folder(stage_dir)
+    if stage is not None and int(metadata["stage"]) != stage:
         raise ValueError(f"{stage_dir} holds stage {metadata['stage']}, not stage {stage}.")
-    num_stages = int(metadata["num_stages"])
-    branch = stage_branch(stage) if strategy == "branch" else None
-    subfolder = stage_subfolder(stage) if strategy == "subfolder" else None
-    target = push_target(stage, strategy)
-    retry = [
+    return int(metadata["stage"]), int(metadata["num_stages"])
+
+
+def _stage_retry_calls(stage_dir: Path, repo_id: str, stage: int, strategy: str) -> list[str]:
+    """The calls a [`HubPushError`] of [`push_stage`] offers to retry with."""
+    return [
         f"push_run_stages({str(stage_dir.parent)!r}, {repo_id!r}, strategy={strategy!r})",
         f"push_stage({str(stage_dir)!r}, {repo_id!r}, {stage}, strategy={strategy!r})",
     ]
+
+
+def _replace_remote_tree(
+    api: HfApi | None,
+    token: str | None,
+    private: bool | None,
+    repo_id: str,
+    folder: Path,
+    branch: str | None,
+    subfolder: str | None,
+    message: str,
+) -> None:
+    """Make the branch (created from `main` if needed) or the subfolder of `main` of `repo_id` (created if needed)
+    hold exactly `folder`; `api` defaults to `HfApi(token=token)`."""
     api = api if api is not None else HfApi(token=token)
-    message = commit_message or f"Upload TRGL stage {stage}/{num_stages}"
-    with _hub_copy(stage_dir, repo_id, revision=branch, subfolder=subfolder) as folder:
-        try:
-            api.create_repo(repo_id, token=token, private=private, exist_ok=True)
-            if branch is not None:
-                api.create_branch(repo_id, branch=branch, token=token, exist_ok=True)
-            api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                path_in_repo=subfolder,
-                revision=branch,
-                commit_message=message,
-                token=token,
-                # Matched against the remote files of the branch (or of `subfolder`); the files being uploaded are
-                # dropped from the deletions, and `.gitattributes` is always kept, so this replaces the tree.
-                delete_patterns="*",
-            )
-        except _HUB_ERRORS as error:
-            raise HubPushError(stage, repo_id, target, stage_dir, error, retry=retry) from error
-    logger.info("Pushed %s to %s (%s).", stage_dir, repo_id, target)
-    return branch or subfolder
+    api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+    if branch is not None:
+        api.create_branch(repo_id, branch=branch, token=token, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        path_in_repo=subfolder,
+        revision=branch,
+        commit_message=message,
+        token=token,
+        # Matched against the remote files of the branch (or of `subfolder`); the files being uploaded are
+        # dropped from the deletions, and `.gitattributes` is always kept, so this replaces the tree.
+        delete_patterns="*",
+    )
+
+
+@contextmanager
+def _raised_as_push_error(
+    stage: int | None, repo_id: str, target: str, local_dir: Path, retry: list[str] | None = None
+) -> Iterator[None]:
+    """Raise a Hub or network failure inside the block as a [`HubPushError`] naming the stage and how to retry."""
+    try:
+        yield
+    except _HUB_ERRORS as error:
+        raise HubPushError(stage, repo_id, target, local_dir, error, retry=retry) from error
 
 
 def push_final(
@@ -287,35 +309,42 @@ def push_final(
     """
     validate_repo_id(repo_id)
     model_dir = Path(model_dir)
+    stage = _stage_of_model_folder(model_dir)
+    retry = _final_retry_calls(model_dir, repo_id, stage)
+    api = api if api is not None else HfApi(token=token)
+    with _hub_copy(model_dir, repo_id, revision=None, subfolder=None) as folder:
+        with _raised_as_push_error(stage, repo_id, "branch 'main'", model_dir, retry):
+            api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+            stale = _stale_main_files(api, repo_id, token)
+            message = commit_message or "Upload final TRGL model"
+            api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=message, token=token, delete_patterns=stale or None
+            )
+    logger.info("Pushed %s to %s (main).", model_dir, repo_id)
+    return "main"
+
+
+def _stage_of_model_folder(model_dir: Path) -> int | None:
+    """The stage a folder to push to `main` holds (it must then be complete), None for a folder that is no stage."""
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir} is not a folder.")
-    stage = None
-    if (model_dir / STAGE_METADATA_FILE).is_file():
-        stage = int(_check_stage_folder(model_dir)["stage"])
+    return int(check_stage_folder(model_dir)["stage"]) if has_stage_metadata(model_dir) else None
+
+
+def _final_retry_calls(model_dir: Path, repo_id: str, stage: int | None) -> list[str]:
+    """The calls a [`HubPushError`] of [`push_final`] offers to retry with."""
     retry = [f"push_final({str(model_dir)!r}, {repo_id!r})"]
     if stage is not None:
         retry.insert(0, f"push_run_stages({str(model_dir.parent)!r}, {repo_id!r})")
-    api = api if api is not None else HfApi(token=token)
-    with _hub_copy(model_dir, repo_id, revision=None, subfolder=None) as folder:
-        try:
-            api.create_repo(repo_id, token=token, private=private, exist_ok=True)
-            remote = api.list_repo_files(repo_id, revision="main", token=token)
-            stale = [
-                glob.escape(path)
-                for path in remote
-                if path != ".gitattributes" and not path.startswith(f"{STAGES_FOLDER}/")
-            ]
-            api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=commit_message or "Upload final TRGL model",
-                token=token,
-                delete_patterns=stale or None,
-            )
-        except _HUB_ERRORS as error:
-            raise HubPushError(stage, repo_id, "branch 'main'", model_dir, error, retry=retry) from error
-    logger.info("Pushed %s to %s (main).", model_dir, repo_id)
-    return "main"
+    return retry
+
+
+def _stale_main_files(api: HfApi, repo_id: str, token: str | None) -> list[str]:
+    """Patterns of the files of `main` a final push deletes: all but `.gitattributes` and the `stages/` folder."""
+    remote = api.list_repo_files(repo_id, revision="main", token=token)
+    return [
+        glob.escape(path) for path in remote if path != ".gitattributes" and not path.startswith(f"{STAGES_FOLDER}/")
+    ]
 
 
 def push_run_card(
@@ -344,40 +373,10 @@ def push_run_card(
     with tempfile.TemporaryDirectory(prefix="trgl-card-") as folder:
         for path in map(Path, files):
             shutil.copy2(path, Path(folder) / path.name)
-        try:
+        with _raised_as_push_error(None, repo_id, "README.md of main", Path(files[0]).parent):
             api.create_repo(repo_id, token=token, exist_ok=True)
             api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload TRGL run card", token=token)
-        except _HUB_ERRORS as error:
-            raise HubPushError(None, repo_id, "README.md of main", Path(files[0]).parent, error) from error
     return "main"
-
-
-def find_stage_folders(output_dir: str | os.PathLike) -> dict[int, Path]:
-    """The complete stage folders of a run, by stage index.
-
-    Hidden temporary folders (`.stage-XX.tmp-*`) of an interrupted write are ignored, and so are folders without
-    `config.json`, weights or `trgl_stage.json` (logged as a warning).
-
-    Args:
-        output_dir (`str` or `os.PathLike`): the `output_dir` of a [`TRGLTrainer`] run.
-
-    Returns:
-        `dict[int, Path]`: `{1: output_dir/stage-01, ...}`, sorted by stage.
-    """
-    found = {}
-    for path in sorted(Path(output_dir).iterdir()):
-        match = _STAGE_FOLDER_PATTERN.match(path.name)
-        if not match or not path.is_dir():
-            continue
-        try:
-            metadata = _check_stage_folder(path)
-            if int(metadata["stage"]) != int(match.group(1)):
-                raise ValueError(f"its {STAGE_METADATA_FILE} is for stage {metadata['stage']}")
-        except (FileNotFoundError, ValueError) as error:
-            logger.warning("Skipping incomplete stage folder %s: %s", path, error)
-            continue
-        found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
 
 
 def push_run_stages(
@@ -424,37 +423,26 @@ def push_run_stages(
     )
     ```
     """
-    if strategy not in PUSH_STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {PUSH_STRATEGIES}, got {strategy!r}.")
-    validate_repo_id(repo_id)
+    _check_push_target(repo_id, strategy)
     stages = find_stage_folders(output_dir)
     if not stages:
-        raise FileNotFoundError(f"No complete stage folder (stage-01, stage-02, ...) in {output_dir}.")
+        raise FileNotFoundError(no_stage_folder_message(output_dir))
     api = api if api is not None else HfApi(token=token)
     pushed = {}
     for stage, folder in stages.items():
         pushed[stage] = push_stage(folder, repo_id, stage, strategy=strategy, api=api, token=token, private=private)
     if strategy == "branch":
-        last = max(stages)
-        num_stages = int(read_stage_metadata(stages[last])["num_stages"])
-        if last != num_stages:
-            logger.warning("The run is not finished (stage %d of %d): `main` gets stage %d.", last, num_stages, last)
-        push_final(stages[last], repo_id, api=api, token=token, private=private)
+        _push_last_stage_to_main(stages, repo_id, api=api, token=token, private=private)
     return pushed
 
 
-def _check_stage_folder(stage_dir: Path) -> dict[str, Any]:
-    """Metadata of a complete stage folder (config, weights and `trgl_stage.json`), or an error."""
-    if not stage_dir.is_dir():
-        raise FileNotFoundError(f"{stage_dir} is not a folder.")
-    metadata = read_stage_metadata(stage_dir)
-    if not (stage_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{stage_dir} has no config.json.")
-    if not any((stage_dir / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        raise FileNotFoundError(f"{stage_dir} has no model.safetensors.")
-    if "stage" not in metadata or "num_stages" not in metadata:
-        raise ValueError(f"{stage_dir / STAGE_METADATA_FILE} has no `stage` or `num_stages`.")
-    return metadata
+def _push_last_stage_to_main(stages: dict[int, Path], repo_id: str, **push_options: Any) -> None:
+    """Push the last stage found to `main` as well (with a warning when the run has more stages to come)."""
+    last = max(stages)
+    num_stages = int(read_stage_metadata(stages[last])["num_stages"])
+    if last != num_stages:
+        logger.warning("The run is not finished (stage %d of %d): `main` gets stage %d.", last, num_stages, last)
+    push_final(stages[last], repo_id, **push_options)
 
 
 @contextmanager
@@ -464,13 +452,13 @@ def _hub_copy(folder: Path, repo_id: str, revision: str | None, subfolder: str |
     Files are hard-linked where possible (copied otherwise) and only `README.md` is written anew, so the original
     folder is never modified. A folder without `trgl_stage.json` is yielded as is.
     """
-    if not (folder / STAGE_METADATA_FILE).is_file():
+    if not has_stage_metadata(folder):
         yield folder
         return
     card = stage_model_card(stage_card_facts(folder), repo_id, revision=revision, subfolder=subfolder)
     with tempfile.TemporaryDirectory(prefix="trgl-hub-") as temporary:
-        copy = link_copy(folder, Path(temporary) / folder.name, skip=("README.md",))
-        card.save(copy / "README.md")
+        copy = link_copy(folder, Path(temporary) / folder.name, skip=(STAGE_CARD_FILE,))
+        card.save(copy / STAGE_CARD_FILE)
         yield copy
 
 

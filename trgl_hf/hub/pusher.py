@@ -26,7 +26,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from ..export.checkpointing import link_copy, stage_dirname
+from ..export.atomic_files import link_copy
+from ..export.stage_folders import stage_dirname
 from .push import HubPushError, push_final, push_run_card, push_stage, push_target
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..distributed.processes import has_process_group
-from ..export.checkpointing import STAGE_METADATA_FILE
+from ..export.stage_folders import stage_metadata_files
 from ..modeling.weight_files import check_weight_folder
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def check_output_dir(root: Path, fingerprint: str, resuming: bool, identity: dic
             raise ValueError(f"{state_path} is corrupted ({error}): delete it or use a new `output_dir`.") from error
         recorded.add(state.get("fingerprint"))
         recorded_identity = state.get("identity")
-    for stage_file in root.glob(f"stage-*/{STAGE_METADATA_FILE}"):
+    for stage_file in stage_metadata_files(root):
         try:
             recorded.add(json.loads(stage_file.read_text()).get("run_fingerprint"))
         except json.JSONDecodeError:

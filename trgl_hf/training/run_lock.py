@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..export.checkpointing import apply_umask
+from ..export.atomic_files import apply_umask
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..export.checkpointing import atomic_directory, link_copy, remove_tree, write_json
+from ..export.atomic_files import atomic_directory, link_copy, remove_tree, write_json
 
 MARKER_FILE = "trgl_checkpoint.json"
 MARKER_PATTERN = re.compile(r"^checkpoint-(\d+)$")

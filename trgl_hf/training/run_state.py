@@ -18,7 +18,6 @@ rewritten unless corrupted, and nothing trains on missing predecessors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..export.checkpointing import atomic_directory, link_file, remove_tree, stage_dirname, write_json
+from ..export.atomic_files import atomic_directory, link_file, remove_tree, write_json
 from ..export.module_files import (
     LAP_STATE_PATTERN,
     is_module_folder,
@@ -36,6 +35,7 @@ from ..export.module_files import (
     read_module_folder,
     write_module_folder,
 )
+from ..export.stage_folders import stage_checksums, stage_folder, stage_intact
 from ..modeling.weight_files import check_weight_folder
 from .phases import PHASES_DIR, Phase
 
@@ -43,39 +43,6 @@ STATE_FILE = "trgl_state.json"
 PROGRESS_PREFIX = "trgl-progress"
 WEIGHTS_FILE = "model.safetensors"
 LAP_STATES_FILE = "trgl_lap_optimizers.pt"
-
-
-def file_checksum(path: Path) -> str:
-    """sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-UNCHECKED_STAGE_FILES = ("README.md",)
-"""Files of a stage folder left out of its checksums: the model card, which loading does not read (and a user may
-edit)."""
-
-
-def stage_checksums(directory: Path) -> dict[str, str]:
-    """Checksums of every file of a stage folder that loading it needs, by path relative to it: weights, configs,
-    the remote-code modeling files (`*.py`), the processor's files, `trgl_stage.json` and a PEFT adapter's folder;
-    everything but [`UNCHECKED_STAGE_FILES`]."""
-    files = [path for path in sorted(Path(directory).rglob("*")) if path.is_file()]
-    relative = {path.relative_to(directory).as_posix(): path for path in files}
-    return {name: file_checksum(path) for name, path in relative.items() if name not in UNCHECKED_STAGE_FILES}
-
-
-def stage_intact(directory: Path, recorded: dict[str, str]) -> bool:
-    """Whether every file recorded for a stage is still in `directory` with its recorded checksum (files added to the
-    folder since are not the stage's and are ignored)."""
-    for name, checksum in recorded.items():
-        path = Path(directory) / name
-        if not path.is_file() or file_checksum(path) != checksum:
-            return False
-    return bool(recorded)
 
 
 class RunState:
@@ -174,7 +141,7 @@ class RunState:
         """Recorded stages with a file missing or different from the checksum taken when it was written (see
         [`stage_checksums`]: remote-code `*.py` files included)."""
         return [stage for stage, sums in sorted(self.stages.items())
-                if not stage_intact(self.root / stage_dirname(stage), sums)]  # fmt: skip
+                if not stage_intact(stage_folder(self.root, stage), sums)]  # fmt: skip
 
     # ------------------------------------------------------------------ writing
 
@@ -235,7 +202,7 @@ class RunState:
     def record_stage(self, stage: int) -> None:
         """Record the checksums of a stage just written (it is then never rewritten unless found damaged)."""
         if self.writer:
-            self.stages[stage] = stage_checksums(self.root / stage_dirname(stage))
+            self.stages[stage] = stage_checksums(stage_folder(self.root, stage))
         self.pending = [k for k in self.pending if k != stage]
         self.save()
 
@@ -297,7 +264,4 @@ __all__ = [
     "RunCheckpointCallback",
     "RunState",
     "check_checkpoint",
-    "file_checksum",
-    "stage_checksums",
-    "stage_intact",
 ]

@@ -37,7 +37,7 @@ from transformers import (
 )
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.export.checkpointing import stage_dirname
+from trgl_hf.export.stage_folders import stage_dirname
 
 SENTENCES = [
     "a gripping, beautifully acted film",

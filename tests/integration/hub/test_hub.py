@@ -22,7 +22,7 @@ from transformers import AutoModelForImageClassification, DataCollatorWithPaddin
 
 import trgl_hf
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.export.checkpointing import stage_dirname
+from trgl_hf.export.stage_folders import stage_dirname
 from trgl_hf.hub import pusher as hub_pusher
 from trgl_hf.hub.push import (
     push_run_stages,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainer, TRGLTrainingArguments
-from trgl_hf.export import checkpointing
+from trgl_hf.export import atomic_files, checkpointing
 from trgl_hf.training.run_lock import LOCK_FILE, RunLock
 
 from ...conftest import tiny_cifar_resnet
@@ -63,7 +63,7 @@ def kind(label):
 def kill_and_resume(setting, train, tmp_path, monkeypatch, every_point):
     overrides = SETTINGS[setting]
     points: list[str] = []
-    monkeypatch.setattr(checkpointing, "WRITE_POINT_HOOKS", [points.append])
+    monkeypatch.setattr(atomic_files, "WRITE_POINT_HOOKS", [points.append])
     run(tmp_path / "reference", train, **overrides)
     reference = {name: data for name, (data, _) in stage_files(tmp_path / "reference").items()}
     assert len(points) >= 12 and sum(name.endswith("model.safetensors") for name in reference) == 3
@@ -81,10 +81,10 @@ def kill_and_resume(setting, train, tmp_path, monkeypatch, every_point):
             if len(seen) == n:
                 raise Crash(label)
 
-        monkeypatch.setattr(checkpointing, "WRITE_POINT_HOOKS", [kill])
+        monkeypatch.setattr(atomic_files, "WRITE_POINT_HOOKS", [kill])
         with pytest.raises(Crash):
             run(out, train, **overrides)
-        monkeypatch.setattr(checkpointing, "WRITE_POINT_HOOKS", [])
+        monkeypatch.setattr(atomic_files, "WRITE_POINT_HOOKS", [])
         state = json.loads((out / "trgl_state.json").read_text()) if (out / "trgl_state.json").exists() else {}
         finished = {f"stage-{int(k):02d}" for k in state.get("stages", {})}
         before = {name: value for name, value in stage_files(out).items() if name.split("/")[0] in finished}

@@ -19,11 +19,11 @@ from huggingface_hub.utils import _http
 from transformers import AutoModelForImageClassification
 
 from trgl_hf import TRGLConfig, TRGLModel, TRGLTrainingArguments
-from trgl_hf.export.checkpointing import save_stage, stage_dirname
+from trgl_hf.export.checkpointing import save_stage
+from trgl_hf.export.stage_folders import find_stage_folders, stage_dirname
 from trgl_hf.hub import pusher as hub_pusher
 from trgl_hf.hub.push import (
     HubPushError,
-    find_stage_folders,
     push_final,
     push_run_stages,
     push_stage,
