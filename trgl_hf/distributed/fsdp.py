@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..modeling.sharded import full_parameters, is_dtensor, is_sharded, reshard_all
-from .processes import has_process_group, is_multiprocess
+from .processes import has_process_group, is_multiprocess, mean_over_processes
 
 logger = logging.getLogger(__name__)
 
@@ -271,9 +271,7 @@ def average_task_losses(task_losses: dict[int, torch.Tensor]) -> dict[int, torch
     multipliers needs the same losses on every process)."""
     if not task_losses or not is_multiprocess():
         return task_losses
-    values = torch.stack([value.reshape(()).float() for value in task_losses.values()])
-    dist.all_reduce(values)
-    values /= dist.get_world_size()
+    values = mean_over_processes(torch.stack([value.reshape(()).float() for value in task_losses.values()]))
     return dict(zip(task_losses, values))
 
 

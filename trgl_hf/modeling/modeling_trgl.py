@@ -27,6 +27,7 @@ from .hf_internals import auto_class_cleared, mark_initialized
 from .losses import chunked_causal_lm_loss, lm_loss_chunk_tokens, trgl_loss
 from .peft_support import frozen_parameter_ids, inject_lora, is_peft_model, unwrap_peft_model
 from .pretrained_defaults import is_pretrained_base, resolve_aux_head, resolve_tau, resolve_tau_scale
+from .processes import mean_over_processes
 from .remote_code import REMOTE_CODE_FILES, write_remote_code
 from .remote_code import auto_map as remote_auto_map
 from .sharded import full_parameters, is_sharded
@@ -187,83 +188,26 @@ class TRGLModel(PreTrainedModel):
         >>> model = TRGLModel.from_base("microsoft/resnet-18", num_modules=4, tau=10.0, num_labels=10)
         ```
         """
-        if config is not None and set(config_kwargs) - {"num_labels"}:
-            raise ValueError(
-                f"`from_base` got a `config` and also {sorted(set(config_kwargs) - {'num_labels'})}: these keywords "
-                "would be ignored; set them on the TRGLConfig instead."
-            )
-        if "num_labels" in config_kwargs and not isinstance(base_model, (str, os.PathLike)):
-            raise ValueError(
-                "`num_labels` is only used when `base_model` is a path to load; a model object keeps its classifier: "
-                "build it with the `num_labels` you need."
-            )
-        if isinstance(base_model, (str, os.PathLike)):
-            load_kwargs = {}
-            if "num_labels" in config_kwargs:
-                load_kwargs = {"num_labels": config_kwargs.pop("num_labels"), "ignore_mismatched_sizes": True}
-            name_or_path = str(base_model)
-            base_model = load_task_model(name_or_path, **load_kwargs)
-            if config is None:
-                config_kwargs.setdefault("base_model_name_or_path", name_or_path)
-        if not isinstance(base_model, nn.Module):
-            raise ValueError(f"`base_model` must be a transformers model or a path, got {type(base_model).__name__}.")
+        base_model = _base_model_to_cut(base_model, config, config_kwargs)
         config = copy.deepcopy(config) if config is not None else TRGLConfig(**config_kwargs)
         if is_peft_model(base_model):
             base_model, config.peft_config = unwrap_peft_model(base_model)
         spec = architecture_of(base_model)
-        adapter_class = spec.adapter
-        if config.family is not None and config.family != adapter_class.family:
-            raise ValueError(
-                f"`family={config.family!r}` but {type(base_model).__name__} is cut by the "
-                f"{adapter_class.family!r} cutter: leave `family` unset."
-            )
-        task = task_of(base_model, spec.classes[type(base_model).__name__] == CAUSAL_LM)
-        if config.label_smoothing and task.name not in ("single_label_classification", "causal_lm"):
-            raise ValueError(
-                f"`label_smoothing` applies to cross-entropy; the {task.name} task has none: set it to 0."
-            )
-        backbone, head_template = adapter_class.split_task_model(base_model, spec)
-        base_config = copy.deepcopy(base_model.config)
-        base_config.architectures = [type(base_model).__name__]
-        config.family = adapter_class.family
-        if config.aux_head is not None and config.aux_head not in adapter_class.head_kinds + ("native",):
-            raise ValueError(
-                f"`aux_head={config.aux_head!r}` does not fit the {adapter_class.family} family: use one of "
-                f"{adapter_class.head_kinds}."
-            )
-        config.base_config = base_config
-        config.num_labels = base_config.num_labels
-        config.id2label, config.label2id = dict(base_config.id2label), dict(base_config.label2id)
-        config.base_model_name_or_path = config.base_model_name_or_path or getattr(base_config, "_name_or_path", None)
-        if config.image_size is None:
-            config.image_size = getattr(base_config, "image_size", None)
-
-        adapter = adapter_class(backbone, head_template, spec)
-        explicit_head = config.aux_head is not None
-        config.aux_head = resolve_aux_head(config, adapter)
-        if not explicit_head:
-            config.aux_head = default_decoder_head(config, adapter)
+        _check_family(config, base_model, spec.adapter)
+        task = _task_to_train(config, base_model, spec)
+        backbone, head_template = spec.adapter.split_task_model(base_model, spec)
+        _record_base(config, base_model, spec.adapter)
+        cutter = spec.adapter(backbone, head_template, spec)
+        explicit_head = _choose_aux_head(config, cutter)
         config.task = task.name
-        num_blocks = len(adapter.blocks)
-        probes = adapter.probe_blocks(adapter.probe_inputs(config.image_size))
-        if config.split is not None:
-            check_split(config.split, num_blocks)
-        elif config.split_policy == "balanced":
-            check_num_modules(num_blocks, config.num_modules)
-            config.split = balanced_split([p.activation_bytes for p in probes], config.num_modules)
-        else:
-            config.split = equal_split(num_blocks, config.num_modules)
-        config.num_modules = len(config.split)
+        probes = cutter.probe_blocks(cutter.probe_inputs(config.image_size))
+        _choose_split(config, probes, len(cutter.blocks))
         config.tau_scale = resolve_tau_scale(config)
         config.tau = resolve_tau(config)
         config.validate_trgl()
-        check_aux_head(config, adapter, base_model, explicit_head)
-        ends = [sum(config.split[: k + 1]) - 1 for k in range(config.num_modules)]
-        heads = build_heads(adapter, config, [probes[end] for end in ends])  # each head built once, here
-        config.module_output_shapes = [[probes[end].channels, *probes[end].spatial_size] for end in ends]
-        generation = getattr(base_model, "generation_config", None)
-        if generation is not None and base_model.can_generate():  # stages of a language model generate like it
-            config.base_generation_config = generation.to_diff_dict()
+        check_aux_head(config, cutter, base_model, explicit_head)
+        heads = _build_module_heads(config, cutter, probes)
+        _record_generation_config(config, base_model)
         return cls(config, backbone=backbone, head_template=head_template, heads=heads)
 
     @classmethod
@@ -478,47 +422,88 @@ class TRGLModel(PreTrainedModel):
                 losses are needed, as in a training step).
             inputs: the base model's inputs (e.g. `pixel_values`).
         """
-        if last_module is None:
-            if self.training and self.trainable_modules:
-                last_module = max(self.trainable_modules)
-            else:
-                last_module = (self.evaluated_modules or self.num_modules) - 1
-        if trgl_hidden_states is not None:
-            if self.cached_input_module is None:
-                raise ValueError("`trgl_hidden_states` given but `cached_input_module` is not set.")
-            with torch.no_grad():
-                state = self.adapter.state_from_cache(trgl_hidden_states, **inputs)
-            first_module = self.cached_input_module
-        else:
-            first_module, state = 0, None
-        schedule = self.transport_schedule
+        last_module = self._default_last_module() if last_module is None else last_module
+        first_module, state = self._first_module_and_state(trgl_hidden_states, inputs)
         for index in range(first_module, last_module + 1):
-            trainable = index in self.trainable_modules and torch.is_grad_enabled()
-            weight, active = schedule.weight(index), schedule.is_active(index)
-            with torch.set_grad_enabled(trainable):
-                if state is None:
-                    state = self.adapter.embed(**inputs)
-                elif trainable:
-                    state = state.detach()
-                energies = []
-                for block_index in self.module_block_range(index):
-                    state, block_energies = self._run_block(block_index, state, trainable, trainable and active)
-                    energies.extend(block_energies)
-                hidden = state.hidden
-                transport = torch.stack(energies).sum() if energies else hidden.new_zeros((), dtype=torch.float32)
-                if trainable and self.training and schedule.is_relative and index not in self._scaled_modules:
-                    self._measure_energy_scale(index, transport)
-                    weight = schedule.weight(index)
-                module_task_loss = loss = logits = None
-                if trainable and labels is not None and self.task.is_language_model:  # no whole logits in training
-                    module_task_loss = self._chunked_lm_loss(index, state, inputs, labels)
-                elif trainable or frozen_heads:
-                    logits = self.head_logits(index, state, inputs)
-                    if labels is not None:
-                        module_task_loss = self.task.loss(logits, labels, self.config.label_smoothing)
-                if module_task_loss is not None:
-                    loss = trgl_loss(module_task_loss, transport, weight)
-            yield ModuleStep(index, hidden, logits, transport, module_task_loss, loss, trainable)
+            state, step = self._run_module(index, state, labels, inputs, frozen_heads)
+            yield step
+
+    def _default_last_module(self) -> int:
+        """The last module (0-based) to run when none is named: the last trainable one in training mode, else module
+        `evaluated_modules` (all modules when unset)."""
+        if self.training and self.trainable_modules:
+            return max(self.trainable_modules)
+        return (self.evaluated_modules or self.num_modules) - 1
+
+    def _first_module_and_state(
+        self, trgl_hidden_states: torch.Tensor | None, inputs: dict[str, Any]
+    ) -> tuple[int, BlockState | None]:
+        """Where the run starts: module `cached_input_module` on the cached prefix outputs, else module 0 on the raw
+        inputs (state None: the stem embeds them)."""
+        if trgl_hidden_states is None:
+            return 0, None
+        if self.cached_input_module is None:
+            raise ValueError("`trgl_hidden_states` given but `cached_input_module` is not set.")
+        with torch.no_grad():
+            state = self.adapter.state_from_cache(trgl_hidden_states, **inputs)
+        return self.cached_input_module, state
+
+    def _run_module(
+        self,
+        index: int,
+        state: BlockState | None,
+        labels: torch.Tensor | None,
+        inputs: dict[str, Any],
+        frozen_heads: bool,
+    ) -> tuple[BlockState, ModuleStep]:
+        """Run module `index` on its predecessor's output `state` (detached when it trains; None: embed the inputs),
+        with gradients only when it trains; returns its output and its step."""
+        trainable = index in self.trainable_modules and torch.is_grad_enabled()
+        schedule = self.transport_schedule
+        weight, active = schedule.weight(index), schedule.is_active(index)
+        with torch.set_grad_enabled(trainable):
+            if state is None:
+                state = self.adapter.embed(**inputs)
+            elif trainable:
+                state = state.detach()
+            state, transport = self._run_module_blocks(index, state, trainable, trainable and active)
+            if trainable and self.training and schedule.is_relative and index not in self._scaled_modules:
+                self._measure_energy_scale(index, transport)
+                weight = schedule.weight(index)
+            logits, task_loss = self._module_head(index, state, inputs, labels, trainable, frozen_heads)
+            loss = trgl_loss(task_loss, transport, weight) if task_loss is not None else None
+        return state, ModuleStep(index, state.hidden, logits, transport, task_loss, loss, trainable)
+
+    def _run_module_blocks(
+        self, index: int, state: BlockState, trainable: bool, measure: bool
+    ) -> tuple[BlockState, torch.Tensor]:
+        """Run the blocks of module `index`: their output and the module's transport cost (the sum of its branches'
+        energies, measured when `measure`; zero otherwise)."""
+        energies = []
+        for block_index in self.module_block_range(index):
+            state, block_energies = self._run_block(block_index, state, trainable, measure)
+            energies.extend(block_energies)
+        transport = torch.stack(energies).sum() if energies else state.hidden.new_zeros((), dtype=torch.float32)
+        return state, transport
+
+    def _module_head(
+        self,
+        index: int,
+        state: BlockState,
+        inputs: dict[str, Any],
+        labels: torch.Tensor | None,
+        trainable: bool,
+        frozen_heads: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`(logits, task loss)` of module `index`'s head: a training language model's loss is computed by chunks (no
+        whole logits); a module that does not train runs its head only with `frozen_heads`."""
+        if trainable and labels is not None and self.task.is_language_model:
+            return None, self._chunked_lm_loss(index, state, inputs, labels)
+        if not (trainable or frozen_heads):
+            return None, None
+        logits = self.head_logits(index, state, inputs)
+        task_loss = self.task.loss(logits, labels, self.config.label_smoothing) if labels is not None else None
+        return logits, task_loss
 
     def head_logits(self, index: int, state: BlockState, inputs: dict[str, Any]) -> torch.Tensor:
         """Logits of head `index` (0-based) for `state`, the output of module `index`.
@@ -613,9 +598,7 @@ class TRGLModel(PreTrainedModel):
         if float(self.energy_scale[index]) > 0:
             return
         value = transport.detach().float().reshape(1).clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(value)
-            value /= torch.distributed.get_world_size()
+        mean_over_processes(value)
         if not float(value) > 0:
             raise ValueError(
                 f"Module {index + 1}'s branch energy is {float(value)} on its first batch, so `tau_scale='relative'` "
@@ -855,3 +838,112 @@ def load_task_model(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
         if model_class is not None:
             return model_class.from_pretrained(name_or_path, **kwargs)
     return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- from_base's steps
+
+
+def _base_model_to_cut(
+    base_model: PreTrainedModel | str | os.PathLike, config: TRGLConfig | None, config_kwargs: dict[str, Any]
+) -> nn.Module:
+    """The model `from_base` cuts: `base_model` itself, or loaded from its path (`num_labels` taken from
+    `config_kwargs`, which then also gets the path as `base_model_name_or_path`)."""
+    _check_from_base_keywords(base_model, config, config_kwargs)
+    if isinstance(base_model, (str, os.PathLike)):
+        load_kwargs = {}
+        if "num_labels" in config_kwargs:
+            load_kwargs = {"num_labels": config_kwargs.pop("num_labels"), "ignore_mismatched_sizes": True}
+        name_or_path = str(base_model)
+        base_model = load_task_model(name_or_path, **load_kwargs)
+        if config is None:
+            config_kwargs.setdefault("base_model_name_or_path", name_or_path)
+    if not isinstance(base_model, nn.Module):
+        raise ValueError(f"`base_model` must be a transformers model or a path, got {type(base_model).__name__}.")
+    return base_model
+
+
+def _check_from_base_keywords(base_model: Any, config: TRGLConfig | None, config_kwargs: dict[str, Any]) -> None:
+    """Refuse keywords `from_base` would ignore: config fields beside a `config`, `num_labels` beside a model."""
+    if config is not None and set(config_kwargs) - {"num_labels"}:
+        raise ValueError(
+            f"`from_base` got a `config` and also {sorted(set(config_kwargs) - {'num_labels'})}: these keywords "
+            "would be ignored; set them on the TRGLConfig instead."
+        )
+    if "num_labels" in config_kwargs and not isinstance(base_model, (str, os.PathLike)):
+        raise ValueError(
+            "`num_labels` is only used when `base_model` is a path to load; a model object keeps its classifier: "
+            "build it with the `num_labels` you need."
+        )
+
+
+def _check_family(config: TRGLConfig, base_model: nn.Module, cutter_class: Any) -> None:
+    """Refuse a `family` other than the one of the cutter the architecture registry chose."""
+    if config.family is not None and config.family != cutter_class.family:
+        raise ValueError(
+            f"`family={config.family!r}` but {type(base_model).__name__} is cut by the "
+            f"{cutter_class.family!r} cutter: leave `family` unset."
+        )
+
+
+def _task_to_train(config: TRGLConfig, base_model: nn.Module, spec: Any) -> Any:
+    """The task of `base_model` (its class in the registry entry `spec`), refusing a label smoothing it cannot use."""
+    task = task_of(base_model, spec.classes[type(base_model).__name__] == CAUSAL_LM)
+    if config.label_smoothing and task.name not in ("single_label_classification", "causal_lm"):
+        raise ValueError(f"`label_smoothing` applies to cross-entropy; the {task.name} task has none: set it to 0.")
+    return task
+
+
+def _record_base(config: TRGLConfig, base_model: nn.Module, cutter_class: Any) -> None:
+    """Record in `config` what it keeps of the base model: its family, config, labels, name and image size (and
+    refuse an `aux_head` the family does not have)."""
+    base_config = copy.deepcopy(base_model.config)
+    base_config.architectures = [type(base_model).__name__]
+    config.family = cutter_class.family
+    if config.aux_head is not None and config.aux_head not in cutter_class.head_kinds + ("native",):
+        raise ValueError(
+            f"`aux_head={config.aux_head!r}` does not fit the {cutter_class.family} family: use one of "
+            f"{cutter_class.head_kinds}."
+        )
+    config.base_config = base_config
+    config.num_labels = base_config.num_labels
+    config.id2label, config.label2id = dict(base_config.id2label), dict(base_config.label2id)
+    config.base_model_name_or_path = config.base_model_name_or_path or getattr(base_config, "_name_or_path", None)
+    if config.image_size is None:
+        config.image_size = getattr(base_config, "image_size", None)
+
+
+def _choose_aux_head(config: TRGLConfig, cutter: Any) -> bool:
+    """Resolve `config.aux_head` for this model; returns whether the user chose it (it is then never replaced)."""
+    explicit_head = config.aux_head is not None
+    config.aux_head = resolve_aux_head(config, cutter)
+    if not explicit_head:
+        config.aux_head = default_decoder_head(config, cutter)
+    return explicit_head
+
+
+def _choose_split(config: TRGLConfig, probes: list[BlockProbe], num_blocks: int) -> None:
+    """Set `config.split` (blocks per module) and `num_modules`: the given split, else by `split_policy`."""
+    if config.split is not None:
+        check_split(config.split, num_blocks)
+    elif config.split_policy == "balanced":
+        check_num_modules(num_blocks, config.num_modules)
+        config.split = balanced_split([p.activation_bytes for p in probes], config.num_modules)
+    else:
+        config.split = equal_split(num_blocks, config.num_modules)
+    config.num_modules = len(config.split)
+
+
+def _build_module_heads(config: TRGLConfig, cutter: Any, probes: list[BlockProbe]) -> nn.ModuleList:
+    """Every module's auxiliary head, built once here from the probe of its last block (whose output shape is
+    recorded in `config.module_output_shapes`)."""
+    ends = [sum(config.split[: k + 1]) - 1 for k in range(config.num_modules)]
+    heads = build_heads(cutter, config, [probes[end] for end in ends])
+    config.module_output_shapes = [[probes[end].channels, *probes[end].spatial_size] for end in ends]
+    return heads
+
+
+def _record_generation_config(config: TRGLConfig, base_model: nn.Module) -> None:
+    """Keep a generating base's generation config, so that the stages of a language model generate like it."""
+    generation = getattr(base_model, "generation_config", None)
+    if generation is not None and base_model.can_generate():
+        config.base_generation_config = generation.to_diff_dict()

@@ -7,7 +7,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import transformers
@@ -16,9 +16,7 @@ from transformers import AutoModelForImageClassification, PreTrainedConfig, PreT
 
 from ..losses import DifferenceEnergy, branch_energy
 from ..peft_support import merged_state_dict
-
-if TYPE_CHECKING:
-    from .registry import ArchitectureSpec
+from .spec import ArchitectureSpec
 
 logger = logging.getLogger(__name__)
 

@@ -13,53 +13,16 @@ on the uncut model and its stages against the TRGL model's heads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
-from .base import ModelCutter
 from .resnet import ResNetCutter
+from .spec import ArchitectureSpec, Layout, PostNorm, StreamPoints, norm_then_first_token, norm_then_pooler
 from .staged import ConvNextCutter, SwinCutter, convnext_tail, swin_tail
-from .transformer import PostNorm, StreamPoints, TransformerCutter
-
-Layout = StreamPoints | PostNorm
-TailFunction = Callable[[nn.Module, torch.Tensor], dict[str, Any]]
+from .transformer import TransformerCutter
 
 CLASSIFICATION, CAUSAL_LM = "classification", "causal_lm"
-
-
-def _optional(tail: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return tail.get_submodule(name)
-    except AttributeError:
-        return None
-
-
-def norm_then_pooler(*names: str) -> TailFunction:
-    """Tail that applies the backbone's final modules `names` in order (those present), then its `pooler` if any."""
-
-    def tail(modules: nn.Module, hidden: torch.Tensor) -> dict[str, Any]:
-        for name in names:
-            module = _optional(modules, name)
-            if module is not None:
-                hidden = module(hidden)
-        pooler = _optional(modules, "pooler")
-        return {"last_hidden_state": hidden, "pooler_output": pooler(hidden) if pooler is not None else None}
-
-    return tail
-
-
-def norm_then_first_token(name: str) -> TailFunction:
-    """Tail of DINOv2: final norm; the pooled output is the class token."""
-
-    def tail(modules: nn.Module, hidden: torch.Tensor) -> dict[str, Any]:
-        hidden = modules.get_submodule(name)(hidden)
-        return {"last_hidden_state": hidden, "pooler_output": hidden[:, 0]}
-
-    return tail
 
 
 def _opt_layout(config: Any) -> Layout:
@@ -84,48 +47,6 @@ def _refuse_deberta(config: Any) -> str | None:
     if getattr(config, "conv_kernel_size", 0):
         return "its convolution after the first layer (`conv_kernel_size > 0`) runs between blocks"
     return _refuse_cross_attention(config)
-
-
-@dataclass(frozen=True)
-class ArchitectureSpec:
-    """How one architecture is cut and what its transport term penalises.
-
-    Args:
-        name (`str`): display name, e.g. `"GPT-2"`.
-        model_types (`tuple[str, ...]`): the `config.model_type` values of this entry.
-        adapter (`type[ModelCutter]`): the cutter class that cuts it.
-        classes (`dict[str, str]`): supported task classes and what their head predicts (`"classification"` or
-            `"causal_lm"`).
-        blocks (`str`): dotted path of the `nn.ModuleList` of residual blocks inside the backbone.
-        layout (`Layout` or `Callable`): the residual layout of a block, or a function of the config giving it.
-        tail_names (`tuple[str, ...]`): backbone modules that run after the last block (final norm, pooler, output
-            projection); each module gets a copy of those present.
-        tail (`Callable`): computes the backbone's output (`last_hidden_state`, `pooler_output`) from the tail modules
-            and the last block's output.
-        check (`Callable`, *optional*): returns why a configuration cannot be trained exactly, or None.
-        penalised (`str`): what the transport term penalises, for the docs.
-        fixed_image_size (`bool`): the position embeddings only fit `config.image_size` (inputs are checked).
-    """
-
-    name: str
-    model_types: tuple[str, ...]
-    adapter: type[ModelCutter]
-    classes: dict[str, str]
-    blocks: str = ""
-    layout: Layout | Callable[[Any], Layout] = field(default_factory=StreamPoints)
-    tail_names: tuple[str, ...] = ()
-    tail: TailFunction = field(default=norm_then_pooler())
-    check: Callable[[Any], str | None] | None = None
-    penalised: str = ""
-    fixed_image_size: bool = False
-
-    def layout_for(self, config: Any) -> Layout:
-        """The block layout for this configuration."""
-        return self.layout(config) if callable(self.layout) else self.layout
-
-    def tail_modules(self, backbone: nn.Module) -> tuple[str, ...]:
-        """The `tail_names` present in this backbone (a pooler or projection may be absent)."""
-        return tuple(name for name in self.tail_names if isinstance(_optional(backbone, name), nn.Module))
 
 
 def _lm_and_classifier(prefix: str, lm_name: str | None = None) -> dict[str, str]:

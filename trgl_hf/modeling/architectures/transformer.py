@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,45 +42,8 @@ from .base import (
     task_model_from_config,
 )
 from .native_head import NativeHead
+from .spec import ArchitectureSpec, PostNorm, StreamPoints
 from .tied_head import TiedLMHead
-
-if TYPE_CHECKING:
-    from .registry import ArchitectureSpec
-
-
-@dataclass(frozen=True)
-class StreamPoints:
-    """A block that adds its branches to the stream one after another.
-
-    Args:
-        names (`tuple[str, ...]`): submodules (relative to the block) whose first input is the stream between two
-            branches, in call order; empty for a block with a single stream update (one branch, or parallel
-            attention + MLP added together).
-    """
-
-    names: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """What is penalised, for docs and error messages."""
-        if not self.names:
-            return "the block's single stream update (out - x)"
-        return "each stream update: x -> input of " + " -> input of ".join(self.names) + " -> out"
-
-
-@dataclass(frozen=True)
-class PostNorm:
-    """A post-LN block: each branch is added to the stream and the sum normalised (BERT).
-
-    Args:
-        names (`tuple[str, ...]`): the normalisations that close each branch (relative to the block), in call order.
-    """
-
-    names: tuple[str, ...]
-
-    def describe(self) -> str:
-        """What is penalised, for docs and error messages."""
-        return "each branch before its norm: input of " + " / input of ".join(self.names) + " minus the stream"
-
 
 BLOCK_RETURNS: dict[type, int] = {}
 """Per block class: 0 when a block returns a tensor, n when it returns a tuple of n (learned on first use)."""
