@@ -177,6 +177,14 @@ class TRGLConfig(PreTrainedConfig):
 
     def validate_trgl(self) -> None:
         """Raise a `ValueError` naming the field to change when the configuration cannot describe a TRGL model."""
+        self._check_whole_numbers()
+        self._check_split()
+        self._check_choices()
+        self._check_taus()
+        self._check_schedule_and_loss()
+
+    def _check_whole_numbers(self) -> None:
+        """Refuse counts, the LM loss chunk and the image size that are not whole numbers."""
         for name in ("num_modules", "multiplier_period", "head_pool_size", "trained_modules"):
             if not _is_integer(getattr(self, name)):
                 raise ValueError(f"`{name}` must be an integer, got {getattr(self, name)!r}.")
@@ -189,6 +197,9 @@ class TRGLConfig(PreTrainedConfig):
             )
         if self.image_size is not None and not _is_integer(self.image_size):
             raise ValueError(f"`image_size` must be an integer (pixels), got {self.image_size!r}.")
+
+    def _check_split(self) -> None:
+        """Refuse a `split` that is not blocks per module (it then sets `num_modules`) and fewer than one module."""
         if self.split is not None:
             if not isinstance(self.split, (list, tuple)) or not all(_is_integer(n) for n in self.split):
                 raise ValueError(f"`split` must list whole numbers of blocks per module, got {self.split!r}.")
@@ -197,6 +208,9 @@ class TRGLConfig(PreTrainedConfig):
             self.num_modules = len(self.split)
         if int(self.num_modules) < 1:
             raise ValueError(f"`num_modules` must be at least 1, got {self.num_modules}.")
+
+    def _check_choices(self) -> None:
+        """Refuse a split policy, tau schedule, tau scale or head kind that does not exist, or two that conflict."""
         if self.split_policy not in SPLIT_POLICIES:
             raise ValueError(f"`split_policy` must be one of {SPLIT_POLICIES}, got {self.split_policy!r}.")
         if self.tau_schedule not in TAU_SCHEDULES:
@@ -210,6 +224,10 @@ class TRGLConfig(PreTrainedConfig):
             )
         if self.aux_head is not None and self.aux_head not in AUX_HEADS:
             raise ValueError(f"`aux_head` must be one of {AUX_HEADS}, got {self.aux_head!r}.")
+
+    def _check_taus(self) -> None:
+        """Refuse a tau that is not positive, and a list of taus that learned multipliers replace or that does not
+        give one per module."""
         taus = self.tau if isinstance(self.tau, (list, tuple)) else [DEFAULT_TAU if self.tau is None else self.tau]
         for tau in taus:
             if not isinstance(tau, (int, float)) or not tau > 0 or math.isnan(tau):
@@ -227,6 +245,9 @@ class TRGLConfig(PreTrainedConfig):
                 f"`tau` lists {len(self.tau)} values but the model has {self.num_modules} modules: "
                 "give one per module."
             )
+
+    def _check_schedule_and_loss(self) -> None:
+        """Refuse a multiplier schedule, label smoothing or head pool size out of range."""
         if self.multiplier_init <= 0 or self.multiplier_step < 0 or self.multiplier_period < 1:
             raise ValueError(
                 "The multiplier schedule needs `multiplier_init` > 0, `multiplier_step` >= 0 and "

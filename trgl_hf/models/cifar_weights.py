@@ -144,35 +144,48 @@ def load_akamaster_resnet(path: str | os.PathLike, num_labels: int = 10) -> Cifa
     """
     source = os.fspath(path)
     converted, n = _convert_state_dict(_read_state_dict(path), source)
+    _check_head(converted, source, num_labels)
+    model = CifarResNetForImageClassification(_cifar_config(6 * n + 2, num_labels))
+    expected = model.state_dict()
+    for key in _missing_counters(converted, expected, source, 6 * n + 2):
+        converted[key] = torch.zeros_like(expected[key])
+    model.load_state_dict(converted, strict=True)
+    return model.eval()
 
+
+def _check_head(converted: dict[str, torch.Tensor], source: str, num_labels: int) -> None:
+    """Refuse a checkpoint without a linear head of `num_labels` outputs."""
     head = converted.get("classifier.1.weight")
     if head is None or head.ndim != 2:
         raise ValueError(f"{source!r} is not an akamaster CIFAR ResNet checkpoint: no 'linear.weight' matrix.")
     if head.shape[0] != num_labels:
         raise ValueError(f"{source!r} has a head with {head.shape[0]} outputs, but num_labels={num_labels}.")
 
+
+def _cifar_config(depth: int, num_labels: int) -> CifarResNetConfig:
+    """The configuration of a CIFAR ResNet of `depth` layers (with the CIFAR-10 class names for 10 labels)."""
     label_kwargs = {}
     if num_labels == len(_CIFAR10_CLASSES):
         label_kwargs["id2label"] = dict(enumerate(_CIFAR10_CLASSES))
         label_kwargs["label2id"] = {name: i for i, name in enumerate(_CIFAR10_CLASSES)}
-    config = CifarResNetConfig.from_depth(6 * n + 2, num_labels=num_labels, **label_kwargs)
-    model = CifarResNetForImageClassification(config)
+    return CifarResNetConfig.from_depth(depth, num_labels=num_labels, **label_kwargs)
 
-    expected = model.state_dict()
+
+def _missing_counters(
+    converted: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str, depth: int
+) -> list[str]:
+    """The keys of `expected` the checkpoint lacks, which may only be `num_batches_tracked` counters; any other
+    missing, unexpected or differently shaped tensor is refused."""
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
     really_missing = [key for key in missing if not key.endswith(".num_batches_tracked")]
     if unexpected or really_missing:
         raise ValueError(
-            f"{source!r} does not match a CIFAR ResNet-{6 * n + 2}: missing {really_missing[:5]}, "
+            f"{source!r} does not match a CIFAR ResNet-{depth}: missing {really_missing[:5]}, "
             f"unexpected {unexpected[:5]}."
         )
     mismatched = [key for key, value in converted.items() if value.shape != expected[key].shape]
     if mismatched:
         details = ", ".join(f"{k}: {tuple(converted[k].shape)} vs {tuple(expected[k].shape)}" for k in mismatched[:3])
-        raise ValueError(f"{source!r} does not match a CIFAR ResNet-{6 * n + 2}: shape mismatch for {details}.")
-    for key in missing:  # only the `num_batches_tracked` counters
-        converted[key] = torch.zeros_like(expected[key])
-
-    model.load_state_dict(converted, strict=True)
-    return model.eval()
+        raise ValueError(f"{source!r} does not match a CIFAR ResNet-{depth}: shape mismatch for {details}.")
+    return missing

@@ -34,8 +34,21 @@ def load_digits_dataset(seed: int = 0, validation_fraction: float = 0.15, test_f
     torch.Size([1, 8, 8])
     ```
     """
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+    from datasets import DatasetDict
 
+    load_digits, train_test_split = _sklearn_digits()
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None]
+    splits = _stratified_splits(
+        train_test_split, images, digits.target.astype(np.int64), seed, validation_fraction, test_fraction
+    )
+    mean, std = float(splits["train"][0].mean()), float(splits["train"][0].std())
+    parts = {name: _standardised_dataset(*split, mean, std) for name, split in splits.items()}
+    return DatasetDict(**parts).with_format("torch")
+
+
+def _sklearn_digits() -> tuple[Callable, Callable]:
+    """scikit-learn's `load_digits` and `train_test_split`, or an error saying how to install it."""
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -44,10 +57,18 @@ def load_digits_dataset(seed: int = 0, validation_fraction: float = 0.15, test_f
             "`load_digits_dataset` reads scikit-learn's bundled digits: install it with "
             "`pip install 'trgl_hf[recipes]'` (or `pip install scikit-learn`)."
         ) from error
+    return load_digits, train_test_split
 
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[:, None]
-    labels = digits.target.astype(np.int64)
+
+def _stratified_splits(
+    train_test_split: Callable,
+    images: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    validation_fraction: float,
+    test_fraction: float,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`{"train", "validation", "test"}: (images, labels)`, each split stratified by label."""
     train_images, held_images, train_labels, held_labels = train_test_split(
         images, labels, test_size=validation_fraction + test_fraction, stratify=labels, random_state=seed
     )
@@ -58,24 +79,25 @@ def load_digits_dataset(seed: int = 0, validation_fraction: float = 0.15, test_f
         stratify=held_labels,
         random_state=seed,
     )
-    mean, std = float(train_images.mean()), float(train_images.std())
+    return {
+        "train": (train_images, train_labels),
+        "validation": (validation_images, validation_labels),
+        "test": (test_images, test_labels),
+    }
+
+
+def _standardised_dataset(images: np.ndarray, labels: np.ndarray, mean: float, std: float) -> Any:
+    """A `Dataset` of `pixel_values` standardised with `mean` and `std` and `labels` as the ten digit classes."""
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
     features = Features(
         {
             "pixel_values": Sequence(Sequence(Sequence(Value("float32")))),
             "labels": ClassLabel(names=[str(d) for d in range(10)]),
         }
     )
-
-    def build(split_images: np.ndarray, split_labels: np.ndarray) -> Dataset:
-        normalised = ((split_images - mean) / std).astype(np.float32)
-        return Dataset.from_dict({"pixel_values": normalised, "labels": split_labels}, features=features)
-
-    splits = DatasetDict(
-        train=build(train_images, train_labels),
-        validation=build(validation_images, validation_labels),
-        test=build(test_images, test_labels),
-    )
-    return splits.with_format("torch")
+    normalised = ((images - mean) / std).astype(np.float32)
+    return Dataset.from_dict({"pixel_values": normalised, "labels": labels}, features=features)
 
 
 def find_label_column(dataset: Any) -> str | None:

@@ -196,12 +196,28 @@ class TRGLTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        self._train_cpu_processes_on_cpu()
+        super().__post_init__()
+        self._check_trgl_choices()
+        self._check_hub_settings()
+        self.trgl_save_stages = stage_selection(self.trgl_save_stages)
+        self._check_training_length()
+        self._check_compile_and_precision()
+        self._check_prefix_cache_settings()
+        self._check_head_settings()
+        from .prefix_cache import parse_bytes
+
+        parse_bytes(self.trgl_prefix_cache_max_memory)  # refuses what is not a size
+
+    def _train_cpu_processes_on_cpu(self) -> None:
+        """Set `use_cpu` when launched on several CPU processes (`accelerate launch --multi_gpu` / torchrun): without
+        it, transformers would see one process while the process group has several, and every rank would write."""
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _accelerator_available():
-            # Launched on several CPU processes (`accelerate launch --multi_gpu` / torchrun): without `use_cpu`,
-            # transformers would see one process while the process group has several, and every rank would write.
             logger.info("Several processes and no accelerator: training on CPU processes (`use_cpu=True`).")
             self.use_cpu = True
-        super().__post_init__()
+
+    def _check_trgl_choices(self) -> None:
+        """Refuse a mode, number of laps, offload, lap optimizer or Hub strategy that does not exist."""
         if self.trgl_mode not in TRGL_MODES:
             raise ValueError(f"`trgl_mode` must be one of {TRGL_MODES}, got {self.trgl_mode!r}.")
         if not isinstance(self.trgl_laps, int) or isinstance(self.trgl_laps, bool):
@@ -214,8 +230,10 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(f"`trgl_lap_optimizer` must be 'persist' or 'fresh', got {self.trgl_lap_optimizer!r}.")
         if self.trgl_hub_strategy not in ("branch", "subfolder"):
             raise ValueError(f"`trgl_hub_strategy` must be 'branch' or 'subfolder', got {self.trgl_hub_strategy!r}.")
-        self._check_hub_settings()
-        self.trgl_save_stages = stage_selection(self.trgl_save_stages)
+
+    def _check_training_length(self) -> None:
+        """Refuse a run with nothing to train, laps that cannot fit its steps, or a data order multilap cannot
+        continue."""
         if self.max_steps == 0 or (self.max_steps < 0 and not self.num_train_epochs > 0):
             raise ValueError(
                 f"Nothing to train: `max_steps={self.max_steps}`, `num_train_epochs={self.num_train_epochs}`; give a "
@@ -231,6 +249,9 @@ class TRGLTrainingArguments(TrainingArguments):
                 "multilap continues one seeded random data order across laps; `train_sampling_strategy="
                 f"{self.train_sampling_strategy!r}` cannot be continued: use 'random', or the sequential mode."
             )
+
+    def _check_compile_and_precision(self) -> None:
+        """Refuse `torch_compile`, and `fp16` where it would silently train in float32."""
         if self.torch_compile:
             raise ValueError(
                 "`torch_compile=True` is not supported by TRGLTrainer (its modules run one by one, outside the "
@@ -241,6 +262,9 @@ class TRGLTrainingArguments(TrainingArguments):
                 "`fp16=True` needs a CUDA / XPU / NPU device; on CPU it would silently train in float32: use "
                 "`bf16=True` for mixed precision on CPU, or neither."
             )
+
+    def _check_prefix_cache_settings(self) -> None:
+        """Refuse a prefix-cache choice or storage dtype that does not exist."""
         if self.trgl_prefix_cache not in PREFIX_CACHE_CHOICES:
             raise ValueError(
                 f"`trgl_prefix_cache` must be one of {PREFIX_CACHE_CHOICES}, got {self.trgl_prefix_cache!r}."
@@ -250,6 +274,9 @@ class TRGLTrainingArguments(TrainingArguments):
                 "`trgl_prefix_cache_dtype` must be 'float16', 'bfloat16' or None, got "
                 f"{self.trgl_prefix_cache_dtype!r}."
             )
+
+    def _check_head_settings(self) -> None:
+        """Refuse a head learning-rate multiplier that is not positive, or a head warmup that is not a step count."""
         if self.trgl_head_lr_multiplier is not None and not self.trgl_head_lr_multiplier > 0:
             raise ValueError(f"`trgl_head_lr_multiplier` must be positive, got {self.trgl_head_lr_multiplier!r}.")
         warmup = self.trgl_head_warmup_steps
@@ -257,9 +284,6 @@ class TRGLTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"`trgl_head_warmup_steps` must be a whole number of steps >= 0, got {self.trgl_head_warmup_steps!r}."
             )
-        from .prefix_cache import parse_bytes
-
-        parse_bytes(self.trgl_prefix_cache_max_memory)  # refuses what is not a size
 
     def saves_stage(self, stage: int, num_stages: int) -> bool:
         """Whether stage `stage` (1-based) of a `num_stages`-stage run is written (see `trgl_save_stages`)."""
