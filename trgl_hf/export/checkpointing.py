@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 
 from .atomic_files import atomic_directory
 from .model_cards import stage_card_facts, stage_model_card
-from .stage_folders import STAGE_CARD_FILE, STAGE_METADATA_FILE, stage_dirname, write_stage_metadata
+from .stage_folders import STAGE_CARD_FILE, stage_dirname, write_stage_metadata
 
 
 def save_stage(
@@ -52,4 +52,4 @@ def save_stage(
     return Path(directory)
 
 
-__all__ = ["STAGE_METADATA_FILE", "save_stage", "stage_dirname"]  # the format's names kept here for older callers
+__all__ = ["save_stage", "stage_dirname"]  # stage_dirname: stage_folders' own, still imported from here by trainer.py

@@ -476,6 +476,7 @@ def _local_state(folder: Path) -> str:
     return f"The local folder {folder} is intact: load it with `{loader}.from_pretrained({str(folder)!r}{remote})`."
 
 
+# find_stage_folders and read_stage_metadata are trgl_hf.export.stage_folders' own, still offered here as before.
 __all__ = [
     "HubPushError",
     "PUSH_STRATEGIES",
