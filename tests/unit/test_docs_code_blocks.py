@@ -1,11 +1,9 @@
 """The runner of the documentation's code blocks (`docs/code_blocks.py`) finds every ```python block, skips only the
-ones marked `<!-- not-run: why -->`, and a broken block fails (the blocks themselves run in
-tests/integration/test_docs_code_blocks.py)."""
+ones marked `<!-- not-run: why -->`, runs a page's blocks in one namespace, and a broken block fails its page (the
+real blocks run in tests/integration/test_docs_code_blocks.py)."""
 
 import importlib.util
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -27,6 +25,7 @@ raise RuntimeError("never run")
 
 ```python
 x = 1
+open("written.txt", "w").write("in an empty folder")
 ```
 
 ```bash
@@ -43,18 +42,19 @@ def test_blocks_are_found_in_order_with_their_markers(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(PAGE.format(divisor=2))
     found = code_blocks().blocks(page)
-    assert [(block.line, block.not_run) for block in found] == [(5, "needs the Hub"), (9, None), (17, None)]
+    assert [(block.line, block.not_run) for block in found] == [(5, "needs the Hub"), (9, None), (18, None)]
     assert found[2].code == "y = x / 2\n"
 
 
-def test_the_blocks_of_a_page_share_one_namespace_and_a_broken_block_fails(tmp_path):
+def test_a_pages_blocks_share_one_namespace_in_an_empty_folder_and_a_broken_block_fails_its_page(tmp_path):
     runner = code_blocks()
-    page = tmp_path / "page.md"
-    page.write_text(PAGE.format(divisor=2))
-    exec(runner.script([b for b in runner.blocks(page) if b.not_run is None]), {})
-    page.write_text(PAGE.format(divisor=0))
-    with pytest.raises(ZeroDivisionError):
-        exec(runner.script([b for b in runner.blocks(page) if b.not_run is None]), {})
+    good, broken = tmp_path / "good.md", tmp_path / "broken.md"
+    good.write_text(PAGE.format(divisor=2))
+    broken.write_text(PAGE.format(divisor=0))
+    results = runner.run_here([good, broken])
+    assert results[str(good)] is None
+    assert "ZeroDivisionError" in results[str(broken)] and f"{broken}:18" in results[str(broken)]
+    assert not (tmp_path / "written.txt").exists()
 
 
 def test_every_page_has_few_skipped_blocks_each_with_a_reason():
