@@ -51,23 +51,33 @@ BUCKET_MB = 1.0
 gradients span several buckets."""
 
 
-def flat_synchronise(self, net, task_losses, averager=None) -> None:
-    """The averaging `TRGLTrainer` did before the overlapped averager: one flat copy, one blocking all-reduce."""
+def flat_averaging():
+    """The averaging `TRGLTrainer` did before the overlapped averager: after backward, one flat copy of every
+    gradient and loss, one blocking all-reduce (a distributed strategy of `trgl_hf.distributed.strategy`)."""
     import torch.distributed as dist
 
-    params = [p for p in net.parameters() if p.requires_grad]
-    for param in params:
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-    flat = torch.cat([p.grad.reshape(-1) for p in params] + [v.reshape(1).float() for v in task_losses.values()])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for param in params:
-        param.grad.copy_(flat[offset : offset + param.numel()].view_as(param.grad))
-        offset += param.numel()
-    task_losses = {k: flat[offset + i] for i, k in enumerate(task_losses)}
-    net.transport_schedule.after_step(self.state.global_step + 1, task_losses)
+    from trgl_hf.distributed.strategy import AveragedGradients
+
+    class FlatAveraging(AveragedGradients):
+        def start_step(self, net) -> None:
+            pass
+
+        def finish_step(self, net, task_losses, step) -> None:
+            params = [p for p in net.parameters() if p.requires_grad]
+            for param in params:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+            losses = [v.reshape(1).float() for v in task_losses.values()]
+            flat = torch.cat([p.grad.reshape(-1) for p in params] + losses)
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            offset = 0
+            for param in params:
+                param.grad.copy_(flat[offset : offset + param.numel()].view_as(param.grad))
+                offset += param.numel()
+            net.transport_schedule.after_step(step, {k: flat[offset + i] for i, k in enumerate(task_losses)})
+
+    return FlatAveraging()
 
 
 class TraceOneStep:
@@ -116,7 +126,6 @@ class TraceOneStep:
 def run_arm(arm: str, opts, work: Path) -> dict[str, Any]:
     from benchmarks.common.models import build_resnet, build_trgl_resnet, random_images
     from benchmarks.common.timing import FixedBatch, make_trainer, summary, timed_train, training_args
-    from trgl_hf import TRGLTrainer
 
     x, y = random_images(opts.batch_per_process)
     data = FixedBatch({"pixel_values": x}, y)
@@ -132,14 +141,9 @@ def run_arm(arm: str, opts, work: Path) -> dict[str, Any]:
     trainer = make_trainer(model, args, data)
     tracer = TraceOneStep(opts.warmup)
     trainer.add_callback(tracer.callback)
-    originals = (TRGLTrainer._synchronise, TRGLTrainer._gradient_averager)
     if arm == "TRGL flat":
-        TRGLTrainer._synchronise = flat_synchronise
-        TRGLTrainer._gradient_averager = lambda self, net: None
-    try:
-        timed = timed_train(trainer, warmup=opts.warmup + 1, device=str(args.device))  # the traced step is untimed
-    finally:
-        TRGLTrainer._synchronise, TRGLTrainer._gradient_averager = originals
+        trainer.strategy = flat_averaging()
+    timed = timed_train(trainer, warmup=opts.warmup + 1, device=str(args.device))  # the traced step is untimed
     walls = [t for phase in timed["phases"] for t in phase["wall_s"]]
     return {"arm": arm, "step_s": summary(walls), "steps_s": walls,
             "peak_bytes": tracer.result}  # fmt: skip

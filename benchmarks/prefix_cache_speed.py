@@ -34,20 +34,23 @@ from benchmarks.common import data, env, models, timing
 from benchmarks.common.env import log
 from benchmarks.reports import prefix_cache as prefix_report
 from trgl_hf import TRGLTrainer, TRGLTrainingArguments
+from trgl_hf.distributed.strategy import SingleProcess
+from trgl_hf.training import trainer as trainer_module
+from trgl_hf.training.phase_cache import PhasePrefixCache
 from trgl_hf.training.prefix_cache import PrefixCache, ShardWriter
 from trgl_hf.training.run_state import RunState
 
 ARMS = ("e2e", "memory", "disk", "none")
-TIMED = [  # (class, method, label): wall time of every call while a run is timed
-    (TRGLTrainer, "_build_prefix_cache", "cache_build"),
+TIMED = [  # (class or module, function, label): wall time of every call while a run is timed
+    (PhasePrefixCache, "build", "cache_build"),
     (ShardWriter, "add", "cache_store_add"),
     (ShardWriter, "flush", "cache_store_flush"),
     (PrefixCache, "__getitems__", "cache_gather"),
-    (TRGLTrainer, "_reset_for_phase", "reset"),
+    (SingleProcess, "prepare_phase", "reset"),
     (transformers.Trainer, "train", "trainer_train"),
-    (TRGLTrainer, "_finish_phase", "finish_phase"),
+    (trainer_module, "finish_phase", "finish_phase"),
     (RunState, "complete_phase", "save_progress"),
-    (TRGLTrainer, "_drop_prefix_cache", "drop_cache"),
+    (PhasePrefixCache, "drop", "drop_cache"),
     (TRGLTrainer, "_end_run", "end_run"),
 ]
 

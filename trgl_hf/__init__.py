@@ -28,9 +28,10 @@ from .models.modeling_trgl_stage import (
     TRGLStageModel,
 )
 from .training.data import load_digits_dataset
+from .training.loss_monitor import NonFiniteLossError
 from .training.metrics import PerModuleMetrics, accuracy
 from .training.run_callbacks import TRGLCallback
-from .training.trainer import NonFiniteLossError, TRGLTrainer
+from .training.trainer import TRGLTrainer
 from .training.training_args import TRGLTrainingArguments
 
 register_auto_classes()

@@ -21,11 +21,11 @@ class RecordCache(TrainerCallback):
         self.trainer = None
 
     def on_phase_begin(self, args, state, control, model=None, **kwargs):
-        cache = self.trainer._prefix_cache
-        if cache is None or self.trainer._phase.cached_from is None:
+        cache = self.trainer.prefix_caches.current
+        if cache is None or self.trainer.phase.cached_from is None:
             return
         rank = torch.distributed.get_rank()
-        phase = self.trainer._phase.name
+        phase = self.trainer.phase.name
         rows = {}
         for path in sorted(cache.folder.glob("*.safetensors")):
             with safe_open(str(path), framework="pt") as handle:
@@ -41,8 +41,8 @@ class RecordCache(TrainerCallback):
             with torch.no_grad():
                 alone = torch.cat([step.hidden_state for batch in loader for step in
                                    net.iter_modules(pixel_values=batch["pixel_values"],
-                                                    last_module=self.trainer._phase.cached_from - 1)
-                                   if step.index == self.trainer._phase.cached_from - 1])  # fmt: skip
+                                                    last_module=self.trainer.phase.cached_from - 1)
+                                   if step.index == self.trainer.phase.cached_from - 1])  # fmt: skip
             net.train()
             torch.save({"shared": shared["trgl_hidden_states"], "alone": alone, "labels": shared["labels"]},
                        out / f"{phase}-cache.pt")  # fmt: skip

@@ -18,7 +18,7 @@ class Recording(TRGLTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         sums = inputs["pixel_values"].double().sum(dim=(1, 2, 3)).tolist()
-        self.seen.append({"phase": self._phase.name, "rows": [round(value, 6) for value in sums]})
+        self.seen.append({"phase": self.phase.name, "rows": [round(value, 6) for value in sums]})
         return super().training_step(model, inputs, num_items_in_batch)
 
 

@@ -219,3 +219,35 @@ def test_private_transformers_apis_are_used_only_in_hf_internals():
         "private transformers / accelerate APIs used outside hf_internals (wrap them there, or declare an override "
         f"in its OVERRIDDEN_* lists): {uses}"
     )
+
+
+# ---------------------------------------------------------------------------------------------------- sizes
+
+MAX_FUNCTION_LINES = 60
+"""From its `def` line to its last line, docstring included."""
+MAX_TRAINER_LINES = 360
+"""`training/trainer.py` orchestrates: the run, the phases and the Trainer hooks live in their own modules."""
+
+
+def long_functions(tree: ast.AST, limit: int) -> list[tuple[int, str, int]]:
+    """`(line, name, length)` of every function (methods and nested functions included) over `limit` lines."""
+    return [(node.lineno, node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > limit]  # fmt: skip
+
+
+def test_the_length_walker_counts_nested_functions():
+    tree = ast.parse("def outer():\n    def inner():\n" + "        x = 1\n" * 5 + "    return inner\n")
+    assert long_functions(tree, 6) == [(1, "outer", 8)]
+    assert long_functions(tree, 5) == [(1, "outer", 8), (2, "inner", 6)]
+
+
+def test_no_function_is_over_60_lines_and_the_trainer_stays_an_orchestrator():
+    found = {}
+    for name, (path, _) in package_modules().items():
+        long = long_functions(ast.parse(path.read_text(encoding="utf-8")), MAX_FUNCTION_LINES)
+        if long:
+            found[name] = long
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): {found}"
+    trainer_lines = len((ROOT / "training" / "trainer.py").read_text(encoding="utf-8").splitlines())
+    assert trainer_lines <= MAX_TRAINER_LINES, f"training/trainer.py has {trainer_lines} lines: move a concern out"

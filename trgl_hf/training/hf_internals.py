@@ -10,6 +10,8 @@ loudly, with the name of what is missing, instead of silently skipping an overri
   optimizer, scheduler and distributed wrapper (otherwise the second phase keeps the first one's optimizer).
 - `Trainer._remove_unused_columns`, `Trainer._get_collator_with_removed_columns`, `Trainer._prepare_inputs`: the
   prefix cache feeds the model exactly what a training batch would hold.
+- `Trainer._get_dataloader`, `Trainer._get_train_sampler`, `Trainer._train_batch_size`: a phase's training batches
+  (its prefix cache, its lap's examples) come from the Trainer's own loader, without changing `train_dataset`.
 - `Trainer._clip_grad_norm` (overridden: each module is clipped on its own), `Trainer._push_from_checkpoint`
   (overridden: intermediate checkpoints are not pushed, finished stages are) and `Trainer._save_checkpoint`
   (overridden: never a checkpoint of weights a non-finite loss has reached; the run's progress is recorded).
@@ -35,7 +37,9 @@ from transformers.integrations.integration_utils import default_logdir
 from ..modeling.hf_internals import missing_private_api as missing_model_api
 
 CHECKED_VERSIONS = {"transformers": "5.24.0", "accelerate": "1.15.0"}
-TRAINER_METHODS = ("_remove_unused_columns", "_get_collator_with_removed_columns", "_prepare_inputs")
+TRAINER_METHODS = ("_remove_unused_columns", "_get_collator_with_removed_columns", "_prepare_inputs",
+                   "_get_dataloader", "_get_train_sampler")  # fmt: skip
+TRAINER_ATTRIBUTES = ("_train_batch_size",)  # set in `Trainer.__init__`
 OVERRIDDEN_TRAINER_METHODS = ("_clip_grad_norm", "_push_from_checkpoint", "_save_checkpoint")
 ACCELERATOR_LISTS = ("_optimizers", "_schedulers", "_models")
 TRAINER_FLAGS = ("is_distributed_loading_by_transformers",)  # read by `Trainer._prepare_for_training`
@@ -47,6 +51,8 @@ def check_private_api() -> None:
                if not callable(getattr(Trainer, name, None))]  # fmt: skip
     assigned = Accelerator.__init__.__code__.co_names  # the lists are created in __init__
     missing += [f"accelerate.Accelerator.{name}" for name in ACCELERATOR_LISTS if name not in assigned]
+    set_by_trainer = Trainer.__init__.__code__.co_names
+    missing += [f"transformers.Trainer.{name}" for name in TRAINER_ATTRIBUTES if name not in set_by_trainer]
     read = Trainer._prepare_for_training.__code__.co_names if hasattr(Trainer, "_prepare_for_training") else ()
     missing += [f"transformers.Trainer.{name}" for name in TRAINER_FLAGS if name not in read]
     missing += missing_model_api()
@@ -88,6 +94,20 @@ def collator_without_unused_columns(trainer: Trainer, collator: Callable, descri
     return trainer._get_collator_with_removed_columns(collator, description=description)
 
 
+def training_dataloader(trainer: Trainer, dataset: Any, collate: Callable | None = None) -> Any:
+    """The Trainer's training `DataLoader` (its sampler, batch size, workers, seeding, accelerator preparation) over
+    `dataset`; with `collate`, the rows are model inputs already: `collate` stacks them, no column is removed."""
+    if collate is None:
+        return trainer._get_dataloader(dataset=dataset, description="Training", batch_size=trainer._train_batch_size,
+                                       sampler_fn=trainer._get_train_sampler, is_training=True)  # fmt: skip
+    saved = trainer.data_collator, trainer.args.remove_unused_columns
+    trainer.data_collator, trainer.args.remove_unused_columns = collate, False
+    try:
+        return training_dataloader(trainer, dataset)
+    finally:
+        trainer.data_collator, trainer.args.remove_unused_columns = saved
+
+
 def prepare_inputs(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Any]:
     """A batch moved to the trainer's device, as `Trainer.training_step` prepares it."""
     return trainer._prepare_inputs(batch)
@@ -102,4 +122,5 @@ __all__ = [
     "remove_unused_columns",
     "reset_accelerator",
     "set_wrapped_model",
+    "training_dataloader",
 ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import CallbackHandler
+from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, ProgressCallback
 
 PHASE_SUMMARY_KEY = "train_runtime"
 """A key only the end-of-loop summary log holds: such a log ends a phase, not the run."""
@@ -183,4 +183,30 @@ class RunCallbackHandler(CallbackHandler):
         return control if result is None else result
 
 
-__all__ = ["RunCallbackHandler", "RunPosition", "TRGLCallback", "shift_entry"]
+class PhaseProgressCallback(ProgressCallback):
+    """Trainer's progress bar, labelled with the phase being trained (e.g. `module 2/4` or `lap 2 module 1/4`)."""
+
+    def __init__(self, describe: Callable[[], str], max_str_len: int = 100):
+        super().__init__(max_str_len)
+        self.describe = describe
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.describe())
+
+
+def run_callback_handler(handler: CallbackHandler, phase_local: type) -> RunCallbackHandler:
+    """The Trainer's `handler` as a [`RunCallbackHandler`]: progress bars and `phase_local` see each phase as its own
+    loop, `DefaultFlowCallback` the run's step, every other callback one run."""
+    return RunCallbackHandler(handler, phase_local=(ProgressCallback, phase_local), flow=(DefaultFlowCallback,))
+
+
+__all__ = [
+    "PhaseProgressCallback",
+    "RunCallbackHandler",
+    "RunPosition",
+    "TRGLCallback",
+    "run_callback_handler",
+    "shift_entry",
+]

@@ -235,3 +235,28 @@ def test_persistent_lap_optimizers_survive_a_resume_between_laps(tmp_path, digit
     resumed.train(resume_from_checkpoint=True)
     for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(b, a, msg=name)
+
+
+class StopInPhaseTwo(TrainerCallback):
+    """Records, at each step, the arguments the phase's loop runs with and those the callback is given; fails at the
+    second phase's first step."""
+
+    def __init__(self):
+        self.trainer, self.seen = None, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seen.append((self.trainer.args.output_dir, self.trainer.args.max_steps, args))
+        if len(self.seen) == 5:
+            raise RuntimeError("stopped in phase 2")
+
+
+def test_phases_run_with_their_own_arguments_and_the_users_are_never_changed(tmp_path, digits):
+    stopper = StopInPhaseTwo()
+    trainer = stopper.trainer = trainer_for(tmp_path, digits, callbacks=[stopper], max_steps=4)
+    args, before = trainer.args, dict(vars(trainer.args))
+    with pytest.raises(RuntimeError, match="stopped in phase 2"):
+        trainer.train()
+    assert stopper.seen[0][:2] == (str(tmp_path / "out" / "phases" / "module-01"), 4)
+    assert stopper.seen[-1][0] == str(tmp_path / "out" / "phases" / "module-02")
+    assert all(seen[2] is args for seen in stopper.seen)  # callbacks that see the run get the user's arguments
+    assert trainer.args is args and vars(args) == before

@@ -35,7 +35,7 @@ class CacheSpy:
             self.sizes.append(cache.nbytes)
             return cache
 
-        monkeypatch.setattr("trgl_hf.training.trainer.build_prefix_cache", spy)
+        monkeypatch.setattr("trgl_hf.training.phase_cache.build_prefix_cache", spy)
 
 
 def test_a_disk_cache_trains_bit_identically_to_the_memory_cache(tmp_path, digits, make_cifar_resnet, monkeypatch):

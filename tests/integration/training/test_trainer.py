@@ -224,7 +224,7 @@ def test_interrupted_run_resumes_to_the_same_weights(mode, tmp_path, digits, mak
 
 
 def test_progress_bar_names_the_phase(tmp_path, digits, make_cifar_resnet):
-    from trgl_hf.training.trainer import PhaseProgressCallback
+    from trgl_hf.training.run_callbacks import PhaseProgressCallback
 
     seen = []
 

@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset
 
 from trgl_hf.export.model_cards import module_plot_svg, stage_model_card
-from trgl_hf.training.trainer import dataset_name
+from trgl_hf.training.run_outputs import dataset_name
 
 FACTS = {"stage": 2, "num_stages": 3, "trgl_mode": "sequential", "taus": [5.0, 10.0, 10.0], "use_transport": True,
          "has_processor": True, "remote_code": False}  # fmt: skip
