@@ -278,7 +278,7 @@ def architecture_named(class_name: str, model_type: str) -> ArchitectureSpec:
 
 
 def support_table() -> str:
-    """The README's table of supported architectures (a test keeps the README equal to it)."""
+    """The guide's table of supported architectures (`docs/architectures.md`; a test keeps the page equal to it)."""
     rows = ["| architecture | task classes | what the transport term penalises |", "| --- | --- | --- |"]
     for spec in _ENTRIES:
         classes = ", ".join(f"`{name}`" for name in sorted(spec.classes))
