@@ -19,57 +19,14 @@ from trgl_hf import TRGLConfig, TRGLModel, supported_architectures
 from trgl_hf.modeling.architectures.registry import REGISTRY
 
 from ....conftest import tiny_cifar_resnet, tiny_hf_resnet
+from .cases_common import TEXT, VIT
+from .cases_decoders import DECODERS_CASES
+from .cases_encoders import ENCODERS_CASES
+from .cases_vision import VISION_CASES
 
-TEXT = dict(vocab_size=40, hidden_size=16, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
-DECODER = dict(TEXT, num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-VIT = dict(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=16,
-           patch_size=4)  # fmt: skip
-SWIN = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 1, 1], num_heads=[2, 2, 2], window_size=4)
-CONVNEXT = dict(image_size=32, patch_size=4, num_stages=3, hidden_sizes=[8, 16, 16], depths=[2, 1, 1])
-
-# class name -> (config class, config kwargs, ground-truth branch modules per block, how branches combine)
-# Ground truth: the output of each named submodule (first element of a tuple) is exactly the tensor its branch adds
-# to the residual stream; "sum" adds them into one stream update (parallel attention + MLP).
-CASES = {
-    "BertForSequenceClassification": ("BertConfig", dict(TEXT, num_hidden_layers=4), ("attention.output.dropout", "output.dropout")),
-    "RobertaForSequenceClassification": ("RobertaConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=1), ("attention.output.dropout", "output.dropout")),
-    "XLMRobertaForSequenceClassification": ("XLMRobertaConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=1), ("attention.output.dropout", "output.dropout")),
-    "ElectraForSequenceClassification": ("ElectraConfig", dict(TEXT, num_hidden_layers=4, embedding_size=8), ("attention.output.dropout", "output.dropout")),
-    "DistilBertForSequenceClassification": ("DistilBertConfig", dict(vocab_size=40, dim=16, n_layers=4, n_heads=2, hidden_dim=32, max_position_embeddings=64), ("attention", "ffn")),
-    "DebertaV2ForSequenceClassification": ("DebertaV2Config", dict(TEXT, num_hidden_layers=4, relative_attention=True, position_buckets=8, max_relative_positions=16, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False), ("attention.output.dropout", "output.dropout")),
-    "ModernBertForSequenceClassification": ("ModernBertConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, local_attention=4, classifier_pooling="mean"), ("attn", "mlp")),
-    "GPT2LMHeadModel": ("GPT2Config", dict(vocab_size=40, n_embd=16, n_layer=4, n_head=2, n_positions=64, pad_token_id=0), ("attn", "mlp")),
-    "GPT2ForSequenceClassification": ("GPT2Config", dict(vocab_size=40, n_embd=16, n_layer=4, n_head=2, n_positions=64, pad_token_id=0), ("attn", "mlp")),
-    "GPTNeoXForCausalLM": ("GPTNeoXConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=0), ("post_attention_dropout", "post_mlp_dropout"), "sum"),
-    "GPTNeoXForSequenceClassification": ("GPTNeoXConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=0, use_parallel_residual=False), ("post_attention_dropout", "post_mlp_dropout")),
-    "OPTForCausalLM": ("OPTConfig", dict(vocab_size=40, hidden_size=16, num_attention_heads=2, num_hidden_layers=4, ffn_dim=32, max_position_embeddings=64, word_embed_proj_dim=8, pad_token_id=1), ("self_attn", "fc2")),
-    "OPTForSequenceClassification": ("OPTConfig", dict(vocab_size=40, hidden_size=16, num_attention_heads=2, num_hidden_layers=4, ffn_dim=32, max_position_embeddings=64, word_embed_proj_dim=16, pad_token_id=1, do_layer_norm_before=False), ("self_attn", "fc2")),
-    "LlamaForCausalLM": ("LlamaConfig", dict(DECODER, num_hidden_layers=4), ("self_attn", "mlp")),
-    "LlamaForSequenceClassification": ("LlamaConfig", dict(DECODER, num_hidden_layers=4), ("self_attn", "mlp")),
-    "MistralForCausalLM": ("MistralConfig", dict(DECODER, num_hidden_layers=4, sliding_window=4), ("self_attn", "mlp")),
-    "MistralForSequenceClassification": ("MistralConfig", dict(DECODER, num_hidden_layers=4, sliding_window=4), ("self_attn", "mlp")),
-    "Qwen2ForCausalLM": ("Qwen2Config", dict(DECODER, num_hidden_layers=4, use_sliding_window=True, sliding_window=4, max_window_layers=1), ("self_attn", "mlp")),
-    "Qwen2ForSequenceClassification": ("Qwen2Config", dict(DECODER, num_hidden_layers=4), ("self_attn", "mlp")),
-    "Qwen3ForCausalLM": ("Qwen3Config", dict(DECODER, num_hidden_layers=4, head_dim=8, use_sliding_window=True, sliding_window=4, max_window_layers=3), ("self_attn", "mlp")),
-    "Qwen3ForSequenceClassification": ("Qwen3Config", dict(DECODER, num_hidden_layers=4, head_dim=8), ("self_attn", "mlp")),
-    "GemmaForCausalLM": ("GemmaConfig", dict(DECODER, num_hidden_layers=4, head_dim=8), ("self_attn", "mlp")),
-    "GemmaForSequenceClassification": ("GemmaConfig", dict(DECODER, num_hidden_layers=4, head_dim=8), ("self_attn", "mlp")),
-    "Gemma2ForCausalLM": ("Gemma2Config", dict(DECODER, num_hidden_layers=4, head_dim=8, sliding_window=4), ("post_attention_layernorm", "post_feedforward_layernorm")),
-    "Gemma2ForSequenceClassification": ("Gemma2Config", dict(DECODER, num_hidden_layers=4, head_dim=8, sliding_window=4), ("post_attention_layernorm", "post_feedforward_layernorm")),
-    "Phi3ForCausalLM": ("Phi3Config", dict(DECODER, num_hidden_layers=4), ("resid_attn_dropout", "resid_mlp_dropout")),
-    "Phi3ForSequenceClassification": ("Phi3Config", dict(DECODER, num_hidden_layers=4), ("resid_attn_dropout", "resid_mlp_dropout")),
-    "Olmo2ForCausalLM": ("Olmo2Config", dict(DECODER, num_hidden_layers=4), ("post_attention_layernorm", "post_feedforward_layernorm")),
-    "Olmo2ForSequenceClassification": ("Olmo2Config", dict(DECODER, num_hidden_layers=4), ("post_attention_layernorm", "post_feedforward_layernorm")),
-    "ViTForImageClassification": ("ViTConfig", VIT, ("attention", "mlp")),
-    "DeiTForImageClassification": ("DeiTConfig", VIT, ("attention", "mlp")),
-    "Dinov2ForImageClassification": ("Dinov2Config", dict(VIT, mlp_ratio=2), ("layer_scale1", "layer_scale2")),
-    "SwinForImageClassification": ("SwinConfig", SWIN, ("drop_path", "mlp")),
-    "Swinv2ForImageClassification": ("Swinv2Config", dict(SWIN, pretrained_window_sizes=[0, 0, 0]), ("layernorm_before", "layernorm_after")),
-    "ConvNextForImageClassification": ("ConvNextConfig", CONVNEXT, ("drop_path",)),
-    "ConvNextV2ForImageClassification": ("ConvNextV2Config", CONVNEXT, ("drop_path",)),
-    "ResNetForImageClassification": (None, None, ("layer",)),
-    "CifarResNetForImageClassification": (None, None, ("layer",)),
-}  # fmt: skip
+# class name -> (config class, config kwargs, ground-truth branch modules per block[, how branches combine]); the rows
+# live in cases_encoders.py, cases_decoders.py and cases_vision.py.
+CASES = {**ENCODERS_CASES, **DECODERS_CASES, **VISION_CASES}
 
 AUTO = {"ForCausalLM": AutoModelForCausalLM, "LMHeadModel": AutoModelForCausalLM,
         "ForSequenceClassification": AutoModelForSequenceClassification,

@@ -1,0 +1,20 @@
+"""Vision models of the registry's conformance tests (`test_registry.py`), one row per task class:
+class name -> (config class, config kwargs, ground-truth branch modules per block[, how branches combine]).
+
+Ground truth: the output of each named submodule (first element of a tuple) is exactly the tensor its branch adds to the
+residual stream; "sum" adds them into one stream update (parallel attention + MLP).
+"""
+
+from .cases_common import CONVNEXT, SWIN, VIT
+
+VISION_CASES = {
+    "ViTForImageClassification": ("ViTConfig", VIT, ("attention", "mlp")),
+    "DeiTForImageClassification": ("DeiTConfig", VIT, ("attention", "mlp")),
+    "Dinov2ForImageClassification": ("Dinov2Config", dict(VIT, mlp_ratio=2), ("layer_scale1", "layer_scale2")),
+    "SwinForImageClassification": ("SwinConfig", SWIN, ("drop_path", "mlp")),
+    "Swinv2ForImageClassification": ("Swinv2Config", dict(SWIN, pretrained_window_sizes=[0, 0, 0]), ("layernorm_before", "layernorm_after")),
+    "ConvNextForImageClassification": ("ConvNextConfig", CONVNEXT, ("drop_path",)),
+    "ConvNextV2ForImageClassification": ("ConvNextV2Config", CONVNEXT, ("drop_path",)),
+    "ResNetForImageClassification": (None, None, ("layer",)),
+    "CifarResNetForImageClassification": (None, None, ("layer",)),
+}  # fmt: skip

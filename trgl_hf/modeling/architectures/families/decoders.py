@@ -1,0 +1,69 @@
+"""Decoder language models of the registry (GPT-2, Llama and their relatives): one `ArchitectureSpec` per family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import ArchitectureSpec, Layout, PostNorm, StreamPoints, norm_then_pooler
+from ..transformer import TransformerCutter
+from .common import CAUSAL_LM, CLASSIFICATION, lm_and_classifier, refuse_cross_attention
+
+
+def _opt_layout(config: Any) -> Layout:
+    if config.do_layer_norm_before:
+        return StreamPoints(("final_layer_norm",))
+    return PostNorm(("self_attn_layer_norm", "final_layer_norm"))
+
+
+def _neox_layout(config: Any) -> Layout:
+    return StreamPoints(() if config.use_parallel_residual else ("post_attention_layernorm",))
+
+
+DECODER = dict(
+    adapter=TransformerCutter,
+    blocks="layers",
+    layout=StreamPoints(("post_attention_layernorm",)),
+    tail_names=("norm",),
+    tail=norm_then_pooler("norm"),
+    penalised="attention and MLP branches (the stream's change across each sub-layer)",
+)
+"""Llama's block structure: pre-norm attention then MLP in `model.layers`, a final `norm`."""
+
+DECODERS = (
+    ArchitectureSpec(
+        "GPT-2", ("gpt2",), TransformerCutter,
+        {"GPT2LMHeadModel": CAUSAL_LM, "GPT2ForSequenceClassification": CLASSIFICATION},
+        blocks="h", layout=StreamPoints(("ln_2",)), tail_names=("ln_f",), tail=norm_then_pooler("ln_f"),
+        check=refuse_cross_attention,
+        penalised="attention and MLP branches (the stream's change across each sub-layer)",
+    ),
+    ArchitectureSpec(
+        "GPT-NeoX", ("gpt_neox",), TransformerCutter, lm_and_classifier("GPTNeoX"),
+        blocks="layers", layout=_neox_layout, tail_names=("final_layer_norm",),
+        tail=norm_then_pooler("final_layer_norm"),
+        penalised="with `use_parallel_residual` the block's single update attention + MLP; otherwise each branch",
+    ),
+    ArchitectureSpec(
+        "OPT", ("opt",), TransformerCutter, lm_and_classifier("OPT"),
+        blocks="decoder.layers", layout=_opt_layout,
+        tail_names=("decoder.final_layer_norm", "decoder.project_out"),
+        tail=norm_then_pooler("decoder.final_layer_norm", "decoder.project_out"),
+        penalised="attention and MLP branches (pre-LN), or each branch before its LayerNorm (post-LN OPT-350m)",
+    ),
+    ArchitectureSpec("Llama", ("llama",), classes=lm_and_classifier("Llama"), **DECODER),
+    ArchitectureSpec("Mistral", ("mistral",), classes=lm_and_classifier("Mistral"), **DECODER),
+    ArchitectureSpec("Qwen2", ("qwen2",), classes=lm_and_classifier("Qwen2"), **DECODER),
+    ArchitectureSpec("Qwen3", ("qwen3",), classes=lm_and_classifier("Qwen3"), **DECODER),
+    ArchitectureSpec("Gemma", ("gemma",), classes=lm_and_classifier("Gemma"), **DECODER),
+    ArchitectureSpec("Phi-3", ("phi3",), classes=lm_and_classifier("Phi3"), **DECODER),
+    ArchitectureSpec(
+        "Gemma2", ("gemma2",), classes=lm_and_classifier("Gemma2"),
+        **{**DECODER, "layout": StreamPoints(("pre_feedforward_layernorm",)),
+           "penalised": "attention and MLP branches after their post-norms (sandwich norms)"},
+    ),
+    ArchitectureSpec(
+        "OLMo2", ("olmo2",), classes=lm_and_classifier("Olmo2"),
+        **{**DECODER, "layout": StreamPoints(("mlp",)),
+           "penalised": "attention and MLP branches after their post-norms"},
+    ),
+)  # fmt: skip

@@ -1,0 +1,61 @@
+"""Vision models of the registry (ViT and its relatives, Swin, ConvNeXt, ResNets): one `ArchitectureSpec` per
+family."""
+
+from __future__ import annotations
+
+from ..resnet import ResNetCutter
+from ..spec import ArchitectureSpec, StreamPoints, norm_then_first_token, norm_then_pooler
+from ..staged import ConvNextCutter, SwinCutter, convnext_tail, swin_tail
+from ..transformer import TransformerCutter
+from .common import CLASSIFICATION
+
+VIT_LIKE = dict(
+    adapter=TransformerCutter,
+    blocks="layers",
+    layout=StreamPoints(("layernorm_after",)),
+    tail_names=("layernorm", "pooler"),
+    tail=norm_then_pooler("layernorm"),
+    penalised="attention and MLP branches (the stream's change across each sub-layer)",
+    fixed_image_size=True,
+)
+"""ViT's block structure: pre-norm attention then MLP, a final LayerNorm and pooler; a fixed image size."""
+
+VISION = (
+    ArchitectureSpec("ViT", ("vit",), classes={"ViTForImageClassification": CLASSIFICATION}, **VIT_LIKE),
+    ArchitectureSpec("DeiT", ("deit",), classes={"DeiTForImageClassification": CLASSIFICATION}, **VIT_LIKE),
+    ArchitectureSpec(
+        "DINOv2", ("dinov2",), TransformerCutter, {"Dinov2ForImageClassification": CLASSIFICATION},
+        blocks="encoder.layer", layout=StreamPoints(("norm2",)), tail_names=("layernorm",),
+        tail=norm_then_first_token("layernorm"),
+        penalised="attention and MLP branches after layer scale (the stream's change across each sub-layer)",
+    ),
+    ArchitectureSpec(
+        "Swin", ("swin",), SwinCutter, {"SwinForImageClassification": CLASSIFICATION},
+        layout=StreamPoints(("layernorm_after",)), tail_names=("layernorm", "pooler"), tail=swin_tail,
+        penalised="attention and MLP branches; patch merging is not penalised",
+    ),
+    ArchitectureSpec(
+        "Swinv2", ("swinv2",), SwinCutter, {"Swinv2ForImageClassification": CLASSIFICATION},
+        layout=StreamPoints(("intermediate",)), tail_names=("layernorm", "pooler"), tail=swin_tail,
+        penalised="attention and MLP branches after their post-norms; patch merging is not penalised",
+    ),
+    ArchitectureSpec(
+        "ConvNeXt", ("convnext",), ConvNextCutter, {"ConvNextForImageClassification": CLASSIFICATION},
+        tail_names=("layernorm",), tail=convnext_tail,
+        penalised="each block's branch after layer scale; stem and downsampling layers are not penalised",
+    ),
+    ArchitectureSpec(
+        "ConvNeXt V2", ("convnextv2",), ConvNextCutter, {"ConvNextV2ForImageClassification": CLASSIFICATION},
+        tail_names=("layernorm",), tail=convnext_tail,
+        penalised="each block's branch; stem and downsampling layers are not penalised",
+    ),
+    ArchitectureSpec(
+        "ResNet", ("resnet",), ResNetCutter, {"ResNetForImageClassification": CLASSIFICATION},
+        penalised="each block's convolutional branch, downsampling blocks included (fused with the branch's last "
+        "BatchNorm: recomputed in backward, nothing kept); the stem is not",
+    ),
+    ArchitectureSpec(
+        "CIFAR ResNet", ("cifar_resnet",), ResNetCutter, {"CifarResNetForImageClassification": CLASSIFICATION},
+        penalised="each block's convolutional branch, downsampling blocks included; the stem is not",
+    ),
+)  # fmt: skip
