@@ -22,11 +22,13 @@ from ....conftest import tiny_cifar_resnet, tiny_hf_resnet
 from .cases_common import TEXT, VIT
 from .cases_decoders import DECODERS_CASES
 from .cases_encoders import ENCODERS_CASES
+from .cases_mixtures import MIXTURES_CASES
+from .cases_tasks import TASKS_CASES
 from .cases_vision import VISION_CASES
 
 # class name -> (config class, config kwargs, ground-truth branch modules per block[, how branches combine]); the rows
-# live in cases_encoders.py, cases_decoders.py and cases_vision.py.
-CASES = {**ENCODERS_CASES, **DECODERS_CASES, **VISION_CASES}
+# live in cases_encoders.py, cases_decoders.py, cases_mixtures.py, cases_vision.py and cases_tasks.py.
+CASES = {**ENCODERS_CASES, **DECODERS_CASES, **MIXTURES_CASES, **VISION_CASES, **TASKS_CASES}
 
 AUTO = {"ForCausalLM": AutoModelForCausalLM, "LMHeadModel": AutoModelForCausalLM,
         "ForSequenceClassification": AutoModelForSequenceClassification,
