@@ -25,6 +25,13 @@ BERT_LIKE = dict(
 )
 """BERT's block structure: post-LayerNorm attention and feed-forward, `encoder.layer`, a pooler."""
 
+PRE_LN_BERT = dict(
+    BERT_LIKE,
+    penalised="attention and feed-forward branches (pre-LayerNorm: the stream's change across each sub-layer)",
+)
+"""BERT's layout made pre-LayerNorm (RoBERTa-PreLayerNorm, XLM-RoBERTa-XL, MegatronBERT): each row names the module
+that reads the stream between the two branches and the final LayerNorm that runs before the pooler."""
+
 ENCODERS = (
     ArchitectureSpec("BERT", ("bert",), classes={"BertForSequenceClassification": CLASSIFICATION}, **BERT_LIKE),
     ArchitectureSpec("RoBERTa", ("roberta",), classes={"RobertaForSequenceClassification": CLASSIFICATION},
@@ -51,4 +58,30 @@ ENCODERS = (
         tail=norm_then_pooler("final_norm"),
         penalised="attention and MLP branches (the stream's change across each sub-layer)",
     ),
+    ArchitectureSpec("CamemBERT", ("camembert",), classes={"CamembertForSequenceClassification": CLASSIFICATION},
+                     **BERT_LIKE),
+    ArchitectureSpec("Data2VecText", ("data2vec-text",),
+                     classes={"Data2VecTextForSequenceClassification": CLASSIFICATION}, **BERT_LIKE),
+    ArchitectureSpec("ERNIE", ("ernie",), classes={"ErnieForSequenceClassification": CLASSIFICATION}, **BERT_LIKE),
+    ArchitectureSpec(
+        "RoBERTa-PreLayerNorm", ("roberta-prelayernorm",),
+        classes={"RobertaPreLayerNormForSequenceClassification": CLASSIFICATION},
+        **{**PRE_LN_BERT, "layout": StreamPoints(("intermediate",)), "tail_names": ("LayerNorm", "pooler"),
+           "tail": norm_then_pooler("LayerNorm")},
+    ),
+    ArchitectureSpec(
+        "XLM-RoBERTa-XL", ("xlm-roberta-xl",), classes={"XLMRobertaXLForSequenceClassification": CLASSIFICATION},
+        **{**PRE_LN_BERT, "layout": StreamPoints(("LayerNorm",)), "tail_names": ("encoder.LayerNorm", "pooler"),
+           "tail": norm_then_pooler("encoder.LayerNorm")},
+    ),
+    ArchitectureSpec(
+        "MegatronBERT", ("megatron-bert",), classes={"MegatronBertForSequenceClassification": CLASSIFICATION},
+        **{**PRE_LN_BERT, "layout": StreamPoints(("ln",)), "tail_names": ("encoder.ln", "pooler"),
+           "tail": norm_then_pooler("encoder.ln")},
+    ),
+    ArchitectureSpec(
+        "MPNet", ("mpnet",), classes={"MPNetForSequenceClassification": CLASSIFICATION},
+        **{**BERT_LIKE, "layout": PostNorm(("attention.LayerNorm", "output.LayerNorm")),
+           "penalised": "attention and feed-forward branches before their post-LayerNorm (the relative position "
+           "bias `encoder.relative_attention_bias`, shared by every layer, is trained with module 1)"}),
 )  # fmt: skip
