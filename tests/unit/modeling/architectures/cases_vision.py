@@ -11,6 +11,11 @@ VISION_CASES = {
     "ViTForImageClassification": ("ViTConfig", VIT, ("attention", "mlp")),
     "DeiTForImageClassification": ("DeiTConfig", VIT, ("attention", "mlp")),
     "Dinov2ForImageClassification": ("Dinov2Config", dict(VIT, mlp_ratio=2), ("layer_scale1", "layer_scale2")),
+    "Dinov2WithRegistersForImageClassification": ("Dinov2WithRegistersConfig", dict(VIT, mlp_ratio=2, num_register_tokens=2), ("layer_scale1", "layer_scale2")),
+    "ViTMSNForImageClassification": ("ViTMSNConfig", VIT, ("attention", "mlp")),
+    # layer scale off (lambda = 1.0): the branches are module outputs; test_beit.py checks layer scale and drop path
+    "BeitForImageClassification": ("BeitConfig", dict(VIT, layer_scale_init_value=0.0, use_relative_position_bias=True), ("attention", "mlp")),
+    "Data2VecVisionForImageClassification": ("Data2VecVisionConfig", dict(VIT, layer_scale_init_value=0.0, use_shared_relative_position_bias=True), ("attention", "output")),
     "SwinForImageClassification": ("SwinConfig", SWIN, ("drop_path", "mlp")),
     "Swinv2ForImageClassification": ("Swinv2Config", dict(SWIN, pretrained_window_sizes=[0, 0, 0]), ("layernorm_before", "layernorm_after")),
     "ConvNextForImageClassification": ("ConvNextConfig", CONVNEXT, ("drop_path",)),

@@ -23,11 +23,35 @@ VIT_LIKE = dict(
 VISION = (
     ArchitectureSpec("ViT", ("vit",), classes={"ViTForImageClassification": CLASSIFICATION}, **VIT_LIKE),
     ArchitectureSpec("DeiT", ("deit",), classes={"DeiTForImageClassification": CLASSIFICATION}, **VIT_LIKE),
+    ArchitectureSpec("ViT-MSN", ("vit_msn",), classes={"ViTMSNForImageClassification": CLASSIFICATION}, **VIT_LIKE),
+    ArchitectureSpec(
+        "BEiT", ("beit",), TransformerCutter, {"BeitForImageClassification": CLASSIFICATION},
+        blocks="layers", layout=StreamPoints(("layernorm_after",)), tail_names=("layernorm", "pooler"),
+        tail=norm_then_pooler("layernorm"), fixed_image_size=True,
+        penalised="attention and MLP branches after layer scale and drop path (the stream's change across each "
+        "sub-layer); a shared relative position bias trains with the first module",
+    ),
+    ArchitectureSpec(
+        "Data2Vec-Vision", ("data2vec-vision",), TransformerCutter,
+        {"Data2VecVisionForImageClassification": CLASSIFICATION},
+        blocks="encoder.layer", layout=StreamPoints(("layernorm_after",)), tail_names=("layernorm", "pooler"),
+        tail=norm_then_pooler("layernorm"), fixed_image_size=True,
+        penalised="attention and MLP branches after layer scale and drop path (the stream's change across each "
+        "sub-layer); a shared relative position bias trains with the first module",
+    ),
     ArchitectureSpec(
         "DINOv2", ("dinov2",), TransformerCutter, {"Dinov2ForImageClassification": CLASSIFICATION},
         blocks="encoder.layer", layout=StreamPoints(("norm2",)), tail_names=("layernorm",),
         tail=norm_then_first_token("layernorm"),
         penalised="attention and MLP branches after layer scale (the stream's change across each sub-layer)",
+    ),
+    ArchitectureSpec(
+        "DINOv2 with registers", ("dinov2_with_registers",), TransformerCutter,
+        {"Dinov2WithRegistersForImageClassification": CLASSIFICATION},
+        blocks="encoder.layer", layout=StreamPoints(("norm2",)), tail_names=("layernorm",),
+        tail=norm_then_first_token("layernorm"),
+        penalised="attention and MLP branches after layer scale (the stream's change across each sub-layer); "
+        "the register tokens are part of the stream",
     ),
     ArchitectureSpec(
         "Swin", ("swin",), SwinCutter, {"SwinForImageClassification": CLASSIFICATION},
