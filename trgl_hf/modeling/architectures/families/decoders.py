@@ -19,6 +19,20 @@ def _neox_layout(config: Any) -> Layout:
     return StreamPoints(() if config.use_parallel_residual else ("post_attention_layernorm",))
 
 
+PARALLEL_OR_EACH = "with `{}` the block's single update attention + MLP; otherwise each branch"
+
+
+class GPTNeoCutter(TransformerCutter):
+    """GPT-Neo: a stage's configuration lists the attention type (global / local) of its own layers only."""
+
+    def stage_config(self, num_blocks: int) -> Any:
+        config = super().stage_config(num_blocks)
+        kinds = list(config.attention_layers)[:num_blocks]
+        config.attention_types = [[[kind], 1] for kind in kinds]
+        config.attention_layers = kinds
+        return config
+
+
 DECODER = dict(
     adapter=TransformerCutter,
     blocks="layers",
@@ -65,5 +79,28 @@ DECODERS = (
         "OLMo2", ("olmo2",), classes=lm_and_classifier("Olmo2"),
         **{**DECODER, "layout": StreamPoints(("mlp",)),
            "penalised": "attention and MLP branches after their post-norms"},
+    ),
+    ArchitectureSpec(
+        "StableLM", ("stablelm",), classes=lm_and_classifier("StableLm"),
+        **{**DECODER, "layout": _neox_layout, "penalised": PARALLEL_OR_EACH.format("use_parallel_residual")},
+    ),
+    ArchitectureSpec("Starcoder2", ("starcoder2",), classes=lm_and_classifier("Starcoder2"), **DECODER),
+    ArchitectureSpec("OLMo", ("olmo",), classes=lm_and_classifier("Olmo"), **DECODER),
+    ArchitectureSpec("SmolLM3", ("smollm3",), classes=lm_and_classifier("SmolLM3"), **DECODER),
+    ArchitectureSpec("GLM", ("glm",), classes=lm_and_classifier("Glm"), **DECODER),
+    ArchitectureSpec(
+        "GPT-Neo", ("gpt_neo",), GPTNeoCutter, lm_and_classifier("GPTNeo"),
+        blocks="h", layout=StreamPoints(("ln_2",)), tail_names=("ln_f",), tail=norm_then_pooler("ln_f"),
+        penalised="attention and MLP branches (the stream's change across each sub-layer)",
+    ),
+    ArchitectureSpec(
+        "Gemma3", ("gemma3_text",),
+        classes={"Gemma3ForCausalLM": CAUSAL_LM, "Gemma3TextForSequenceClassification": CLASSIFICATION},
+        **{**DECODER, "layout": StreamPoints(("pre_feedforward_layernorm",)),
+           "penalised": "attention and MLP branches after their post-norms (sandwich norms)"},
+    ),
+    ArchitectureSpec(
+        "Granite", ("granite",), classes={"GraniteForCausalLM": CAUSAL_LM},
+        **{**DECODER, "penalised": "attention and MLP branches as added to the stream, after `residual_multiplier`"},
     ),
 )  # fmt: skip
