@@ -171,3 +171,12 @@ class ResNetCutter(ModelCutter):
             return state, [("backbone", self.backbone), ("head", head)]
 
         return self.build_stage(lambda: TRGLStageForImageClassification(stage_config), stage_weights, share_weights)
+
+
+class RegNetCutter(ResNetCutter):
+    """RegNet (X and Y): ResNet's block layout (`layer` ending with a BatchNorm, `shortcut`, in-place addition); the
+    Y blocks' squeeze-and-excitation sits inside the branch. Its default head is the native one (average pooling and
+    a linear classifier, `aux_head="linear"`), so every stage exports as a `RegNetForImageClassification`."""
+
+    family = "regnet"
+    default_head = "linear"

@@ -7,6 +7,9 @@ to the residual stream; "sum" adds them into one stream update (parallel attenti
 
 from .cases_common import CONVNEXT, SWIN, VIT
 
+REGNET = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[2, 2], groups_width=4, layer_type="y")
+BIT = dict(embedding_size=8, hidden_sizes=[16, 32], depths=[2, 2], num_groups=4)
+
 VISION_CASES = {
     "ViTForImageClassification": ("ViTConfig", VIT, ("attention", "mlp")),
     "DeiTForImageClassification": ("DeiTConfig", VIT, ("attention", "mlp")),
@@ -22,4 +25,6 @@ VISION_CASES = {
     "ConvNextV2ForImageClassification": ("ConvNextV2Config", CONVNEXT, ("drop_path",)),
     "ResNetForImageClassification": (None, None, ("layer",)),
     "CifarResNetForImageClassification": (None, None, ("layer",)),
+    "RegNetForImageClassification": ("RegNetConfig", REGNET, ("layer",)),
+    "BitForImageClassification": ("BitConfig", BIT, ("drop_path",)),
 }  # fmt: skip

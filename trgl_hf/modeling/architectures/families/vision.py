@@ -3,7 +3,8 @@ family."""
 
 from __future__ import annotations
 
-from ..resnet import ResNetCutter
+from ..bit import BitCutter
+from ..resnet import RegNetCutter, ResNetCutter
 from ..spec import ArchitectureSpec, StreamPoints, norm_then_first_token, norm_then_pooler
 from ..staged import ConvNextCutter, SwinCutter, convnext_tail, swin_tail
 from ..transformer import TransformerCutter
@@ -81,5 +82,16 @@ VISION = (
     ArchitectureSpec(
         "CIFAR ResNet", ("cifar_resnet",), ResNetCutter, {"CifarResNetForImageClassification": CLASSIFICATION},
         penalised="each block's convolutional branch, downsampling blocks included; the stem is not",
+    ),
+    ArchitectureSpec(
+        "RegNet", ("regnet",), RegNetCutter, {"RegNetForImageClassification": CLASSIFICATION},
+        penalised="each block's convolutional branch (squeeze-and-excitation included), downsampling blocks included "
+        "(fused with the branch's last BatchNorm); the stem is not",
+    ),
+    ArchitectureSpec(
+        "BiT", ("bit",), BitCutter, {"BitForImageClassification": CLASSIFICATION},
+        tail_names=("norm", "pooler"), tail=norm_then_pooler("norm"),
+        penalised="each block's branch after drop path (pre-activation or bottleneck), downsampling blocks included; "
+        "the stem is not",
     ),
 )  # fmt: skip
