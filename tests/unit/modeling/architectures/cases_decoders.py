@@ -45,4 +45,13 @@ DECODERS_CASES = {
     "Gemma3ForCausalLM": ("Gemma3TextConfig", dict(DECODER, num_hidden_layers=4, head_dim=8, sliding_window=3, layer_types=["sliding_attention", "full_attention"] * 2, final_logit_softcapping=5.0, attn_logit_softcapping=3.0, query_pre_attn_scalar=6), ("post_attention_layernorm", "post_feedforward_layernorm")),
     "Gemma3TextForSequenceClassification": ("Gemma3TextConfig", dict(DECODER, num_hidden_layers=4, head_dim=8, sliding_window=3, layer_types=["full_attention", "sliding_attention"] * 2), ("post_attention_layernorm", "post_feedforward_layernorm")),
     "GraniteForCausalLM": ("GraniteConfig", dict(DECODER, num_hidden_layers=4, embedding_multiplier=3.0, attention_multiplier=0.2, logits_scaling=4.0), ("self_attn", "mlp")),  # residual_multiplier != 1: test_decoder_multipliers.py
+    "PhiForCausalLM": ("PhiConfig", dict(DECODER, num_hidden_layers=4, qk_layernorm=True), ("self_attn", "mlp"), "sum"),
+    "PhiForSequenceClassification": ("PhiConfig", dict(DECODER, num_hidden_layers=4), ("self_attn", "mlp"), "sum"),
+    "GPTJForCausalLM": ("GPTJConfig", dict(TEXT, n_layer=4, rotary_dim=4, n_inner=32, pad_token_id=0), ("attn", "mlp"), "sum"),
+    "GPTJForSequenceClassification": ("GPTJConfig", dict(TEXT, n_layer=4, rotary_dim=4, pad_token_id=0), ("attn", "mlp"), "sum"),
+    "CohereForCausalLM": ("CohereConfig", dict(DECODER, num_hidden_layers=4, logit_scale=0.5, use_qk_norm=True), ("self_attn", "mlp"), "sum"),
+    "BloomForCausalLM": ("BloomConfig", dict(TEXT, n_layer=4, pad_token_id=0), ("self_attention.dense", "mlp.dense_4h_to_h")),
+    "BloomForSequenceClassification": ("BloomConfig", dict(TEXT, n_layer=4, pad_token_id=0), ("self_attention.dense", "mlp.dense_4h_to_h")),
+    "FalconForCausalLM": ("FalconConfig", dict(TEXT, num_hidden_layers=4, new_decoder_architecture=True, num_kv_heads=1, pad_token_id=0), ("self_attention", "mlp"), "sum"),
+    "FalconForSequenceClassification": ("FalconConfig", dict(TEXT, num_hidden_layers=4, parallel_attn=False, bias=True, pad_token_id=0), ("self_attention", "mlp")),  # ALiBi (SDPA only): test_decoder_variants.py
 }  # fmt: skip

@@ -19,6 +19,31 @@ def _neox_layout(config: Any) -> Layout:
     return StreamPoints(() if config.use_parallel_residual else ("post_attention_layernorm",))
 
 
+def _falcon_layout(config: Any) -> Layout:
+    parallel = config.parallel_attn or config.new_decoder_architecture
+    return StreamPoints(() if parallel else ("post_attention_layernorm",))
+
+
+def _refuse_falcon(config: Any) -> str | None:
+    if config.alibi and getattr(config, "_attn_implementation", None) != "sdpa":
+        return (
+            "`alibi=True` is only exact with `attn_implementation='sdpa'`: transformers' eager Falcon attention adds "
+            "ALiBi twice (to the scores and again through the mask), so a stage reloaded with the default SDPA "
+            "attention would not reproduce its head; load the model with `attn_implementation='sdpa'`"
+        )
+    return None
+
+
+def _refuse_bloom(config: Any) -> str | None:
+    if config.apply_residual_connection_post_layernorm:
+        return (
+            "`apply_residual_connection_post_layernorm=True` adds each branch to the normalised stream (the "
+            "LayerNorm's output), not to the block's input, so the stream has no residual update to penalise"
+        )
+    return None
+
+
+PARALLEL = "the block's single update: attention + MLP computed in parallel from one norm"
 PARALLEL_OR_EACH = "with `{}` the block's single update attention + MLP; otherwise each branch"
 
 
@@ -102,5 +127,31 @@ DECODERS = (
     ArchitectureSpec(
         "Granite", ("granite",), classes={"GraniteForCausalLM": CAUSAL_LM},
         **{**DECODER, "penalised": "attention and MLP branches as added to the stream, after `residual_multiplier`"},
+    ),
+    ArchitectureSpec(
+        "Phi", ("phi",), classes=lm_and_classifier("Phi"),
+        **{**DECODER, "layout": StreamPoints(), "tail_names": ("final_layernorm",),
+           "tail": norm_then_pooler("final_layernorm"), "penalised": PARALLEL},
+    ),
+    ArchitectureSpec(
+        "GPT-J", ("gptj",), TransformerCutter, lm_and_classifier("GPTJ"),
+        blocks="h", layout=StreamPoints(), tail_names=("ln_f",), tail=norm_then_pooler("ln_f"), penalised=PARALLEL,
+    ),
+    ArchitectureSpec(
+        "Cohere", ("cohere",), classes={"CohereForCausalLM": CAUSAL_LM},
+        **{**DECODER, "layout": StreamPoints(), "penalised": PARALLEL},
+    ),
+    ArchitectureSpec(
+        "BLOOM", ("bloom",), TransformerCutter, lm_and_classifier("Bloom"),
+        blocks="h", layout=StreamPoints(("post_attention_layernorm",)), tail_names=("ln_f",),
+        tail=norm_then_pooler("ln_f"), check=_refuse_bloom,
+        penalised="attention and MLP branches (the stream's change across each sub-layer; ALiBi is an input)",
+    ),
+    ArchitectureSpec(
+        "Falcon", ("falcon",), TransformerCutter, lm_and_classifier("Falcon"),
+        blocks="h", layout=_falcon_layout, tail_names=("ln_f",), tail=norm_then_pooler("ln_f"),
+        check=_refuse_falcon,
+        penalised="with `parallel_attn` or `new_decoder_architecture` the block's single update attention + MLP; "
+        "otherwise each branch",
     ),
 )  # fmt: skip
