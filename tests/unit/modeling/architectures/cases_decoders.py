@@ -55,3 +55,13 @@ DECODERS_CASES = {
     "FalconForCausalLM": ("FalconConfig", dict(TEXT, num_hidden_layers=4, new_decoder_architecture=True, num_kv_heads=1, pad_token_id=0), ("self_attention", "mlp"), "sum"),
     "FalconForSequenceClassification": ("FalconConfig", dict(TEXT, num_hidden_layers=4, parallel_attn=False, bias=True, pad_token_id=0), ("self_attention", "mlp")),  # ALiBi (SDPA only): test_decoder_variants.py
 }  # fmt: skip
+
+# Train mode (`test_decoder_variants.py`): class -> (config class, kwargs with dropout on the residual branches, the
+# modules whose outputs (dropout included) are added, "sum" or None); 4 layers and pad_token_id=0 are added.
+DROPOUT_CASES = {
+    "PhiForCausalLM": ("PhiConfig", dict(DECODER, resid_pdrop=0.3, embd_pdrop=0.2), ("resid_dropout",), "sum"),
+    "GPTJForCausalLM": ("GPTJConfig", dict(TEXT, rotary_dim=4, resid_pdrop=0.3, embd_pdrop=0.2), ("attn", "mlp"), "sum"),
+    "StableLmForCausalLM": ("StableLmConfig", dict(DECODER, use_parallel_residual=True, hidden_dropout=0.3), ("self_attn", "dropout"), "sum"),
+    "Starcoder2ForCausalLM": ("Starcoder2Config", dict(DECODER, residual_dropout=0.3, embedding_dropout=0.2), ("self_attn", "mlp"), None),
+    "GPTNeoForCausalLM": ("GPTNeoConfig", dict(TEXT, attention_types=[[["global", "local"], 2]], window_size=3, resid_dropout=0.3), ("attn", "mlp"), None),
+}  # fmt: skip

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trgl_hf import TRGLConfig, TRGLModel
 
 from .cases_common import DECODER, TEXT
+from .cases_decoders import DROPOUT_CASES
 from .test_registry import inputs_for, perturb
 
 
@@ -120,3 +121,43 @@ def test_falcon_with_alibi_and_eager_attention_and_bloom_post_layernorm_residual
     bloom = tf.BloomForCausalLM(tf.BloomConfig(**TEXT, n_layer=2, apply_residual_connection_post_layernorm=True))
     with pytest.raises(ValueError, match="apply_residual_connection_post_layernorm"):
         TRGLModel.from_base(bloom, TRGLConfig(num_modules=2))
+
+
+@pytest.mark.parametrize("class_name", sorted(DROPOUT_CASES))
+def test_dropout_in_train_mode_is_part_of_the_penalised_branch(class_name):
+    """In train mode the transport term penalises each branch as added, dropout included (same dropout masks)."""
+    config_name, kwargs, names, combine = DROPOUT_CASES[class_name]
+    torch.manual_seed(0)
+    config = getattr(tf, config_name)(**{"pad_token_id": 0, **kwargs}, num_hidden_layers=4)
+    config._attn_implementation = "eager"
+    base = getattr(tf, class_name)(config)
+    perturb(base)
+    inputs, labels = inputs_for(base)
+    model = TRGLModel.from_base(base, TRGLConfig(num_modules=2, tau=1.0)).train()
+    with torch.no_grad():
+        list(model.iter_modules(labels=labels, **inputs))  # a first pass (the cutter learns what blocks return)
+    branches: list[list[torch.Tensor]] = [[] for _ in model.adapter.blocks]
+    handles = [
+        block.get_submodule(name).register_forward_hook(
+            lambda m, a, o, i=index: branches[i].append((o[0] if isinstance(o, tuple) else o).clone())
+        )
+        for index, block in enumerate(model.adapter.blocks)
+        for name in names
+    ]
+    torch.manual_seed(3)
+    with torch.no_grad():
+        steps = list(model.iter_modules(labels=labels, **inputs))
+    for handle in handles:
+        handle.remove()
+    assert all(len(block) == 2 for block in branches)  # attention and MLP, once each (Phi: its dropout twice)
+    mask = inputs["attention_mask"].bool()[..., None]
+    if combine == "sum":
+        branches = [[sum(block)] for block in branches]
+    energies = [sum(b.pow(2)[mask.expand_as(b)].mean() for b in block) for block in branches]
+    split = model.config.split
+    for step, expected in zip(steps, [sum(energies[: split[0]]), sum(energies[split[0] :])]):
+        torch.testing.assert_close(step.transport, expected.reshape(()), rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # the dropout is really on: another draw gives another transport term
+        torch.manual_seed(4)
+        other = list(model.iter_modules(labels=labels, **inputs))
+    assert not torch.isclose(other[0].transport, steps[0].transport, rtol=1e-4)
