@@ -17,5 +17,8 @@ KNOWN_REFUSALS = {
     "mamba2": "its blocks are state-space mixers without the attention/MLP residual branches trgl_hf penalises",
     "efficientnet": "its inverted-residual blocks change width and skip the residual in some blocks",
     "mobilenet_v2": "its inverted-residual blocks change width and skip the residual in some blocks",
+    "hiera": "its stages cannot be cut exactly: Hiera unrolls its tokens in an order that depends on the number of "
+    "stages (mask-unit attention windows and query pooling read that order), so a Hiera truncated after a module "
+    "does not compute what the module's first blocks compute, and no stage would reproduce its head",
     "trgl": "it is already a TRGLModel: pass the original task model (or load a stage with its Auto class)",
 }

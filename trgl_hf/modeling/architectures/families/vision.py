@@ -4,6 +4,7 @@ family."""
 from __future__ import annotations
 
 from ..bit import BitCutter
+from ..hierarchical import FocalNetCutter, PvtV2Cutter, focalnet_layout, pvt_v2_tail
 from ..resnet import RegNetCutter, ResNetCutter
 from ..spec import ArchitectureSpec, StreamPoints, norm_then_first_token, norm_then_pooler
 from ..staged import ConvNextCutter, SwinCutter, convnext_tail, swin_tail
@@ -20,6 +21,15 @@ VIT_LIKE = dict(
     fixed_image_size=True,
 )
 """ViT's block structure: pre-norm attention then MLP, a final LayerNorm and pooler; a fixed image size."""
+
+PVT_V2 = ArchitectureSpec(
+    "PVT-v2", ("pvt_v2",), PvtV2Cutter, {"PvtV2ForImageClassification": CLASSIFICATION},
+    layout=StreamPoints(("layer_norm_2",)), tail=pvt_v2_tail,
+    penalised="attention (spatial reduction) and convolutional MLP branches after drop path; each stage's patch "
+    "embedding and closing LayerNorm are not penalised",
+)  # fmt: skip
+"""PVT-v2, cut exactly (`test_pvt_v2.py`) but not yet in `VISION`: `PvtV2Config` stores `image_size` as a pair, which
+`TRGLModel.from_base` copies into `TRGLConfig.image_size` (an integer) and then refuses."""
 
 VISION = (
     ArchitectureSpec("ViT", ("vit",), classes={"ViTForImageClassification": CLASSIFICATION}, **VIT_LIKE),
@@ -63,6 +73,12 @@ VISION = (
         "Swinv2", ("swinv2",), SwinCutter, {"Swinv2ForImageClassification": CLASSIFICATION},
         layout=StreamPoints(("intermediate",)), tail_names=("layernorm", "pooler"), tail=swin_tail,
         penalised="attention and MLP branches after their post-norms; patch merging is not penalised",
+    ),
+    ArchitectureSpec(
+        "FocalNet", ("focalnet",), FocalNetCutter, {"FocalNetForImageClassification": CLASSIFICATION},
+        layout=focalnet_layout, tail_names=("layernorm", "pooler"), tail=swin_tail,
+        penalised="focal modulation and MLP branches after layer scale and drop path; the patch embedding between "
+        "stages is not penalised",
     ),
     ArchitectureSpec(
         "ConvNeXt", ("convnext",), ConvNextCutter, {"ConvNextForImageClassification": CLASSIFICATION},
