@@ -26,6 +26,8 @@ _PIPELINE_CALLS = {
     "text-classification": 'predict("A touching, funny and beautifully made film.")',
     "text-generation": 'predict("Once upon a time", max_new_tokens=20)',
     "image-classification": 'predict("path/to/image.png")',
+    "token-classification": 'predict("My name is Wolfgang and I live in Berlin.")',
+    "fill-mask": 'predict(f"Paris is the {predict.tokenizer.mask_token} of France.")',
 }
 # The files that make a processor loadable (any of them).
 PROCESSOR_FILES = ("tokenizer_config.json", "preprocessor_config.json", "processor_config.json")

@@ -183,9 +183,11 @@ def chunked_causal_lm_loss(
     logits_of: Callable[[torch.Tensor], torch.Tensor],
     chunk_tokens: int,
     label_smoothing: float = 0.0,
+    shift: bool = True,
 ) -> torch.Tensor:
     """The shifted next-token cross-entropy of a causal LM head (mean over the labels that are not -100, in float32,
-    as transformers computes it), without ever holding the whole `(batch, length, vocab)` logits.
+    as transformers computes it), without ever holding the whole `(batch, length, vocab)` logits; with
+    `shift=False`, the unshifted cross-entropy of a masked LM head (position t scored against `labels[:, t]`).
 
     The positions are cut into chunks of about `chunk_tokens` tokens (`chunk_tokens // batch` positions); each chunk's
     logits and loss are computed under `torch.utils.checkpoint` (non-reentrant), which keeps only the chunk's hidden
@@ -195,25 +197,28 @@ def chunked_causal_lm_loss(
 
     Args:
         hidden (`torch.Tensor`): the module's output `(batch, length, hidden)`.
-        labels (`torch.Tensor`): token ids `(batch, length)`, -100 ignored; position t predicts `labels[:, t + 1]`.
+        labels (`torch.Tensor`): token ids `(batch, length)`, -100 ignored; position t predicts `labels[:, t + 1]`
+            (`labels[:, t]` without `shift`).
         logits_of (`Callable`): the head: hidden states `(batch, n, hidden)` to logits `(batch, n, vocab)`, position
             by position (a final norm, the LM projection, soft-capping).
         chunk_tokens (`int`): tokens per chunk (at least 1).
         label_smoothing (`float`): as in `F.cross_entropy`.
+        shift (`bool`): whether position t is scored against the next token (causal LM) or its own (masked LM).
     """
     if chunk_tokens < 1:
         raise ValueError(f"`lm_loss_chunk_tokens` must be at least 1, got {chunk_tokens}.")
     batch, length = labels.shape[:2]
-    if length < 2:
+    if shift and length < 2:
         raise ValueError(f"A causal LM loss needs sequences of at least 2 tokens, got length {length}.")
-    inputs, targets = hidden[:, :-1], labels[:, 1:]
+    inputs, targets = (hidden[:, :-1], labels[:, 1:]) if shift else (hidden, labels)
+    scored = targets.shape[1]
     count = targets.ne(-100).sum()
     nll_sum = _chunk_nll_sum(logits_of, label_smoothing)
     positions = max(1, chunk_tokens // batch)
-    if positions >= length - 1:
+    if positions >= scored:
         return nll_sum(inputs, targets) / count
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, length - 1, positions):
+    for start in range(0, scored, positions):
         part = (inputs[:, start : start + positions], targets[:, start : start + positions])
         total = total + checkpoint(nll_sum, *part, use_reentrant=False)
     return total / count

@@ -20,7 +20,6 @@ from transformers.utils import ModelOutput
 
 from .architectures import BlockProbe, architecture_named, architecture_of
 from .architectures.base import BlockState, task_model_from_config
-from .architectures.registry import CAUSAL_LM
 from .architectures.tied_head import TiedLMHead
 from .configuration_trgl import TRGLConfig
 from .hf_internals import auto_class_cleared, mark_initialized
@@ -137,7 +136,7 @@ class TRGLModel(PreTrainedModel):
             backbone, head_template = spec.adapter.split_task_model(task_model, spec)
         self.backbone = backbone
         self.adapter = spec.adapter(self.backbone, head_template, spec)
-        self.task = get_task(config.task)
+        self.task = get_task(config.task).for_labels(config.id2label)
         self.main_input_name = self.adapter.main_input_name
         check_split(config.split, len(self.adapter.blocks))
         shapes = config.module_output_shapes
@@ -529,7 +528,9 @@ class TRGLModel(PreTrainedModel):
         def logits_of(hidden: torch.Tensor) -> torch.Tensor:
             return self.head_logits(index, state.with_hidden(hidden), inputs)
 
-        return chunked_causal_lm_loss(state.hidden, labels, logits_of, chunk_tokens, self.config.label_smoothing)
+        return chunked_causal_lm_loss(
+            state.hidden, labels, logits_of, chunk_tokens, self.config.label_smoothing, shift=self.task.shifts_labels
+        )
 
     def _run_block(
         self, index: int, state: BlockState, trainable: bool, energy: bool
@@ -622,8 +623,9 @@ class TRGLModel(PreTrainedModel):
         Args:
             pixel_values (`torch.Tensor`, *optional*): images `(batch, channels, height, width)`.
             input_ids, attention_mask, token_type_ids (`torch.Tensor`, *optional*): token inputs `(batch, length)`.
-            labels (`torch.Tensor`, *optional*): class indices `(batch,)`, or token ids `(batch, length)` for causal
-                language models (shifted inside; -100 is ignored).
+            labels (`torch.Tensor`, *optional*): class indices `(batch,)`; token ids `(batch, length)` for causal
+                language models (shifted inside; -100 is ignored) and masked LMs (-100 on the tokens not masked);
+                class indices `(batch, length)` for token classification (-100 ignored).
             trgl_hidden_states (`torch.Tensor`, *optional*): cached output of the frozen prefix (sequential mode).
 
         Returns:
@@ -887,8 +889,8 @@ def _check_family(config: TRGLConfig, base_model: nn.Module, cutter_class: Any) 
 
 def _task_to_train(config: TRGLConfig, base_model: nn.Module, spec: Any) -> Any:
     """The task of `base_model` (its class in the registry entry `spec`), refusing a label smoothing it cannot use."""
-    task = task_of(base_model, spec.classes[type(base_model).__name__] == CAUSAL_LM)
-    if config.label_smoothing and task.name not in ("single_label_classification", "causal_lm"):
+    task = task_of(base_model, spec.classes[type(base_model).__name__])
+    if config.label_smoothing and not task.uses_cross_entropy:
         raise ValueError(f"`label_smoothing` applies to cross-entropy; the {task.name} task has none: set it to 0.")
     return task
 

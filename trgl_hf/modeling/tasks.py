@@ -9,6 +9,8 @@ decides it, and stored in `TRGLConfig.task`:
 | `multi_label_classification` | BCE with logits | multi-hot `(batch, num_labels)` | micro F1, exact match |
 | `regression` | mean squared error | floats `(batch,)` or `(batch, num_labels)` | MSE |
 | `causal_lm` | next-token cross-entropy (shifted, -100 ignored) | token ids `(batch, length)` | perplexity |
+| `token_classification` | per-token cross-entropy (-100 ignored) | class ids `(batch, length)` | accuracy, entity F1 |
+| `masked_lm` | cross-entropy over the masked tokens (-100 elsewhere) | token ids `(batch, length)` | perplexity |
 
 Where transformers infers the classification type from the labels' dtype at every step (`problem_type=None`), this
 library decides before training: `num_labels == 1` is regression, otherwise single-label classification, and float
@@ -26,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from transformers import EvalPrediction
 
+from .entities import entity_scores, is_iob2
+
 MetricFunction = Callable[[EvalPrediction], dict[str, float]]
 
 AUTO_CLASS_BY_SUFFIX = {
@@ -33,6 +37,8 @@ AUTO_CLASS_BY_SUFFIX = {
     "ForImageClassification": ("AutoModelForImageClassification", "image-classification"),
     "ForCausalLM": ("AutoModelForCausalLM", "text-generation"),
     "LMHeadModel": ("AutoModelForCausalLM", "text-generation"),
+    "ForTokenClassification": ("AutoModelForTokenClassification", "token-classification"),
+    "ForMaskedLM": ("AutoModelForMaskedLM", "fill-mask"),
 }
 
 
@@ -81,12 +87,46 @@ class Task:
 
     @property
     def is_language_model(self) -> bool:
-        """Whether the heads predict the next token at every position."""
+        """Whether the heads predict a token of the vocabulary at every position (causal or masked LM): labels are
+        token ids, the loss is chunked in training, and evaluation sums each module's token losses instead of
+        gathering vocabulary-sized logits."""
+        return self.name in ("causal_lm", "masked_lm")
+
+    @property
+    def shifts_labels(self) -> bool:
+        """Whether position t is scored against `labels[:, t + 1]` (causal LM) rather than `labels[:, t]`."""
         return self.name == "causal_lm"
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the labels are one per token, `(batch, length)` (language models, token classification)."""
+        return self.is_language_model or self.name == "token_classification"
+
+    @property
+    def uses_cross_entropy(self) -> bool:
+        """Whether the loss is a cross-entropy (so that `label_smoothing` applies)."""
+        return self.name in ("single_label_classification", "causal_lm", "token_classification", "masked_lm")
+
+    @property
+    def module_axis(self) -> int:
+        """The axis of the modules in the predictions the trainer gathers: `(examples, modules, labels)`, or
+        `(examples, length, modules, labels)` for token classification (padded along the length between batches)."""
+        return 2 if self.name == "token_classification" else 1
+
+    def count_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """The number of scored tokens of a batch of language-model labels (not -100; shifted for a causal LM)."""
+        return (labels[:, 1:] if self.shifts_labels else labels).ne(-100).sum()
+
+    def for_labels(self, id2label: dict[int, str] | None) -> Task:
+        """This task for a model whose labels are named `id2label` (token classification reads the entity tags)."""
+        return self
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         """The head's loss, in float32, as the transformers task model computes it for this problem type."""
         logits = logits.float()
+        if self.name in ("masked_lm", "token_classification"):
+            flat = logits.reshape(-1, logits.shape[-1])
+            return F.cross_entropy(flat, labels.reshape(-1), ignore_index=-100, label_smoothing=label_smoothing)
         if self.name == "causal_lm":
             shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
             shifted_labels = labels[:, 1:].reshape(-1)
@@ -108,9 +148,14 @@ class Task:
         if self.name == "multi_label_classification":
             labels = np.asarray(labels, dtype=np.float64)
             return float((np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))).mean())
+        labels = np.asarray(labels).astype(np.int64)
+        if self.name == "token_classification":  # the scored tokens only, as `loss` (labels padded with -100)
+            real = labels != -100
+            logits, labels = logits[real], labels[real]
+            if labels.size == 0:
+                return 0.0
         shifted = logits - logits.max(axis=-1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-        labels = np.asarray(labels).astype(np.int64)
         nll = -log_probs[np.arange(len(labels)), labels].mean()
         return float((1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean())
 
@@ -168,10 +213,11 @@ class Task:
             if ((values < 0) | (values > 1)).any():
                 raise ValueError(f"`{name}` has multi-label targets outside [0, 1]: give 0/1 (or probabilities).")
             return
-        if "f" in kinds or (not self.is_language_model and any(array.ndim > 0 for array in arrays)):
+        if "f" in kinds or (not self.per_token and any(array.ndim > 0 for array in arrays)):
             raise ValueError(
                 f"`{name}` has float or multi-valued labels (e.g. {arrays[0]!r}) but the model is "
-                + ("a causal language model: give integer token ids." if self.is_language_model else
+                + ("a language model: give integer token ids." if self.is_language_model else
+                   "a token classifier: give one class index per token (-100 where no label)." if self.per_token else
                    "a single-label classifier: for multi-hot rows build the base model with "
                    "`problem_type='multi_label_classification'`, for regression with `num_labels=1` (or "
                    "`problem_type='regression'`); otherwise give one class index per example.")
@@ -188,11 +234,48 @@ class Task:
             )
 
 
+@dataclass(frozen=True)
+class TokenClassificationTask(Task):
+    """Token classification (`*ForTokenClassification`, e.g. NER): a class per token, -100 where there is none
+    (special tokens, padding, the non-first pieces of a word).
+
+    Its metrics are the token accuracy over the labelled tokens and, when the labels are IOB2 tags (`"O"`,
+    `"B-PER"`, `"I-PER"`, ...), the entity-level precision, recall and F1 of `seqeval`'s default mode, computed
+    locally from `config.id2label` (see [`entity_scores`]); the best module is the one with the best entity F1 (token
+    accuracy when the labels are not IOB2 tags).
+
+    Args:
+        label_names (`tuple[str, ...]`): the name of each class id (empty until [`Task.for_labels`] is called).
+    """
+
+    label_names: tuple[str, ...] = ()
+
+    def for_labels(self, id2label: dict[int, str] | None) -> TokenClassificationTask:
+        """This task with the model's label names; the best module is chosen by entity F1 for IOB2 tags."""
+        names = tuple(str((id2label or {})[i]) for i in range(len(id2label or {})))
+        return TokenClassificationTask(self.name, "f1" if is_iob2(names) else "accuracy", True, names)
+
+    def default_metrics(self, eval_prediction: EvalPrediction) -> dict[str, float]:
+        """Token accuracy over the labelled tokens, and entity precision / recall / F1 for IOB2 labels."""
+        predicted = np.asarray(eval_prediction.predictions).argmax(axis=-1)
+        labels = np.asarray(eval_prediction.label_ids).astype(np.int64)
+        real = labels != -100
+        metrics = {"accuracy": float((predicted[real] == labels[real]).mean()) if real.any() else 0.0}
+        if is_iob2(self.label_names):
+            names = self.label_names
+            truth = [[names[i] for i in row[keep]] for row, keep in zip(labels, real)]
+            guess = [[names[i] for i in row[keep]] for row, keep in zip(predicted, real)]
+            metrics.update(entity_scores(truth, guess))
+        return metrics
+
+
 TASKS: dict[str, Task] = {
     "single_label_classification": Task("single_label_classification", "accuracy", True),
     "multi_label_classification": Task("multi_label_classification", "f1", True),
     "regression": Task("regression", "mse", False),
     "causal_lm": Task("causal_lm", "perplexity", False),
+    "token_classification": TokenClassificationTask("token_classification", "f1", True),
+    "masked_lm": Task("masked_lm", "perplexity", False),
 }
 TASK_NAMES = tuple(TASKS)
 LEGACY_TASK_NAMES = {"classification": "single_label_classification"}
@@ -210,19 +293,27 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def task_of(model: Any, is_language_model: bool) -> Task:
+PER_TOKEN_HEADS = ("causal_lm", "token_classification", "masked_lm")
+"""Heads whose task is their class's alone (`problem_type` does not change it)."""
+
+
+def task_of(model: Any, head: bool | str) -> Task:
     """Decide the task of a transformers task model from its class and configuration, as transformers does.
 
     Args:
         model (`PreTrainedModel`): the task model (e.g. `BertForSequenceClassification`, `GPT2LMHeadModel`).
-        is_language_model (`bool`): whether its head predicts tokens (causal language model).
+        head (`str` or `bool`): what its class's head predicts, as the architecture registry says it
+            (`"classification"`, `"causal_lm"`, `"token_classification"`, `"masked_lm"`); `True` means a causal
+            language model, `False` a sequence classifier.
 
     Returns:
-        [`Task`]: `causal_lm` for language models; otherwise the configuration's `problem_type`, or regression for
-        `num_labels == 1` and single-label classification for more.
+        [`Task`]: the head's task for causal LM, token classification and masked LM classes (the latter with the
+        model's label names); otherwise the configuration's `problem_type`, or regression for `num_labels == 1` and
+        single-label classification for more.
     """
-    if is_language_model:
-        return TASKS["causal_lm"]
+    head = "causal_lm" if head is True else head
+    if head in PER_TOKEN_HEADS:
+        return TASKS[head].for_labels(getattr(model.config, "id2label", None))
     config = model.config
     problem_type = getattr(config, "problem_type", None)
     if problem_type is not None:
@@ -230,4 +321,4 @@ def task_of(model: Any, is_language_model: bool) -> Task:
     return TASKS["regression" if config.num_labels == 1 else "single_label_classification"]
 
 
-__all__ = ["TASKS", "TASK_NAMES", "Task", "get_task", "stage_loader", "task_of"]
+__all__ = ["TASKS", "TASK_NAMES", "Task", "TokenClassificationTask", "get_task", "stage_loader", "task_of"]

@@ -42,20 +42,24 @@ def concatenated(value: Any) -> np.ndarray:
     return np.concatenate([np.asarray(item) for item in value]) if isinstance(value, list) else np.asarray(value)
 
 
-def module_view(predictions: Any, index: int) -> Any:
-    """Module `index`'s logits, shaped as the predictions are: one array, or one array per batch."""
+def module_view(predictions: Any, index: int, axis: int = 1) -> Any:
+    """Module `index`'s logits, shaped as the predictions are: one array, or one array per batch (`axis`: where the
+    modules are; 2 for token classification's `(examples, length, modules, labels)`)."""
     if isinstance(predictions, list):
-        return [np.asarray(batch)[:, index] for batch in predictions]
-    return np.asarray(predictions)[:, index]
+        return [np.asarray(batch).take(index, axis=axis) for batch in predictions]
+    return np.asarray(predictions).take(index, axis=axis)
 
 
 class PerModuleMetrics:
     """Turn a single-head `compute_metrics` into one that scores every module's head.
 
     Predictions arrive as `(num_examples, num_modules, num_labels)` (or one such array per batch with
-    `eval_do_concat_batches=False`). Each metric `name` of module k is reported as `module_{k}_{name}` (1-based), with
-    the head's loss (the task's own: cross-entropy, binary cross-entropy or MSE) as `module_{k}_loss`; the last
-    module's metrics are also reported under their plain names, and `best_module` is the module with the best value of
+    `eval_do_concat_batches=False`); for token classification as `(num_examples, length, num_modules, num_labels)`
+    with labels `(num_examples, length)` (-100 on padding and unlabelled tokens), so that batches of different
+    lengths are padded as `Trainer` pads them. Each metric `name` of module k is reported as `module_{k}_{name}`
+    (1-based), with the head's loss (the task's own: cross-entropy, binary cross-entropy or MSE) as
+    `module_{k}_loss`; the last module's metrics are also reported under their plain names, and `best_module` is the
+    module with the best value of
     `selection_metric`. `compute_metrics` receives `EvalPrediction(predictions, label_ids, inputs, losses)` for each
     head, as `Trainer` would give it for that head (`inputs` and `losses` when `include_for_metrics` asks for them;
     `losses` are the last module's).
@@ -106,11 +110,13 @@ class PerModuleMetrics:
         labels = concatenated(to_numpy(eval_prediction.label_ids))
         whole = concatenated(predictions)
         per_module = []
-        for index in range(whole.shape[1]):
-            head = EvalPrediction(predictions=module_view(predictions, index), label_ids=eval_prediction.label_ids,
-                                  inputs=eval_prediction.inputs, losses=eval_prediction.losses)  # fmt: skip
+        axis = self.task.module_axis
+        for index in range(whole.shape[axis]):
+            head = EvalPrediction(predictions=module_view(predictions, index, axis),
+                                  label_ids=eval_prediction.label_ids, inputs=eval_prediction.inputs,
+                                  losses=eval_prediction.losses)  # fmt: skip
             metrics = dict(self.compute_metrics(head))
-            metrics["loss"] = self.task.numpy_loss(whole[:, index], labels, self.label_smoothing)
+            metrics["loss"] = self.task.numpy_loss(whole.take(index, axis=axis), labels, self.label_smoothing)
             per_module.append(metrics)
         return self.summarise(per_module)
 
@@ -119,20 +125,21 @@ class PerModuleMetrics:
         accumulated; each module's copy of `compute_metrics` sees its head's logits."""
         predictions = np.asarray(to_numpy(eval_prediction.predictions))
         labels = np.asarray(to_numpy(eval_prediction.label_ids))
+        axis = self.task.module_axis
         if self._stream is None:
-            self._stream = _BatchStream(predictions.shape[1], self.custom)
+            self._stream = _BatchStream(predictions.shape[axis], self.custom, axis)
         stream = self._stream
-        stream.add(predictions, labels, [self.task.numpy_loss(predictions[:, index], labels, self.label_smoothing)
-                                         for index in range(predictions.shape[1])])  # fmt: skip
+        stream.add(predictions, labels, [self.task.numpy_loss(predictions.take(index, axis=axis), labels,
+                                                               self.label_smoothing)
+                                         for index in range(predictions.shape[axis])])  # fmt: skip
         results = stream.call_custom(eval_prediction, compute_result)
         if not compute_result:
             return {}
         self._stream = None
         per_module = []
-        for index in range(predictions.shape[1]):
+        for index in range(predictions.shape[axis]):
             if self.custom is None:
-                whole = np.concatenate(stream.logits)
-                head = EvalPrediction(predictions=whole[:, index], label_ids=np.concatenate(stream.labels))
+                head = EvalPrediction(predictions=stream.module_logits(index), label_ids=stream.all_labels())
                 metrics = dict(self.task.default_metrics(head))
             else:
                 metrics = dict(results[index] or {})
@@ -169,7 +176,8 @@ class _BatchStream:
     """What `batch_eval_metrics` accumulates over one evaluation: row-weighted loss sums per module, the logits when
     the task's own metrics need them, and one copy of a custom `compute_metrics` per module."""
 
-    def __init__(self, num_modules: int, custom: MetricFunction | None):
+    def __init__(self, num_modules: int, custom: MetricFunction | None, axis: int = 1):
+        self.axis = axis
         self.rows, self.loss_sums = 0, [0.0] * num_modules
         self.logits: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
@@ -184,21 +192,44 @@ class _BatchStream:
             self.logits.append(predictions)
             self.labels.append(labels)
 
+    def module_logits(self, index: int) -> np.ndarray:
+        """Module `index`'s logits of every batch (per-token logits padded to the longest batch, as `Trainer` pads)."""
+        logits = [batch.take(index, axis=self.axis) for batch in self.logits]
+        if self.axis == 1:
+            return np.concatenate(logits)
+        return _pad_and_concatenate(logits, padding=-100.0)
+
+    def all_labels(self) -> np.ndarray:
+        """The labels of every batch (per-token labels padded with -100 to the longest batch)."""
+        return np.concatenate(self.labels) if self.axis == 1 else _pad_and_concatenate(self.labels, padding=-100)
+
     def call_custom(self, batch: EvalPrediction, compute_result: bool) -> list[Any]:
         """Each module's copy of `compute_metrics` on its head's logits, as `Trainer` passes them (tensors)."""
         return [
-            metric(EvalPrediction(predictions=batch.predictions[:, index], label_ids=batch.label_ids,
-                                  inputs=batch.inputs, losses=batch.losses), compute_result=compute_result)
+            metric(EvalPrediction(predictions=batch.predictions[(slice(None),) * self.axis + (index,)],
+                                  label_ids=batch.label_ids, inputs=batch.inputs, losses=batch.losses),
+                   compute_result=compute_result)
             for index, metric in enumerate(self.copies)
         ]  # fmt: skip
 
 
-class PerModuleLanguageModelMetrics:
-    """Loss and perplexity of every module's LM head, averaged per token.
+def _pad_and_concatenate(arrays: list[np.ndarray], padding: float) -> np.ndarray:
+    """Batches of per-token arrays `(rows, length, ...)` padded along the length to the longest and concatenated."""
+    length = max(array.shape[1] for array in arrays)
+    padded = []
+    for array in arrays:
+        widths = [(0, 0), (0, length - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+        padded.append(np.pad(array, widths, constant_values=padding))
+    return np.concatenate(padded)
 
-    Predictions arrive as `(num_batches, 2, num_modules)`: each batch's summed next-token NLL per module and its
-    number of target tokens. Reports `module_{k}_loss` and `module_{k}_perplexity` (1-based), `perplexity` of the
-    last module, and `best_module`, the module with the lowest loss. With `batch_eval_metrics=True` the batches' sums
+
+class PerModuleLanguageModelMetrics:
+    """Loss and perplexity of every module's LM head (causal or masked), averaged per scored token.
+
+    Predictions arrive as `(num_batches, 2, num_modules)`: each batch's summed token NLL per module (next-token for
+    a causal LM, masked tokens for a masked LM) and its number of scored tokens. Reports `module_{k}_loss` and
+    `module_{k}_perplexity` (1-based), `perplexity` of the last module, and `best_module`, the module with the lowest
+    loss. With `batch_eval_metrics=True` the batches' sums
     are added up until `compute_result=True`.
     """
 

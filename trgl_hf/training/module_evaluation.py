@@ -46,7 +46,8 @@ class ModuleEvaluationMixin:
             return output
         module = self.best_module or output.predictions.shape[1]
         metrics = metrics_of_module(output.metrics, module, metric_key_prefix)
-        result = TRGLPredictionOutput(output.predictions[:, module - 1], output.label_ids, metrics)
+        predictions = output.predictions.take(module - 1, axis=self.model.task.module_axis)
+        result = TRGLPredictionOutput(predictions, output.label_ids, metrics)
         result.module_predictions, result.module = output.predictions, module
         return result
 
@@ -57,7 +58,8 @@ class ModuleEvaluationMixin:
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Return the last evaluated module's loss and every evaluated module's logits `(batch, modules, labels)`."""
+        """Return the last evaluated module's loss and every evaluated module's logits `(batch, modules, labels)`
+        (`(batch, length, modules, labels)` for token classification: batches are padded along the length)."""
         inputs = prepare_inputs(self, inputs)
         labels = inputs.get("labels")
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -66,8 +68,10 @@ class ModuleEvaluationMixin:
         if prediction_loss_only:
             return loss, None, None
         if outputs.module_logits is None:  # language models: per-module token NLL sums and counts, not logits
-            tokens = (labels[:, 1:] != -100).sum().float()
-            losses = outputs.module_losses.detach().float()
-            totals = torch.stack([losses * tokens, tokens.expand_as(losses)])[None]
+            tokens = self.model.task.count_targets(labels).float()
+            losses = outputs.module_losses.detach().float()  # a batch with no scored token (masked LM): nan, adds 0
+            sums = torch.where(tokens > 0, losses * tokens, torch.zeros_like(losses))
+            totals = torch.stack([sums, tokens.expand_as(losses)])[None]
             return loss, totals, torch.zeros(1, device=loss.device)
-        return loss, outputs.module_logits.detach().float(), labels
+        logits = outputs.module_logits.detach().float()
+        return loss, logits.transpose(1, 2) if self.model.task.module_axis == 2 else logits, labels

@@ -84,6 +84,19 @@ def _output_embedding(task_model: PreTrainedModel) -> tuple[str | None, bool]:
     return name, bool(getattr(config, "tie_word_embeddings", False)) and f"{name}.weight" in tied_keys
 
 
+def _untie_shared_parameters(module: nn.Module) -> None:
+    """Give each parameter name of `module` a parameter of its own: a masked-LM head ties its decoder's bias to its
+    own `bias` (BERT's `cls.predictions`), which a saved TRGL model could not write as two names of one tensor. The
+    stages are saved untied (`tie_word_embeddings=False`), so each name keeps its own trained value there too."""
+    seen: set[int] = set()
+    for name, parameter in list(module.named_parameters(remove_duplicate=False)):
+        if id(parameter) in seen:
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            setattr(owner, leaf, nn.Parameter(parameter.detach().clone(), requires_grad=parameter.requires_grad))
+        seen.add(id(parameter))
+
+
 class NativeHead(nn.Module):
     """The task model's head at one module, applied by the task model's own `forward`.
 
@@ -108,6 +121,7 @@ class NativeHead(nn.Module):
         for name, child in task_model.named_children():
             if child is not backbone:
                 self.add_module(name, copy.deepcopy(child))
+        _untie_shared_parameters(self)
         self.output_name, self.ties_embeddings = _output_embedding(task_model)
         tail_modules = {name: copy.deepcopy(backbone.get_submodule(name)) for name in tail_names}
         self.add_module(self.prefix, BackboneTail(tail_modules, tail))

@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import nn
 
 from .families import ENTRIES
-from .families.common import CAUSAL_LM
+from .families.common import CAUSAL_LM, MASKED_LM, TOKEN_CLASSIFICATION
 from .families.refusals import KNOWN_REFUSALS
 from .spec import ArchitectureSpec
 
@@ -25,10 +25,18 @@ _ENTRIES = ENTRIES
 
 REGISTRY: dict[str, ArchitectureSpec] = {model_type: spec for spec in _ENTRIES for model_type in spec.model_types}
 
+
+def _families_with(task: str) -> str:
+    names = [spec.name for spec in _ENTRIES if task in spec.classes.values()]
+    return ", ".join(names) if names else "no family yet"
+
+
 CLASS_HINTS = {
-    "ForMaskedLM": "masked-LM heads are not a supported task",
+    "ForMaskedLM": "masked-LM heads are not registered for this family (they are trained for "
+    f"{_families_with(MASKED_LM)})",
     "WithTeacher": "its two heads (class token and distillation token) are averaged; use `DeiTForImageClassification`",
-    "ForTokenClassification": "token classification is not a supported task",
+    "ForTokenClassification": "token classification is not registered for this family (it is trained for "
+    f"{_families_with(TOKEN_CLASSIFICATION)})",
     "ForQuestionAnswering": "question answering is not a supported task",
     "ForMultipleChoice": "multiple choice is not a supported task",
 }

@@ -5,4 +5,25 @@ Ground truth: the output of each named submodule (first element of a tuple) is e
 to the residual stream; "sum" adds them into one stream update (parallel attention + MLP).
 """
 
-TASKS_CASES = {}  # fmt: skip
+from .cases_common import DECODER, TEXT
+
+TASKS_CASES = {
+    "BertForTokenClassification": ("BertConfig", dict(TEXT, num_hidden_layers=4), ("attention.output.dropout", "output.dropout")),
+    "BertForMaskedLM": ("BertConfig", dict(TEXT, num_hidden_layers=4), ("attention.output.dropout", "output.dropout")),
+    "RobertaForTokenClassification": ("RobertaConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=1), ("attention.output.dropout", "output.dropout")),
+    "RobertaForMaskedLM": ("RobertaConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=1), ("attention.output.dropout", "output.dropout")),
+    "XLMRobertaForTokenClassification": ("XLMRobertaConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=1), ("attention.output.dropout", "output.dropout")),
+    "XLMRobertaForMaskedLM": ("XLMRobertaConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=1), ("attention.output.dropout", "output.dropout")),
+    "ElectraForTokenClassification": ("ElectraConfig", dict(TEXT, num_hidden_layers=4, embedding_size=8), ("attention.output.dropout", "output.dropout")),
+    "ElectraForMaskedLM": ("ElectraConfig", dict(TEXT, num_hidden_layers=4, embedding_size=8), ("attention.output.dropout", "output.dropout")),
+    "DistilBertForTokenClassification": ("DistilBertConfig", dict(vocab_size=40, dim=16, n_layers=4, n_heads=2, hidden_dim=32, max_position_embeddings=64), ("attention", "ffn")),
+    "DistilBertForMaskedLM": ("DistilBertConfig", dict(vocab_size=40, dim=16, n_layers=4, n_heads=2, hidden_dim=32, max_position_embeddings=64), ("attention", "ffn")),
+    "DebertaV2ForTokenClassification": ("DebertaV2Config", dict(TEXT, num_hidden_layers=4, relative_attention=True, position_buckets=8, max_relative_positions=16, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False), ("attention.output.dropout", "output.dropout")),
+    "DebertaV2ForMaskedLM": ("DebertaV2Config", dict(TEXT, num_hidden_layers=4, relative_attention=True, position_buckets=8, max_relative_positions=16, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False), ("attention.output.dropout", "output.dropout")),
+    "ModernBertForTokenClassification": ("ModernBertConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, local_attention=4, classifier_pooling="mean"), ("attn", "mlp")),
+    "ModernBertForMaskedLM": ("ModernBertConfig", dict(TEXT, num_hidden_layers=4, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, local_attention=4, classifier_pooling="mean"), ("attn", "mlp")),
+    "LlamaForTokenClassification": ("LlamaConfig", dict(DECODER, num_hidden_layers=4), ("self_attn", "mlp")),
+    "GPT2ForTokenClassification": ("GPT2Config", dict(vocab_size=40, n_embd=16, n_layer=4, n_head=2, n_positions=64, pad_token_id=0), ("attn", "mlp")),
+    "Qwen2ForTokenClassification": ("Qwen2Config", dict(DECODER, num_hidden_layers=4), ("self_attn", "mlp")),
+    "MistralForTokenClassification": ("MistralConfig", dict(DECODER, num_hidden_layers=4, sliding_window=4), ("self_attn", "mlp")),
+}  # fmt: skip

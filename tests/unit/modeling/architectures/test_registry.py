@@ -13,7 +13,13 @@ import copy
 import pytest
 import torch
 import transformers as tf
-from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from trgl_hf import TRGLConfig, TRGLModel, supported_architectures
 from trgl_hf.modeling.architectures.registry import REGISTRY
@@ -32,7 +38,8 @@ CASES = {**ENCODERS_CASES, **DECODERS_CASES, **MIXTURES_CASES, **VISION_CASES, *
 
 AUTO = {"ForCausalLM": AutoModelForCausalLM, "LMHeadModel": AutoModelForCausalLM,
         "ForSequenceClassification": AutoModelForSequenceClassification,
-        "ForImageClassification": AutoModelForImageClassification}  # fmt: skip
+        "ForImageClassification": AutoModelForImageClassification,
+        "ForTokenClassification": AutoModelForTokenClassification, "ForMaskedLM": AutoModelForMaskedLM}  # fmt: skip
 
 
 def build(class_name: str, seed: int = 0):
@@ -58,6 +65,8 @@ def inputs_for(model):
     attention_mask[1, 5:] = 0
     is_lm = not type(model).__name__.endswith("Classification")
     labels = input_ids.masked_fill(attention_mask == 0, -100) if is_lm else torch.tensor([0, 2])
+    if type(model).__name__.endswith("ForTokenClassification"):  # a class per real token
+        labels = torch.randint(0, 3, (2, 7)).masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask}, labels
 
 
@@ -162,7 +171,7 @@ def test_transport_is_exact_training_runs_and_stages_reproduce_the_heads(class_n
 
 REFUSED = {
     "AlbertForSequenceClassification": ("AlbertConfig", dict(TEXT, num_hidden_layers=2, embedding_size=8), "shares"),
-    "BertForMaskedLM": ("BertConfig", dict(TEXT, num_hidden_layers=2), "masked-LM"),
+    "BertForQuestionAnswering": ("BertConfig", dict(TEXT, num_hidden_layers=2), "question answering"),
     "BertModel": ("BertConfig", dict(TEXT, num_hidden_layers=2), "bare backbone"),
     "T5ForSequenceClassification": ("T5Config", dict(vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2), "encoder-decoder"),
     "MambaForCausalLM": ("MambaConfig", dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, state_size=4), "state-space"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 CLASSIFICATION, CAUSAL_LM = "classification", "causal_lm"
+TOKEN_CLASSIFICATION, MASKED_LM = "token_classification", "masked_lm"
+"""Per-token heads: `*ForTokenClassification` (a label per token) and `*ForMaskedLM` (the masked tokens)."""
 
 
 def lm_and_classifier(prefix: str, lm_name: str | None = None) -> dict[str, str]:
