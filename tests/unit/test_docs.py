@@ -34,3 +34,11 @@ def test_ci_builds_the_guide_strictly_and_every_page_is_in_its_navigation():
     assert sorted(page.name for page in (ROOT / "docs").glob("*.md")) == sorted(
         re.findall(r": ([\w-]+\.md)$", nav, re.M)
     )
+
+
+def test_readme_counts_the_supported_architectures():
+    from trgl_hf import supported_architectures
+
+    readme = (ROOT / "README.md").read_text()
+    count = int(re.search(r"for the (\d+) architectures of the \[support table\]", readme)[1])
+    assert count == len(supported_architectures())

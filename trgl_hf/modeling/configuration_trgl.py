@@ -121,8 +121,8 @@ class TRGLConfig(PreTrainedConfig):
             How many leading modules have finished training (written by the trainer).
         task (`str`, *optional*, defaults to `"single_label_classification"`):
             What every head is trained for (see `trgl_hf.modeling.tasks`): `"single_label_classification"`,
-            `"multi_label_classification"`, `"regression"` or `"causal_lm"`; set from the base model's class and
-            `problem_type` by [`TRGLModel.from_base`].
+            `"multi_label_classification"`, `"regression"`, `"causal_lm"`, `"token_classification"` or
+            `"masked_lm"`; set from the base model's class and `problem_type` by [`TRGLModel.from_base`].
         module_output_shapes (`list[list[int]]`, *optional*):
             Output shape (channels, then spatial sizes) of every module for one example, measured by
             [`TRGLModel.from_base`]; used to rebuild the heads.

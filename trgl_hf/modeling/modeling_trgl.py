@@ -911,7 +911,15 @@ def _record_base(config: TRGLConfig, base_model: nn.Module, cutter_class: Any) -
     config.id2label, config.label2id = dict(base_config.id2label), dict(base_config.label2id)
     config.base_model_name_or_path = config.base_model_name_or_path or getattr(base_config, "_name_or_path", None)
     if config.image_size is None:
-        config.image_size = getattr(base_config, "image_size", None)
+        config.image_size = square_side(getattr(base_config, "image_size", None))
+
+
+def square_side(size: Any) -> int | None:
+    """A base config's `image_size` as one side in pixels: an integer as it is, a square `(height, width)` pair as its
+    side; `None` for anything else (a non-square pair: blocks are then probed at the default size)."""
+    if isinstance(size, (list, tuple)):
+        return int(size[0]) if len(size) == 2 and size[0] == size[1] else None
+    return size
 
 
 def _choose_aux_head(config: TRGLConfig, cutter: Any) -> bool:

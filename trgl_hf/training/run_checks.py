@@ -159,7 +159,7 @@ def adopt_label_smoothing(model: Any, args: TRGLTrainingArguments) -> None:
             f"`label_smoothing_factor={factor}` but the model's TRGLConfig has `label_smoothing="
             f"{config.label_smoothing}`: set only one of them (they are the same setting)."
         )
-    if model.task.name not in ("single_label_classification", "causal_lm"):
+    if not model.task.uses_cross_entropy:
         raise ValueError(
             f"`label_smoothing_factor` applies to cross-entropy; the {model.task.name} task has none: set it to 0."
         )

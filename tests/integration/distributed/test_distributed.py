@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.multiprocess
 def test_batchnorm_statistics_follow_rank_zero_and_one_process_writes(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1"]  # fmt: skip
+                "--main_process_port", "0", "--num_machines", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(launcher + [str(ROOT / "tests" / "scripts" / "ddp_buffers.py"), str(tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -49,7 +49,7 @@ def test_two_processes_build_one_shared_prefix_cache(tmp_path):
     import json
 
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1"]  # fmt: skip
+                "--main_process_port", "0", "--num_machines", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(launcher + [str(ROOT / "tests" / "scripts" / "shared_cache.py"), str(tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -72,7 +72,7 @@ def test_two_processes_share_a_stream_as_accelerate_shards_it(tmp_path):
     from trgl_hf import load_digits_dataset
 
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1"]  # fmt: skip
+                "--main_process_port", "0", "--num_machines", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(launcher + [str(ROOT / "tests" / "scripts" / "streaming_ranks.py"), str(tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip

@@ -32,7 +32,7 @@ def run(command: list[str], succeeds: bool = True, **env: str) -> None:
 
 def launcher(switch: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *LAUNCHERS[switch], "--num_processes", "2",
-            "--num_machines", "1", str(SCRIPT)]  # fmt: skip
+            "--main_process_port", "0", "--num_machines", "1", str(SCRIPT)]  # fmt: skip
 
 
 def train_both(tmp_path: Path, family: str, switch: str, modes: tuple[str, ...], **env: str) -> tuple[Path, Path]:

@@ -255,7 +255,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(mode, tm
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     root = RECIPES.parent
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+                "--main_process_port", "0", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no"]  # fmt: skip
     two = subprocess.run(
         launcher
         + args

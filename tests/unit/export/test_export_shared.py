@@ -24,6 +24,7 @@ from ..modeling.architectures.test_registry import AUTO, SUPPORTED, build, input
 
 def _trgl(base, **settings) -> TRGLModel:
     size = getattr(base.config, "image_size", None) or 32
+    size = size[0] if isinstance(size, (list, tuple)) else size  # PVT-v2 stores (height, width)
     return TRGLModel.from_base(base, TRGLConfig(num_modules=2, image_size=size, **settings)).eval()
 
 

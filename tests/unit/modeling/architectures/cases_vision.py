@@ -28,6 +28,7 @@ VISION_CASES = {
     "Swinv2ForImageClassification": ("Swinv2Config", dict(SWIN, pretrained_window_sizes=[0, 0, 0]), ("layernorm_before", "layernorm_after")),
     # layer scale off (gamma = 1.0): the branches are module outputs; test_focalnet.py checks layer scale and drop path
     "FocalNetForImageClassification": ("FocalNetConfig", FOCALNET, ("modulation", "mlp")),
+    "PvtV2ForImageClassification": ("PvtV2Config", PVT_V2, ("attention", "mlp")),
     "ConvNextForImageClassification": ("ConvNextConfig", CONVNEXT, ("drop_path",)),
     "ConvNextV2ForImageClassification": ("ConvNextV2Config", CONVNEXT, ("drop_path",)),
     "ResNetForImageClassification": (None, None, ("layer",)),

@@ -1,4 +1,4 @@
-"""PVT-v2 (registry entry `PVT_V2`, not yet in `VISION`): exact branches across stages, each stage's patch embedding
+"""PVT-v2: exact branches across stages, each stage's patch embedding
 and closing LayerNorm trained with the next stage's first block, native truncated stages."""
 
 import pytest
@@ -12,9 +12,10 @@ from trgl_hf.modeling.architectures.families.vision import PVT_V2
 from .cases_vision import PVT_V2 as SETTINGS
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    monkeypatch.setitem(registry.REGISTRY, "pvt_v2", PVT_V2)
+def test_pvt_v2_is_registered_and_its_pair_image_size_is_read_as_a_side():
+    assert registry.REGISTRY["pvt_v2"] is PVT_V2
+    model = TRGLModel.from_base(tiny_pvt(image_size=[32, 32]), TRGLConfig(num_modules=2))
+    assert model.config.image_size == 32
 
 
 def tiny_pvt(**settings) -> PvtV2ForImageClassification:

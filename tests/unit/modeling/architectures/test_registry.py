@@ -58,6 +58,7 @@ def inputs_for(model):
     torch.manual_seed(1)
     if model.main_input_name == "pixel_values":
         size = getattr(model.config, "image_size", None) or 32
+        size = size[0] if isinstance(size, (list, tuple)) else size  # PVT-v2 stores (height, width)
         return {"pixel_values": torch.randn(2, 3, size, size)}, torch.tensor([0, 2])
     input_ids = torch.randint(3, 40, (2, 7))
     attention_mask = torch.ones_like(input_ids)
@@ -177,7 +178,6 @@ REFUSED = {
     "MambaForCausalLM": ("MambaConfig", dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, state_size=4), "state-space"),
     "DeiTForImageClassificationWithTeacher": ("DeiTConfig", VIT, "distillation"),
     "MobileNetV2ForImageClassification": ("MobileNetV2Config", dict(image_size=32), "inverted-residual"),
-    "BeitForImageClassification": ("BeitConfig", VIT, "registry"),
     "GPT2DoubleHeadsModel": ("GPT2Config", dict(vocab_size=40, n_embd=16, n_layer=2, n_head=2), "task head"),
 }  # fmt: skip
 

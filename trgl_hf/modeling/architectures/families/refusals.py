@@ -20,5 +20,8 @@ KNOWN_REFUSALS = {
     "hiera": "its stages cannot be cut exactly: Hiera unrolls its tokens in an order that depends on the number of "
     "stages (mask-unit attention windows and query pooling read that order), so a Hiera truncated after a module "
     "does not compute what the module's first blocks compute, and no stage would reproduce its head",
+    "gemma3": "the multimodal Gemma 3 is not cut; its text decoder is (`Gemma3ForCausalLM`, model_type 'gemma3_text')",
+    "falcon_mamba": "its blocks are state-space mixers without the attention/MLP residual branches trgl_hf penalises",
+    "falcon_h1": "its blocks mix attention with state-space layers in parallel, which trgl_hf does not cut",
     "trgl": "it is already a TRGLModel: pass the original task model (or load a stage with its Auto class)",
 }

@@ -28,8 +28,7 @@ PVT_V2 = ArchitectureSpec(
     penalised="attention (spatial reduction) and convolutional MLP branches after drop path; each stage's patch "
     "embedding and closing LayerNorm are not penalised",
 )  # fmt: skip
-"""PVT-v2, cut exactly (`test_pvt_v2.py`) but not yet in `VISION`: `PvtV2Config` stores `image_size` as a pair, which
-`TRGLModel.from_base` copies into `TRGLConfig.image_size` (an integer) and then refuses."""
+"""PVT-v2 (`PvtV2Config` stores `image_size` as a pair; `TRGLModel.from_base` takes its side when square)."""
 
 VISION = (
     ArchitectureSpec("ViT", ("vit",), classes={"ViTForImageClassification": CLASSIFICATION}, **VIT_LIKE),
@@ -80,6 +79,7 @@ VISION = (
         penalised="focal modulation and MLP branches after layer scale and drop path; the patch embedding between "
         "stages is not penalised",
     ),
+    PVT_V2,
     ArchitectureSpec(
         "ConvNeXt", ("convnext",), ConvNextCutter, {"ConvNextForImageClassification": CLASSIFICATION},
         tail_names=("layernorm",), tail=convnext_tail,
