@@ -21,7 +21,7 @@ from datasets import Dataset  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
-    BertForMaskedLM,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
@@ -226,9 +226,9 @@ def cases(workdir: Path) -> list[Case]:
                                                         num_attention_heads=2, intermediate_size=32, num_labels=1))  # fmt: skip
         TRGLModel.from_base(base, TRGLConfig(num_modules=2, label_smoothing=0.1))
 
-    def masked_lm():
-        base = BertForMaskedLM(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                          intermediate_size=32))  # fmt: skip
+    def question_answering():
+        base = BertForQuestionAnswering(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2,
+                                                   num_attention_heads=2, intermediate_size=32))  # fmt: skip
         TRGLModel.from_base(base, TRGLConfig(num_modules=2))
 
     def vit_wrong_size():
@@ -257,7 +257,8 @@ def cases(workdir: Path) -> list[Case]:
         Case("`from_base` keywords next to a `config`", "num_modules",
              lambda: TRGLModel.from_base(cifar(), TRGLConfig(num_modules=3), num_modules=2)),
         Case("model the library cannot train", "Sequential", lambda: TRGLModel.from_base(nn.Sequential(nn.Linear(2, 2)))),
-        Case("a task class the library does not train (masked LM)", "BertForMaskedLM", masked_lm),
+        Case("a task class the library does not train (question answering)", "BertForQuestionAnswering",
+             question_answering),
         Case("decoder classifier without `pad_token_id`", "pad_token_id", decoder_classifier_without_pad),
         Case("label smoothing on a regression head", "label_smoothing", regression_with_smoothing),
         Case("head that does not fit the family (a conv head on GPT-2)", "aux_head", conv_head_on_gpt2),

@@ -130,12 +130,17 @@ def memory_cap():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n 2 --dist loadgroup` (CI): every integration file runs on one worker, so its module-scoped
-    fixtures are built once, and every test that launches processes shares one group, so two launches never race
-    for the same rendezvous port. Unit tests spread test by test."""
+    """Under `pytest -n 2 --dist loadgroup` (CI): tests spread one by one over the two workers, except that every test
+    of a file with a module-scoped fixture (built once per worker) runs on one worker, and every test that launches
+    processes shares one group, so that two multi-process runs never compete for the cores at once."""
     for item in items:
-        path = Path(str(item.fspath))
         if item.get_closest_marker("multiprocess"):
             item.add_marker(pytest.mark.xdist_group("multiprocess"))
-        elif "integration" in path.parts:
-            item.add_marker(pytest.mark.xdist_group(path.stem))
+        elif uses_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).stem))
+
+
+def uses_module_fixture(item) -> bool:
+    """Whether `item` reads a fixture built once per module (its file then stays on one worker)."""
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(fixture.scope == "module" for fixtures in definitions.values() for fixture in fixtures)

@@ -59,7 +59,9 @@ def supported_architectures() -> dict[str, list[str]]:
 
 
 def _supported_text() -> str:
-    return "; ".join(f"{spec.name}: {', '.join(sorted(spec.classes))}" for spec in _ENTRIES)
+    names = ", ".join(spec.name for spec in _ENTRIES)
+    return (f"{len(_ENTRIES)} architectures ({names}); their task classes: `trgl_hf.supported_architectures()` or "
+            "docs/architectures.md")  # fmt: skip
 
 
 def architecture_of(model: nn.Module) -> ArchitectureSpec:

@@ -101,7 +101,7 @@ def test_residual_capture_survives_in_place_addition(make_hf_resnet):
 
 
 def test_unsupported_model_lists_supported_architectures():
-    with pytest.raises(ValueError, match="cannot train Sequential.*Supported: .*ResNetForImageClassification"):
+    with pytest.raises(ValueError, match="cannot train Sequential.*Supported: .*ResNet.*supported_architectures"):
         TRGLModel.from_base(nn.Sequential(nn.Linear(3, 3)), TRGLConfig(num_modules=1))
 
 
