@@ -193,9 +193,12 @@ def test_per_token_labels_are_checked():
 
 
 def test_families_without_the_task_classes_are_refused_clearly():
+    class CustomGemmaForTokenClassification(tf.GemmaForTokenClassification):  # a class the registry does not list
+        pass
+
     config = tf.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=8, pad_token_id=0)
     with pytest.raises(ValueError, match="token classification is not registered for this family.*BERT"):
-        TRGLModel.from_base(tf.GemmaForTokenClassification(config), TRGLConfig(num_modules=2))
+        TRGLModel.from_base(CustomGemmaForTokenClassification(config), TRGLConfig(num_modules=2))
     gpt2 = tf.GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2)
     with pytest.raises(ValueError, match="GPT2ForQuestionAnswering.*question answering"):
         TRGLModel.from_base(tf.GPT2ForQuestionAnswering(gpt2), TRGLConfig(num_modules=2))
