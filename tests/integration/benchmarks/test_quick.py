@@ -30,6 +30,7 @@ BENCHMARKS = {
     "prefix_cache_memory": ([], ["prefix_cache_memory.json", "prefix_cache_memory.md", "prefix_cache_memory.png"]),
     "memory_decoder": ([], ["memory_decoder.json", "memory_decoder.md"]),
     "gpu_memory_decoder": (["--device", "cpu"], ["gpu_memory_decoder.json", "gpu_memory_decoder.md"]),
+    "mlm_pretraining": ([], ["mlm_pretraining.json", "mlm_pretraining.md"]),
 }
 SLOW = {"ddp_overlap", "prefix_cache_memory", "gpu_memory_decoder"}
 """The longest quick runs (two processes; cache memory at several sizes; the GPU script's CPU path, which the decoder
