@@ -132,7 +132,7 @@ DistributedStrategy = SingleProcess
 """The interface every strategy implements (the single-process one is the base)."""
 
 
-def distributed_strategy(fsdp: FSDPSettings | None, bucket_cap_mb: float | None = None) -> SingleProcess:
+def distributed_strategy(fsdp: FSDPSettings | None, bucket_cap_mb: float | None = None) -> DistributedStrategy:
     """The strategy of this process's run: FSDP2 when `fsdp` is given, averaged gradients with several processes, else
     one process."""
     if fsdp is not None:
