@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import BlockProbe, BlockState, default_dtype, task_model_from_config, truncate_depths
+from .base import BlockState, truncate_depths
 from .native_head import NativeHead
 from .spec import StreamPoints
 from .staged import StagedCutter
@@ -101,19 +101,8 @@ class PvtV2Cutter(StagedCutter):
         config.num_encoder_blocks = len(depths)
         return config
 
-    def build_head(
-        self, kind: str, probe: BlockProbe, num_labels: int, pool_size: int, is_last: bool, num_blocks: int
-    ) -> nn.Module:
-        if self.head_template is None:
-            raise ValueError("The model was built without its head: cut it with `TRGLModel.from_base(task_model)`.")
-        if num_blocks == len(self.blocks):
-            return copy.deepcopy(self.head_template)
-        config = self.stage_config(num_blocks)
-        with default_dtype(self.dtype):
-            truncated = task_model_from_config(config)
-        head = NativeHead(truncated, (self.stage_norm(len(config.depths)),), self.spec.tail)
-        head.load_matching(self.head_template)
-        return head
+    def stage_tail_names(self, truncated: nn.Module) -> tuple[str, ...]:
+        return (self.stage_norm(len(truncated.config.depths)),)  # the truncated model's last stage's closing LayerNorm
 
 
 def focalnet_layout(config: Any) -> StreamPoints:

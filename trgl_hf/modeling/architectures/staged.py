@@ -94,9 +94,13 @@ class StagedCutter(TransformerCutter):
             return copy.deepcopy(self.head_template)
         with default_dtype(self.dtype):
             truncated = task_model_from_config(self.stage_config(num_blocks))
-        head = NativeHead(truncated, self.spec.tail_modules(truncated.base_model), self.spec.tail)
+        head = NativeHead(truncated, self.stage_tail_names(truncated), self.spec.tail)
         head.load_matching(self.head_template)
         return head
+
+    def stage_tail_names(self, truncated: nn.Module) -> tuple[str, ...]:
+        """The backbone submodules of a truncated stage model that its head runs after the last block."""
+        return self.spec.tail_modules(truncated.base_model)
 
 
 class SwinCutter(StagedCutter):
