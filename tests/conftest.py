@@ -4,6 +4,7 @@ scikit-learn, quiet logging."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import time
 import uuid
@@ -129,18 +130,16 @@ def memory_cap():
     return memory_capped_group
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n 2 --dist loadgroup` (CI): tests spread one by one over the two workers, except that every test
-    of a file with a module-scoped fixture (built once per worker) runs on one worker, and every test that launches
-    processes shares one group, so that two multi-process runs never compete for the cores at once."""
-    for item in items:
-        if item.get_closest_marker("multiprocess"):
-            item.add_marker(pytest.mark.xdist_group("multiprocess"))
-        elif uses_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).stem))
-
-
-def uses_module_fixture(item) -> bool:
-    """Whether `item` reads a fixture built once per module (its file then stays on one worker)."""
-    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-    return any(fixture.scope == "module" for fixtures in definitions.values() for fixture in fixtures)
+@pytest.fixture(autouse=True)
+def one_multiprocess_test_at_a_time(request, tmp_path_factory):
+    """Under `pytest -n 2` (CI), a test marked `multiprocess` holds a lock that the test workers share (a file beside
+    their temporary folders), so that two multi-process runs never compete for the two cores at once."""
+    if request.node.get_closest_marker("multiprocess") is None or "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    with open(tmp_path_factory.getbasetemp().parent / "multiprocess.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

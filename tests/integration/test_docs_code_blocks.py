@@ -1,5 +1,5 @@
 """Every ```python block of the README and of the guide runs (`docs/code_blocks.py`: the blocks of one page in order,
-in one namespace and an empty folder, offline; every page in one fresh process); blocks marked
+in one namespace and an empty folder, offline; all pages in one fresh process, one test); blocks marked
 `<!-- not-run: why -->` are reported as skipped."""
 
 import importlib.util
@@ -19,14 +19,11 @@ RUNNABLE = [page for page in PAGES if any(b.not_run is None for b in code_blocks
 SKIPPED = [block for page in PAGES for block in code_blocks.blocks(page) if block.not_run is not None]
 
 
-@pytest.fixture(scope="module")
-def results():
-    return code_blocks.run(RUNNABLE)
-
-
-@pytest.mark.parametrize("page", RUNNABLE, ids=lambda page: page.name)
-def test_the_pages_code_blocks_run(results, page):
-    assert results[str(page)] is None, results[str(page)][-4000:]
+def test_the_code_blocks_of_every_page_run():
+    results = code_blocks.run(RUNNABLE)
+    failed = {page: why for page, why in results.items() if why is not None}
+    assert results.keys() == {str(page) for page in RUNNABLE}
+    assert not failed, "\n\n".join(f"{page}:\n{why[-4000:]}" for page, why in failed.items())
 
 
 @pytest.mark.parametrize("block", SKIPPED, ids=lambda block: f"{block.path.name}:{block.line}")

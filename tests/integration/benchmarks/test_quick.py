@@ -1,6 +1,6 @@
 """Every benchmark runs end to end in its `--quick` mode (tiny models and data, output to a temporary folder), so a
-benchmark that breaks fails CI. The subprocesses start together (two at a time) when the module's first test runs:
-importing torch and transformers dominates each run, and the machine has two cores."""
+benchmark that breaks fails CI. Each test runs its benchmark in a subprocess; `pytest -n 2` spreads them over the two
+workers."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TIMEOUT_S = 600  # a hang guard, not a timing target (CI shares 2 cores between two test workers)
-PARALLEL = 2
 
 # module, extra arguments, the files its --quick run must write
 BENCHMARKS = {
@@ -37,58 +35,26 @@ SLOW = {"ddp_overlap", "prefix_cache_memory", "gpu_memory_decoder"}
 benchmark's quick run mostly covers) run with `-m slow`, keeping the default suite's time."""
 
 
-class QuickRuns:
-    """Starts the `--quick` runs, at most `PARALLEL` at a time, in the order the tests ask for them."""
-
-    def __init__(self, root: Path, names: list[str]):
-        self.root, self.pending, self.running, self.done = root, list(names), {}, {}
-
-    def _start_more(self) -> None:
-        while self.pending and len(self.running) < PARALLEL:
-            name = self.pending.pop(0)
-            extra, _ = BENCHMARKS[name]
-            out = self.root / name
-            command = [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out-dir", str(out), *extra]
-            log = open(self.root / f"{name}.log", "w")
-            env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-            self.running[name] = (process, time.monotonic(), log)
-
-    def result(self, name: str) -> tuple[int | None, str, Path]:
-        while name not in self.done:
-            self._start_more()
-            for other, (process, started, log) in list(self.running.items()):
-                if process.poll() is None and time.monotonic() - started > TIMEOUT_S:
-                    process.kill()
-                    process.wait()
-                    self.done[other] = None
-                elif process.poll() is not None:
-                    self.done[other] = process.returncode
-                else:
-                    continue
-                log.close()
-                del self.running[other]
-            time.sleep(0.2)
-        text = (self.root / f"{name}.log").read_text()
-        return self.done[name], text, self.root / name
-
-
-@pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory, request):
-    selected = [item.callspec.params["name"] for item in request.session.items
-                if getattr(item, "originalname", None) == "test_benchmark_runs_in_quick_mode"]  # fmt: skip
-    runs = QuickRuns(tmp_path_factory.mktemp("benchmarks_quick"), selected)
-    yield runs
-    for process, _, log in runs.running.values():
-        process.kill()
-        log.close()
+def quick_run(name: str, root: Path) -> tuple[int | None, str, Path]:
+    """Run `python -m benchmarks.<name> --quick` into `root/<name>`: (exit status, or None past the hang guard; its
+    log; its output folder)."""
+    extra, _ = BENCHMARKS[name]
+    out = root / name
+    command = [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out-dir", str(out), *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    try:
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as expired:
+        output = (expired.stdout or b"") + (expired.stderr or b"")  # bytes, even with text=True
+        return None, output.decode(errors="replace") if isinstance(output, bytes) else output, out
+    return result.returncode, result.stdout + result.stderr, out
 
 
 @pytest.mark.parametrize(
     "name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in BENCHMARKS]
 )
-def test_benchmark_runs_in_quick_mode(quick_runs, name):
-    returncode, log, out = quick_runs.result(name)
+def test_benchmark_runs_in_quick_mode(tmp_path, name):
+    returncode, log, out = quick_run(name, tmp_path)
     assert returncode is not None, f"{name} --quick ran past {TIMEOUT_S} s:\n{log[-3000:]}"
     assert returncode == 0, f"{name} --quick failed:\n{log[-3000:]}"
     for filename in BENCHMARKS[name][1]:
