@@ -1,37 +1,35 @@
 """Is greedy TRGL pretraining of a small masked-LM encoder worth it? Sequential TRGL vs VanGL vs end-to-end at equal
-optimizer steps on Tiny Shakespeare, then every stage fine-tuned on SST-2.
+optimizer steps per layer and at equal wall time on Tiny Shakespeare, over seeds, then the stages fine-tuned on SST-2.
 
-    python -m benchmarks.mlm_pretraining            # the committed configuration (~15 min on 2 CPU cores)
+    python -m benchmarks.mlm_pretraining            # the committed configuration (~50 min, 1 thread, shared CPU)
     python -m benchmarks.mlm_pretraining --quick    # smoke run: synthetic text and sentences, a tiny BERT (seconds)
     python -m benchmarks.mlm_pretraining --render-only benchmarks/results/mlm_pretraining.json   # the report again
 
-Model and data come from the recipe `recipes/pretrain_mlm.py` (its `build`: a WordPiece vocabulary trained on the
-first 95% of `tiny_shakespeare/input.txt`, blocks of `--block-size` tokens `[CLS] ... [SEP]`, the last 5% as the
-held-out blocks, and a `BertForMaskedLM` built from a config), imported with `recipes/` on `sys.path` as the recipe
-tests do (the recipes are scripts, not a package). Every arm starts from the same initial weights (`set_seed(seed)`).
+Model and data: `recipes/pretrain_mlm.py`'s `build` (imported with `recipes/` on `sys.path`, as the recipe tests do):
+a WordPiece vocabulary trained on the first 95% of `tiny_shakespeare/input.txt`, blocks of `--block-size` tokens, the
+last 5% held out, a `BertForMaskedLM` from a config. Per seed (`--seeds`) every arm starts from the same weights
+(`set_seed(seed)`) and reads one stream of seeded shuffles of the training blocks, masked once by
+`DataCollatorForLanguageModeling` (15%, seeded), stored and read in order (`train_sampling_strategy="sequential"`).
+Equal steps per layer: end-to-end (`Trainer`) takes `--steps` steps on the stream's first `--steps` batches; TRGL and
+VanGL (`TRGLTrainer`, `trgl_mode="sequential"`, K = `--num-modules`, native heads, tau the library default) take
+`--steps` steps per module on the same batches and masks. Equal wall time: "E2E (equal time)" takes round(steps x
+TRGL's train wall time / E2E's) steps (same seed; at most `--time-cap` x steps), reading the same stream further.
+Same AdamW settings everywhere (lr, weight decay 0.01, cosine schedule with warm-up, max_grad_norm 1.0).
 
-Equal compute, exactly: one stream of `--steps` x `--batch-size` training blocks (seeded shuffles of the training
-blocks, epoch after epoch) is masked once by `DataCollatorForLanguageModeling` (15%: 80% [MASK], 10% random, 10%
-kept; seeded) and stored, then read in order (`train_sampling_strategy="sequential"`). End-to-end (`transformers.
-Trainer` on the `BertForMaskedLM`, its decoder tied to the embeddings as built) takes `--steps` optimizer steps on
-it; TRGL and VanGL (`TRGLTrainer`, `trgl_mode="sequential"`, K = `--num-modules`, native heads, tau the library's
-default) take `--steps` steps per module on the same batches in the same order with the same masks (K x `--steps`
-steps in all, each updating one module and its head). So every encoder layer gets `--steps` AdamW updates from the
-same batches in every arm; the measured train wall times are reported beside. Same optimizer settings everywhere
-(AdamW, lr, weight decay 0.01, cosine schedule with warm-up, max_grad_norm 1.0; dropout 0.1 as BERT's config has it).
+Masked-token perplexity (exp of the mean cross-entropy over the masked tokens of the held-out blocks, masked once
+with another seed: the same masks for every model and seed) comes from one function on every saved stage
+(`AutoModelForMaskedLM`) and on the end-to-end models; the library's `evaluate()` per module is stored beside (stage k
+must equal head k). End-to-end's layers 1..d are probed by a fresh MLM head per depth trained `--steps` steps on the
+same batches on the frozen encoder (masked tokens only).
 
-Evaluation: the held-out blocks masked once with another seed, the same masks for every model. Masked-token
-perplexity = exp(mean cross-entropy over the masked tokens), computed by one function on every saved stage
-(`AutoModelForMaskedLM`) and on the end-to-end model; for TRGL/VanGL the library's own `evaluate()` per module is
-stored beside (stage k must equal head k). End-to-end has no head below its last layer: its layers 1..d are probed
-by a fresh MLM head per depth (BERT's head, newly initialised, trained `--steps` steps on the same batches on the
-frozen encoder's hidden states; the loss on the masked tokens only).
-
-Downstream: each stage folder (and end-to-end's first-d-layers truncation, and the untrained initial weights cut the
-same way) loads with `AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)` (a new pooler and
-classifier) and is fine-tuned with a plain `Trainer` on a fixed stratified sample of SST-2's GLUE train split
-(`--ft-train-size`, seed 0) for `--ft-epochs`, then scored on SST-2 validation (872). The tokenizer is the
-Shakespeare WordPiece one: SST-2's words map through it (the share of [UNK] is reported).
+Downstream, at the depths `--ft-layers` (default: the first and the last stage's), each stage folder, the
+end-to-end models' first d layers and the untrained weights cut the same way load with
+`AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)` and are fine-tuned (plain `Trainer`) on a
+stratified sample of SST-2's GLUE train split (`--ft-train-size`, seed 0), then scored on SST-2 validation (872).
+The (lr, epochs) comes from `--ft-grid`, chosen without validation: on `--ft-select-size` other GLUE train rows
+(disjoint from the sample), the untrained weights and end-to-end's first `--ft-select-layers` layers (default: the
+middle stage's; first seed) are fine-tuned with every setting, and the best mean accuracy there wins (TRGL
+plays no part). The tokenizer is the Shakespeare one: the share of SST-2's [UNK] tokens is reported.
 """
 
 from __future__ import annotations
@@ -52,6 +50,9 @@ import torch
 from benchmarks.common import data, env, report
 from benchmarks.common.env import log
 from benchmarks.reports import mlm_pretraining as mlm_report
+
+STEPS = 100  # optimizer steps per module: three seeds of every arm fit in about 50 minutes on a shared 2-core CPU
+FT_GRID = ["1e-3:3", "1e-3:6"]  # the fine-tune settings (lr:epochs) the selection set chooses from
 
 
 def recipe():
@@ -195,64 +196,66 @@ def probe_heads(model, stream, evalset, depths: list[int], opts) -> list[dict[st
             for h, d in zip(heads, depths)]  # fmt: skip
 
 
-def end_to_end(base, tokenizer, stream, evalset, depths: list[int], opts, work: Path) -> dict[str, Any]:
+def end_to_end(name: str, base, stream, evalset, depths: list[int], opts, work: Path, probe: bool) -> dict[str, Any]:
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     model = copy.deepcopy(base)
-    trainer = Trainer(model=model, args=training_args(TrainingArguments, opts, work / "e2e"), train_dataset=stream,
+    trainer = Trainer(model=model, args=training_args(TrainingArguments, opts, work / name), train_dataset=stream,
                       data_collator=default_data_collator)  # fmt: skip
     started = time.perf_counter()
     output = trainer.train()
     wall = time.perf_counter() - started
     final = model_loss(model, evalset.with_format("torch"), opts.eval_batch_size)
-    log(f"E2E: trained in {wall:.0f}s; perplexity {final['perplexity']:.2f}; probing layers {depths}")
-    probes = probe_heads(model, stream, evalset, depths, opts) if opts.probe else []
-    modules = [{"layers": d, "folder": str(truncate(model, d, work / "e2e" / f"layers-{d:02d}"))} for d in depths]
+    log(f"{name}: {output.global_step} steps in {wall:.0f}s; perplexity {final['perplexity']:.2f}")
+    probes = probe_heads(model, stream, evalset, depths, opts) if probe else []
+    modules = [{"layers": d, "folder": str(truncate(model, d, work / name / f"layers-{d:02d}"))} for d in depths]
     for m, p in zip(modules, probes):
         m["probe"] = p
-    return {"arm": "E2E", "optimizer_steps": output.global_step, "train_wall_s": round(wall, 1), "final": final,
+    return {"arm": name, "optimizer_steps": output.global_step, "train_wall_s": round(wall, 1), "final": final,
             "modules": modules, "train_log": [e for e in trainer.state.log_history if "loss" in e]}  # fmt: skip
 
 
 def sst2(opts, tokenizer):
-    """The fixed SST-2 training sample and validation, tokenized with the Shakespeare WordPiece tokenizer."""
-    train, validation, _ = data.sst2_glue(None if opts.quick else Path(opts.sst2_dir), opts.ft_train_size, 0)
+    """The fixed SST-2 fine-tuning sample, a disjoint selection set (both from GLUE's train split, stratified, seed 0)
+    and validation, tokenized with the Shakespeare WordPiece tokenizer."""
+    size = opts.ft_train_size + opts.ft_select_size
+    pool, validation, _ = data.sst2_glue(None if opts.quick else Path(opts.sst2_dir), size, 0)
+    parts = pool.train_test_split(test_size=opts.ft_select_size, stratify_by_column="label", seed=0)
 
     def encode(split):
         return split.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=opts.block_size),
                          batched=True, remove_columns=["idx", "sentence"])  # fmt: skip
 
-    train, validation = encode(train), encode(validation)
+    train, select, validation = encode(parts["train"]), encode(parts["test"]), encode(validation)
     tokens = [t for row in validation["input_ids"] for t in row[1:-1]]
-    info = {"train_rows": len(train), "validation_rows": len(validation),
+
+    def majority(split):
+        return float(max(np.mean(split["label"]), 1 - np.mean(split["label"])))
+
+    info = {"train_rows": len(train), "select_rows": len(select), "validation_rows": len(validation),
+            "select_majority": majority(select), "validation_majority": majority(validation),
             "validation_unk_share": sum(t == tokenizer.unk_token_id for t in tokens) / max(1, len(tokens)),
             "validation_tokens_per_sentence": len(tokens) / max(1, len(validation))}  # fmt: skip
-    return train, validation, info
+    return train, select, validation, info
 
 
 def fine_tune(folder: str, tokenizer, train, validation, opts, work: Path) -> dict[str, Any]:
-    from transformers import (
-        AutoModelForSequenceClassification,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    import transformers as hf
 
-    set_seed(opts.seed)  # the new pooler and classifier
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
-    args = TrainingArguments(output_dir=str(work / "ft"), num_train_epochs=opts.ft_epochs, learning_rate=opts.ft_lr,
+    hf.set_seed(opts.seed)  # the new pooler and classifier
+    model = hf.AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    args = hf.TrainingArguments(output_dir=str(work / "ft"), num_train_epochs=opts.ft_epochs, learning_rate=opts.ft_lr,
                              per_device_train_batch_size=opts.ft_batch_size, per_device_eval_batch_size=128,
                              weight_decay=0.01, warmup_steps=opts.ft_warmup_steps, lr_scheduler_type="linear",
                              max_grad_norm=1.0, seed=opts.seed, data_seed=opts.seed, report_to="none",
-                             save_strategy="no", eval_strategy="no", use_cpu=True, disable_tqdm=True,
-                             dataloader_num_workers=0)  # fmt: skip
+                             train_sampling_strategy="group_by_length", save_strategy="no", eval_strategy="no",
+                             use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)  # fmt: skip
 
     def accuracy(prediction):
         return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy)  # fmt: skip
+    trainer = hf.Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                         data_collator=hf.DataCollatorWithPadding(tokenizer), compute_metrics=accuracy)  # fmt: skip
     started = time.perf_counter()
     output = trainer.train()
     metrics = trainer.evaluate()
@@ -260,30 +263,82 @@ def fine_tune(folder: str, tokenizer, train, validation, opts, work: Path) -> di
             "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
+def select_fine_tune(candidates: dict[str, str], tokenizer, train, select, opts, work: Path) -> dict[str, Any]:
+    """Every (lr, epochs) of `--ft-grid` fine-tunes every candidate folder on the sample and is scored on the selection
+    set (never on validation); the best mean accuracy wins (the first in the grid on a tie)."""
+    scores = []
+    for spec in opts.ft_grid:
+        lr, epochs = (float(x) for x in spec.split(":"))
+        trial = argparse.Namespace(**{**vars(opts), "ft_lr": lr, "ft_epochs": epochs})
+        accs = {name: fine_tune(folder, tokenizer, train, select, trial, work) for name, folder in candidates.items()}
+        scores.append({"lr": lr, "epochs": epochs, "accuracy": {k: v["accuracy"] for k, v in accs.items()},
+                       "mean": float(np.mean([v["accuracy"] for v in accs.values()])),
+                       "wall_s": round(sum(v["wall_s"] for v in accs.values()), 1)})  # fmt: skip
+        log(f"fine-tune selection lr {lr:g}, {epochs:g} epochs: {scores[-1]['accuracy']}")
+    best = max(scores, key=lambda s: s["mean"])
+    return {"layers": opts.ft_select_layers, "seed": opts.seed, "candidates": list(candidates), "scores": scores,
+            "chosen": {"lr": best["lr"], "epochs": best["epochs"]}}  # fmt: skip
+
+
+def run_seed(seed: int, base, tokenizer, splits, evalset, sst, opts, work: Path) -> tuple[list, dict | None]:
+    """All arms of one seed: pretraining, perplexities, (first seed) the fine-tune selection, the SST-2 fine-tunes."""
+    from transformers import set_seed
+
+    opts = argparse.Namespace(**{**vars(opts), "seed": seed})
+    work = work / f"seed-{seed}"
+    set_seed(seed)
+    base = type(base)(base.config)  # what `build` makes after `set_seed(seed)`
+    rows, cap = opts.steps * opts.batch_size, math.ceil(opts.time_cap * opts.steps)
+    long_stream = masked(splits["train"], tokenizer, 0.15, seed, rows=cap * opts.batch_size)
+    stream = long_stream.select(range(rows))  # the prefix every equal-steps arm reads
+    arms = [module_wise("TRGL", True, base, tokenizer, stream, evalset, opts, work),
+            module_wise("VanGL", False, base, tokenizer, stream, evalset, opts, work)]  # fmt: skip
+    depths = [m["layers"] for m in arms[0]["modules"]]
+    ft_layers = opts.ft_layers or [depths[0], depths[-1]]
+    arms.append(end_to_end("E2E", base, stream, evalset, depths, opts, work, opts.probe))
+    steps = min(cap, round(opts.steps * arms[0]["train_wall_s"] / arms[2]["train_wall_s"]))
+    timed = argparse.Namespace(**{**vars(opts), "steps": steps})
+    arms.append(end_to_end("E2E (equal time)", base, long_stream.select(range(steps * opts.batch_size)), evalset,
+                           ft_layers, timed, work, False))  # fmt: skip
+    arms[-1]["stream_epochs"] = steps * opts.batch_size / len(splits["train"])
+    arms.append({"arm": "no pretraining", "modules": [{"layers": d, "folder": str(truncate(
+        base, d, work / "init" / f"layers-{d:02d}"))} for d in depths]})  # fmt: skip
+    selection = None
+    if len(opts.ft_grid) > 1 and seed == opts.seeds[0]:
+        opts.ft_select_layers = opts.ft_select_layers or depths[len(depths) // 2 - 1]
+        candidates = {arm["arm"]: m["folder"] for arm in (arms[4], arms[2]) for m in arm["modules"]
+                      if m["layers"] == opts.ft_select_layers}  # fmt: skip
+        selection = select_fine_tune(candidates, tokenizer, sst[0], sst[1], opts, work)
+        opts.ft_lr, opts.ft_epochs = selection["chosen"]["lr"], selection["chosen"]["epochs"]
+    for arm in arms:
+        for m in arm["modules"]:
+            folder = m.pop("folder")
+            if m["layers"] in ft_layers:
+                m["sst2"] = fine_tune(folder, tokenizer, sst[0], sst[2], opts, work)
+                log(f"seed {seed} {arm['arm']} layers 1..{m['layers']}: SST-2 accuracy {m['sst2']['accuracy']:.4f}")
+    return arms, selection
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text", default=str(env.shared_data("tiny_shakespeare") or "") + "/input.txt")
     parser.add_argument("--sst2-dir", default=str(env.shared_data("sst2")))
     parser.add_argument("--out-dir", default=None, help="default benchmarks/results (a temporary folder with --quick)")
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab-size", type=int, default=4000)
-    parser.add_argument("--block-size", type=int, default=64)
-    parser.add_argument("--num-modules", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=250, help="optimizer steps per module (and for end-to-end)")
-    parser.add_argument("--warmup-steps", type=int, default=25)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--eval-batch-size", type=int, default=64)
+    sizes = {"hidden-size": 128, "layers": 8, "heads": 4, "vocab-size": 4000, "block-size": 64, "num-modules": 4,
+             "warmup-steps": 25, "batch-size": 16, "eval-batch-size": 64, "ft-train-size": 2000,
+             "ft-batch-size": 32, "ft-warmup-steps": 10}  # fmt: skip
+    for name, default in sizes.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per module (and for end-to-end)")
+    parser.add_argument("--time-cap", type=float, default=3.0, help="E2E (equal time) takes at most this x --steps")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ft-train-size", type=int, default=2000)
-    parser.add_argument("--ft-epochs", type=float, default=1.0)
-    parser.add_argument("--ft-lr", type=float, default=1e-4)
-    parser.add_argument("--ft-batch-size", type=int, default=32)
-    parser.add_argument("--ft-warmup-steps", type=int, default=10)
+    parser.add_argument("--ft-select-size", type=int, default=1000, help="GLUE train rows that choose the fine-tune")
+    parser.add_argument("--ft-grid", nargs="+", default=FT_GRID, help="fine-tune settings lr:epochs to choose from")
+    parser.add_argument("--ft-select-layers", type=int, default=None, help="the depth the fine-tune is chosen at")
+    parser.add_argument("--ft-layers", type=int, nargs="*", default=None, help="depths fine-tuned (first, last)")
     parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip end-to-end's per-depth probes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="1: two threads slow down ~10x when the CPU is shared")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, output to a temporary folder")
     parser.add_argument("--render-only", default=None, help="rewrite the Markdown report of this JSON result")
     opts = parser.parse_args(argv)
@@ -295,7 +350,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if opts.quick:  # synthetic text and sentences: no data folder needed
         opts.hidden_size, opts.layers, opts.heads, opts.vocab_size, opts.block_size = 16, 2, 2, 120, 16
         opts.num_modules, opts.steps, opts.warmup_steps, opts.batch_size, opts.eval_batch_size = 2, 3, 1, 8, 16
-        opts.ft_train_size, opts.ft_batch_size, opts.ft_warmup_steps, opts.threads = 32, 16, 1, 1
+        opts.ft_train_size, opts.ft_select_size = 32, 16
+        opts.ft_grid, opts.ft_batch_size, opts.ft_warmup_steps, opts.threads = ["1e-3:1", "3e-3:1"], 16, 1, 1
+        opts.seeds = opts.seeds[:2]
+    opts.ft_lr, opts.ft_epochs = (float(x) for x in opts.ft_grid[0].split(":"))
     env.setup(opts.threads)
     out_dir = env.out_dir(opts.out_dir, opts.quick, "mlm_pretraining")
     mlm = recipe()
@@ -307,33 +365,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if opts.quick:
             text_file = work / "synthetic.txt"
             text_file.write_text(data.synthetic_text(6000))
-        set_seed(opts.seed)
+        set_seed(opts.seeds[0])
         base, tokenizer, splits = mlm.build(
             mlm.ModelArguments(hidden_size=opts.hidden_size, num_hidden_layers=opts.layers,
                                num_attention_heads=opts.heads, vocab_size=opts.vocab_size),
             mlm.DataArguments(train_file=str(text_file), block_size=opts.block_size))  # fmt: skip
-        stream = masked(splits["train"], tokenizer, 0.15, opts.seed, rows=opts.steps * opts.batch_size)
-        evalset = masked(splits["validation"], tokenizer, 0.15, opts.seed + 1)
-        ft_train, ft_validation, ft_info = sst2(opts, tokenizer)
-        info = {"train_blocks": len(splits["train"]), "eval_blocks": len(splits["validation"]),
-                "stream_rows": len(stream), "stream_epochs": len(stream) / len(splits["train"]),
-                "vocabulary": len(tokenizer), "parameters": sum(p.numel() for p in base.parameters()),
-                "sst2": ft_info}  # fmt: skip
+        evalset = masked(splits["validation"], tokenizer, 0.15, opts.seeds[0] + 1)
+        *sst, ft_info = sst2(opts, tokenizer)
+        rows = opts.steps * opts.batch_size
+        info = {"train_blocks": len(splits["train"]), "eval_blocks": len(splits["validation"]), "stream_rows": rows,
+                "stream_epochs": rows / len(splits["train"]), "vocabulary": len(tokenizer),
+                "parameters": sum(p.numel() for p in base.parameters()), "sst2": ft_info}  # fmt: skip
         log(f"data: {info}")
-        arms = [module_wise("TRGL", True, base, tokenizer, stream, evalset, opts, work),
-                module_wise("VanGL", False, base, tokenizer, stream, evalset, opts, work)]  # fmt: skip
-        depths = [m["layers"] for m in arms[0]["modules"]]
-        info["eval_masked_tokens"] = arms[0]["modules"][0]["masked_tokens"]
-        arms.append(end_to_end(base, tokenizer, stream, evalset, depths, opts, work))
-        arms.append({"arm": "no pretraining", "modules": [{"layers": d, "folder": str(truncate(
-            base, d, work / "init" / f"layers-{d:02d}"))} for d in depths]})  # fmt: skip
-        for arm in arms:
-            for m in arm["modules"]:
-                m["sst2"] = fine_tune(m.pop("folder"), tokenizer, ft_train, ft_validation, opts, work)
-                log(f"{arm['arm']} layers 1..{m['layers']}: SST-2 validation accuracy {m['sst2']['accuracy']:.4f}")
+        runs, selection = [], None
+        for seed in opts.seeds:
+            arms, chosen = run_seed(seed, base, tokenizer, splits, evalset, sst, opts, work)
+            if chosen:
+                selection = chosen
+                opts.ft_lr, opts.ft_epochs = chosen["chosen"]["lr"], chosen["chosen"]["epochs"]
+            runs.append({"seed": seed, "results": arms})
+        info["eval_masked_tokens"] = runs[0]["results"][0]["modules"][0]["masked_tokens"]
     result = {"benchmark": "mlm_pretraining", "quick": opts.quick,
               "config": {k: v for k, v in vars(opts).items() if k not in ("text", "sst2_dir", "out_dir")},
-              "data": info, "results": arms, "environment": env.environment(command),
+              "data": info, "ft_selection": selection, "runs": runs, "environment": env.environment(command),
               "total_wall_s": round(time.perf_counter() - env.START, 1)}  # fmt: skip
     report.write_json(out_dir / "mlm_pretraining.json", result, indent=1)
     report.write_atomically(out_dir / "mlm_pretraining.md", mlm_report.markdown(result))
