@@ -5,16 +5,17 @@ optimizer steps per layer and at equal wall time on Tiny Shakespeare, over seeds
     python -m benchmarks.mlm_pretraining --quick    # smoke run: synthetic text and sentences, a tiny BERT (seconds)
     python -m benchmarks.mlm_pretraining --render-only benchmarks/results/mlm_pretraining.json   # the report again
 
-Model and data: `recipes/pretrain_mlm.py`'s `build` (imported with `recipes/` on `sys.path`, as the recipe tests do):
-a WordPiece vocabulary trained on the first 95% of `tiny_shakespeare/input.txt`, blocks of `--block-size` tokens, the
-last 5% held out, a `BertForMaskedLM` from a config. Per seed (`--seeds`) every arm starts from the same weights
-(`set_seed(seed)`) and reads one stream of seeded shuffles of the training blocks, masked once by
-`DataCollatorForLanguageModeling` (15%, seeded), stored and read in order (`train_sampling_strategy="sequential"`).
-Equal steps per layer: end-to-end (`Trainer`) takes `--steps` steps on the stream's first `--steps` batches; TRGL and
-VanGL (`TRGLTrainer`, `trgl_mode="sequential"`, K = `--num-modules`, native heads, tau the library default) take
-`--steps` steps per module on the same batches and masks. Equal wall time: "E2E (equal time)" takes round(steps x
-TRGL's train wall time / E2E's) steps (same seed; at most `--time-cap` x steps), reading the same stream further.
-Same AdamW settings everywhere (lr, weight decay 0.01, cosine schedule with warm-up, max_grad_norm 1.0).
+Model and data: `recipes/pretrain_mlm.py`'s `build` (imported with `recipes/` on `sys.path`): blocks of
+`--block-size` tokens of the first 95% of `tiny_shakespeare/input.txt` (the last 5% held out) and a `BertForMaskedLM`
+from a config, with the WordPiece tokenizer in `benchmarks/assets/` (`--tokenizer`; trained once by the recipe on
+that 95%; `train` trains one, but WordPiece training is not deterministic across processes: tokenizers#1794). Per seed
+(`--seeds`) every arm starts from the same weights (`set_seed(seed)`) and reads one stream of seeded shuffles of the
+training blocks, masked once by `DataCollatorForLanguageModeling` (15%, seeded), read in order. Equal steps per layer:
+end-to-end (`Trainer`) takes `--steps` steps on the stream's first `--steps` batches; TRGL and VanGL (`TRGLTrainer`,
+sequential, K = `--num-modules`, native heads, default tau) take `--steps` steps per module on the same batches and
+masks. Equal wall time: "E2E (equal time)" takes round(steps x TRGL's train wall time / E2E's) steps (same seed; at
+most `--time-cap` x steps), reading the same stream further. AdamW, lr, weight decay 0.01, cosine schedule with
+warm-up, max_grad_norm 1.0 everywhere.
 
 Masked-token perplexity (exp of the mean cross-entropy over the masked tokens of the held-out blocks, masked once
 with another seed: the same masks for every model and seed) comes from one function on every saved stage
@@ -28,16 +29,18 @@ end-to-end models' first d layers and the untrained weights cut the same way loa
 stratified sample of SST-2's GLUE train split (`--ft-train-size`, seed 0), then scored on SST-2 validation (872).
 The (lr, epochs) comes from `--ft-grid`, chosen without validation: on `--ft-select-size` other GLUE train rows
 (disjoint from the sample), the untrained weights and end-to-end's first `--ft-select-layers` layers (default: the
-middle stage's; first seed) are fine-tuned with every setting, and the best mean accuracy there wins (TRGL
-plays no part). The tokenizer is the Shakespeare one: the share of SST-2's [UNK] tokens is reported.
+middle stage's; first seed) are fine-tuned with every setting; the best mean accuracy there wins (TRGL plays no
+part). SST-2 goes through the Shakespeare tokenizer (its share of [UNK] tokens is reported).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -49,10 +52,12 @@ import torch
 
 from benchmarks.common import data, env, report
 from benchmarks.common.env import log
+from benchmarks.common.sst2_finetune import fine_tune, select_fine_tune, sst2
 from benchmarks.reports import mlm_pretraining as mlm_report
 
+TOKENIZER = env.REPO_ROOT / "benchmarks" / "assets" / "mlm_shakespeare_wordpiece_4000"  # WordPiece training varies
 STEPS = 100  # optimizer steps per module: three seeds of every arm fit in about 50 minutes on a shared 2-core CPU
-FT_GRID = ["1e-3:3", "1e-3:6"]  # the fine-tune settings (lr:epochs) the selection set chooses from
+FT_GRID = ["3e-4:3", "1e-3:3", "1e-3:6"]  # the fine-tune settings (lr:epochs) the selection set chooses from
 
 
 def recipe():
@@ -215,71 +220,6 @@ def end_to_end(name: str, base, stream, evalset, depths: list[int], opts, work: 
             "modules": modules, "train_log": [e for e in trainer.state.log_history if "loss" in e]}  # fmt: skip
 
 
-def sst2(opts, tokenizer):
-    """The fixed SST-2 fine-tuning sample, a disjoint selection set (both from GLUE's train split, stratified, seed 0)
-    and validation, tokenized with the Shakespeare WordPiece tokenizer."""
-    size = opts.ft_train_size + opts.ft_select_size
-    pool, validation, _ = data.sst2_glue(None if opts.quick else Path(opts.sst2_dir), size, 0)
-    parts = pool.train_test_split(test_size=opts.ft_select_size, stratify_by_column="label", seed=0)
-
-    def encode(split):
-        return split.map(lambda b: tokenizer(b["sentence"], truncation=True, max_length=opts.block_size),
-                         batched=True, remove_columns=["idx", "sentence"])  # fmt: skip
-
-    train, select, validation = encode(parts["train"]), encode(parts["test"]), encode(validation)
-    tokens = [t for row in validation["input_ids"] for t in row[1:-1]]
-
-    def majority(split):
-        return float(max(np.mean(split["label"]), 1 - np.mean(split["label"])))
-
-    info = {"train_rows": len(train), "select_rows": len(select), "validation_rows": len(validation),
-            "select_majority": majority(select), "validation_majority": majority(validation),
-            "validation_unk_share": sum(t == tokenizer.unk_token_id for t in tokens) / max(1, len(tokens)),
-            "validation_tokens_per_sentence": len(tokens) / max(1, len(validation))}  # fmt: skip
-    return train, select, validation, info
-
-
-def fine_tune(folder: str, tokenizer, train, validation, opts, work: Path) -> dict[str, Any]:
-    import transformers as hf
-
-    hf.set_seed(opts.seed)  # the new pooler and classifier
-    model = hf.AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
-    args = hf.TrainingArguments(output_dir=str(work / "ft"), num_train_epochs=opts.ft_epochs, learning_rate=opts.ft_lr,
-                             per_device_train_batch_size=opts.ft_batch_size, per_device_eval_batch_size=128,
-                             weight_decay=0.01, warmup_steps=opts.ft_warmup_steps, lr_scheduler_type="linear",
-                             max_grad_norm=1.0, seed=opts.seed, data_seed=opts.seed, report_to="none",
-                             train_sampling_strategy="group_by_length", save_strategy="no", eval_strategy="no",
-                             use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)  # fmt: skip
-
-    def accuracy(prediction):
-        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
-
-    trainer = hf.Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                         data_collator=hf.DataCollatorWithPadding(tokenizer), compute_metrics=accuracy)  # fmt: skip
-    started = time.perf_counter()
-    output = trainer.train()
-    metrics = trainer.evaluate()
-    return {"accuracy": metrics["eval_accuracy"], "steps": output.global_step,
-            "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip
-
-
-def select_fine_tune(candidates: dict[str, str], tokenizer, train, select, opts, work: Path) -> dict[str, Any]:
-    """Every (lr, epochs) of `--ft-grid` fine-tunes every candidate folder on the sample and is scored on the selection
-    set (never on validation); the best mean accuracy wins (the first in the grid on a tie)."""
-    scores = []
-    for spec in opts.ft_grid:
-        lr, epochs = (float(x) for x in spec.split(":"))
-        trial = argparse.Namespace(**{**vars(opts), "ft_lr": lr, "ft_epochs": epochs})
-        accs = {name: fine_tune(folder, tokenizer, train, select, trial, work) for name, folder in candidates.items()}
-        scores.append({"lr": lr, "epochs": epochs, "accuracy": {k: v["accuracy"] for k, v in accs.items()},
-                       "mean": float(np.mean([v["accuracy"] for v in accs.values()])),
-                       "wall_s": round(sum(v["wall_s"] for v in accs.values()), 1)})  # fmt: skip
-        log(f"fine-tune selection lr {lr:g}, {epochs:g} epochs: {scores[-1]['accuracy']}")
-    best = max(scores, key=lambda s: s["mean"])
-    return {"layers": opts.ft_select_layers, "seed": opts.seed, "candidates": list(candidates), "scores": scores,
-            "chosen": {"lr": best["lr"], "epochs": best["epochs"]}}  # fmt: skip
-
-
 def run_seed(seed: int, base, tokenizer, splits, evalset, sst, opts, work: Path) -> tuple[list, dict | None]:
     """All arms of one seed: pretraining, perplexities, (first seed) the fine-tune selection, the SST-2 fine-tunes."""
     from transformers import set_seed
@@ -332,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per module (and for end-to-end)")
     parser.add_argument("--time-cap", type=float, default=3.0, help="E2E (equal time) takes at most this x --steps")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--tokenizer", default=str(TOKENIZER), help="a saved tokenizer, or 'train' to train one here")
     parser.add_argument("--ft-select-size", type=int, default=1000, help="GLUE train rows that choose the fine-tune")
     parser.add_argument("--ft-grid", nargs="+", default=FT_GRID, help="fine-tune settings lr:epochs to choose from")
     parser.add_argument("--ft-select-layers", type=int, default=None, help="the depth the fine-tune is chosen at")
@@ -366,16 +307,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             text_file = work / "synthetic.txt"
             text_file.write_text(data.synthetic_text(6000))
         set_seed(opts.seeds[0])
+        saved = None if opts.quick or opts.tokenizer == "train" else opts.tokenizer
         base, tokenizer, splits = mlm.build(
             mlm.ModelArguments(hidden_size=opts.hidden_size, num_hidden_layers=opts.layers,
-                               num_attention_heads=opts.heads, vocab_size=opts.vocab_size),
+                               num_attention_heads=opts.heads, vocab_size=opts.vocab_size,
+                               tokenizer_name_or_path=saved),
             mlm.DataArguments(train_file=str(text_file), block_size=opts.block_size))  # fmt: skip
         evalset = masked(splits["validation"], tokenizer, 0.15, opts.seeds[0] + 1)
         *sst, ft_info = sst2(opts, tokenizer)
         rows = opts.steps * opts.batch_size
+        fingerprint = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
         info = {"train_blocks": len(splits["train"]), "eval_blocks": len(splits["validation"]), "stream_rows": rows,
-                "stream_epochs": rows / len(splits["train"]), "vocabulary": len(tokenizer),
-                "parameters": sum(p.numel() for p in base.parameters()), "sst2": ft_info}  # fmt: skip
+                "stream_epochs": rows / len(splits["train"]), "vocabulary": len(tokenizer), "sst2": ft_info,
+                "parameters": sum(p.numel() for p in base.parameters()), "tokenizer_sha256": fingerprint,
+                "tokenizer": saved and os.path.relpath(saved, env.REPO_ROOT)}  # fmt: skip
         log(f"data: {info}")
         runs, selection = [], None
         for seed in opts.seeds:

@@ -3,7 +3,8 @@
     python recipes/pretrain_mlm.py --train_file ../shared/data/tiny_shakespeare/input.txt --output_dir mlm-out \
         --max_steps 200 --report_to none
 
-A WordPiece vocabulary is trained on the text (lower-cased, BERT's pre-tokenizer and special tokens), the text is cut
+A WordPiece vocabulary is trained on the text (lower-cased, BERT's pre-tokenizer and special tokens; or
+`--tokenizer_name_or_path` loads a saved one: the training is not deterministic across processes), the text is cut
 into fixed-length blocks (`[CLS] ... [SEP]`), and `DataCollatorForLanguageModeling` masks 15% of the tokens of every
 batch (80% `[MASK]`, 10% random, 10% kept), so every module's head learns to predict the masked tokens. Reports each
 module's masked-token loss and perplexity. Each stage is a plain `BertForMaskedLM` with the tokenizer, so
@@ -18,6 +19,7 @@ from common import TRGLArguments, logger, parse, setup_logging, write_results
 from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoTokenizer,
     BertConfig,
     BertForMaskedLM,
     DataCollatorForLanguageModeling,
@@ -38,6 +40,12 @@ class ModelArguments:
     num_hidden_layers: int = field(default=8, metadata={"help": "Depth (cut into --num_modules modules)."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads."})
     vocab_size: int = field(default=4000, metadata={"help": "Size of the WordPiece vocabulary trained on the text."})
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved tokenizer (a folder, e.g. a stage of an earlier run, or a Hub id) to use instead "
+                  "of training one. WordPiece training is not deterministic across processes (huggingface/tokenizers"
+                  "#1794), so a rerun that must reproduce an earlier one passes the tokenizer that run saved."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -81,7 +89,13 @@ def blocks_of(text: str, tokenizer: PreTrainedTokenizerFast, block_size: int, li
 def build(model_args: ModelArguments, data_args: DataArguments) -> tuple:
     text = open(data_args.train_file, encoding="utf-8").read()
     cut = int(len(text) * (1 - data_args.validation_fraction))
-    tokenizer = wordpiece_tokenizer(text[:cut], model_args.vocab_size)
+    if model_args.tokenizer_name_or_path is None:
+        logger.info("Training a WordPiece vocabulary of %d tokens; its training is not deterministic across processes "
+                    "(huggingface/tokenizers#1794): to reproduce this run, pass --tokenizer_name_or_path <a stage>.",
+                    model_args.vocab_size)  # fmt: skip
+        tokenizer = wordpiece_tokenizer(text[:cut], model_args.vocab_size)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
     tokenizer.model_max_length = data_args.block_size  # the model's positions stop there; saved with every stage
     splits = DatasetDict(
         train=blocks_of(text[:cut], tokenizer, data_args.block_size, data_args.max_train_blocks),

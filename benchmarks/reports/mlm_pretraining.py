@@ -226,6 +226,19 @@ def stage_check(result: dict[str, Any]) -> float:
                for name in ("TRGL", "VanGL") for m in arm(run, name)["modules"])  # fmt: skip
 
 
+def tokenizer_text(d: dict[str, Any]) -> str:
+    """Where the WordPiece vocabulary came from: a saved one (reproducible), or trained in the run (not)."""
+    if d.get("tokenizer"):
+        return (f"the lower-cased WordPiece vocabulary of {d['vocabulary']} tokens saved in `{d['tokenizer']}` (its "
+                f"serialization's sha256 starts {d['tokenizer_sha256'][:12]}), which the recipe trained once on the "
+                "first 95% of Tiny Shakespeare; every run loads it, because WordPiece training is not deterministic "
+                "across processes (huggingface/tokenizers#1794)")  # fmt: skip
+    return (
+        f"a lower-cased WordPiece vocabulary of {d['vocabulary']} tokens trained on the first 95% of Tiny "
+        "Shakespeare in this run (not reproducible: WordPiece training varies across processes)"
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     cfg, env, d = result["config"], result["environment"], result["data"]
     header = report.text(NAME, "header", **cfg, command=env["command"], date_utc=env["date_utc"], torch=env["torch"],
@@ -235,8 +248,9 @@ def markdown(result: dict[str, Any]) -> str:
                          taus=arm(result["runs"][0], "TRGL")["taus"],
                          seed_list=", ".join(str(r["seed"]) for r in result["runs"]),
                          quick_note=report.text(NAME, "quick_note") if result["quick"] else "",
-                         **{k: v for k, v in d.items() if k != "sst2"},
+                         **{k: v for k, v in d.items() if k not in ("sst2", "tokenizer")},
                          unk=100 * d["sst2"]["validation_unk_share"], selection=selection_text(result),
+                         tokenizer_text=tokenizer_text(d),
                          tokens_per_sentence=d["sst2"]["validation_tokens_per_sentence"],
                          ft_depths=", ".join(map(str, ft_depths(result))) or "none",
                          ft_rows=d["sst2"]["train_rows"], val_rows=d["sst2"]["validation_rows"])  # fmt: skip

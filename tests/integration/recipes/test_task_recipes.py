@@ -42,6 +42,21 @@ def test_mlm_recipe_pretrains_every_module_and_its_stages_fill_a_mask(tmp_path):
     assert candidates[0]["score"] >= candidates[-1]["score"]
 
 
+def test_mlm_recipe_reuses_a_saved_tokenizer_instead_of_training_one(tmp_path):
+    import pretrain_mlm
+
+    text = tmp_path / "zen.txt"
+    text.write_text(ZEN * 8)
+    data_args = pretrain_mlm.DataArguments(train_file=str(text), block_size=16)
+    _, trained, splits = pretrain_mlm.build(pretrain_mlm.ModelArguments(vocab_size=120), data_args)
+    trained.save_pretrained(tmp_path / "tokenizer")
+    reused_args = pretrain_mlm.ModelArguments(vocab_size=7, tokenizer_name_or_path=str(tmp_path / "tokenizer"))
+    model, reused, reused_splits = pretrain_mlm.build(reused_args, data_args)
+    assert reused.get_vocab() == trained.get_vocab() and model.config.vocab_size == len(trained)
+    assert reused_splits["train"]["input_ids"] == splits["train"]["input_ids"]
+    assert reused.model_max_length == 16
+
+
 def test_token_classification_recipe_tags_entities_and_its_stages_run_in_a_pipeline(tmp_path):
     import train_token_classification
 
