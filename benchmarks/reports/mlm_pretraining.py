@@ -230,9 +230,9 @@ def tokenizer_text(d: dict[str, Any]) -> str:
     """Where the WordPiece vocabulary came from: a saved one (reproducible), or trained in the run (not)."""
     if d.get("tokenizer"):
         return (f"the lower-cased WordPiece vocabulary of {d['vocabulary']} tokens saved in `{d['tokenizer']}` (its "
-                f"serialization's sha256 starts {d['tokenizer_sha256'][:12]}), which the recipe trained once on the "
-                "first 95% of Tiny Shakespeare; every run loads it, because WordPiece training is not deterministic "
-                "across processes (huggingface/tokenizers#1794)")  # fmt: skip
+                f"serialization's sha256 starts {d['tokenizer_sha256'][:12]}), which the recipe trained on the first "
+                "95% of Tiny Shakespeare in the run of 2026-12-07; the benchmark loads it by default, because "
+                "WordPiece training is not deterministic across processes (huggingface/tokenizers#1794)")  # fmt: skip
     return (
         f"a lower-cased WordPiece vocabulary of {d['vocabulary']} tokens trained on the first 95% of Tiny "
         "Shakespeare in this run (not reproducible: WordPiece training varies across processes)"
