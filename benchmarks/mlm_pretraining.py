@@ -1,7 +1,7 @@
 """Is greedy TRGL pretraining of a small masked-LM encoder worth it? Sequential TRGL vs VanGL vs end-to-end at equal
 optimizer steps per layer and at equal wall time on Tiny Shakespeare, over seeds, then the stages fine-tuned on SST-2.
 
-    python -m benchmarks.mlm_pretraining            # the committed configuration (~50 min, 1 thread, shared CPU)
+    python -m benchmarks.mlm_pretraining            # the committed configuration (~26 min: 1 thread, 2 idle cores)
     python -m benchmarks.mlm_pretraining --quick    # smoke run: synthetic text and sentences, a tiny BERT (seconds)
     python -m benchmarks.mlm_pretraining --render-only benchmarks/results/mlm_pretraining.json   # the report again
 
@@ -56,7 +56,7 @@ from benchmarks.common.sst2_finetune import fine_tune, select_fine_tune, sst2
 from benchmarks.reports import mlm_pretraining as mlm_report
 
 TOKENIZER = env.REPO_ROOT / "benchmarks" / "assets" / "mlm_shakespeare_wordpiece_4000"  # WordPiece training varies
-STEPS = 100  # optimizer steps per module: three seeds of every arm fit in about 50 minutes on a shared 2-core CPU
+STEPS = 100  # optimizer steps per module: three seeds of every arm take about 26 minutes on 2 idle CPU cores
 FT_GRID = ["3e-4:3", "1e-3:3", "1e-3:6"]  # the fine-tune settings (lr:epochs) the selection set chooses from
 
 
