@@ -13,30 +13,15 @@ truncated after that module, so every stage exports as the family's own class.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import BlockState, truncate_depths
+from .base import BlockState
 from .native_head import NativeHead
 from .spec import StreamPoints
 from .staged import StagedCutter
-
-
-def _truncated_stage_config(config: Any, depths: list[int], per_stage: tuple[str, ...], architecture: str) -> Any:
-    """`config` for the first `len(depths)` stages with `depths`: every per-stage list cut to that many stages, and
-    the backbone outputs reset to the last stage."""
-    settings = copy.deepcopy(config).to_dict()
-    settings.update(depths=depths, architectures=[architecture], out_features=None, out_indices=None,
-                    stage_names=None)  # fmt: skip
-    for name in per_stage:
-        if isinstance(settings.get(name), list):
-            settings[name] = settings[name][: len(depths)]
-    for name in ("model_type", "transformers_version"):
-        settings.pop(name, None)
-    return type(config)(**settings)
 
 
 def pvt_v2_tail(modules: nn.Module, hidden: torch.Tensor) -> dict[str, Any]:
@@ -95,12 +80,6 @@ class PvtV2Cutter(StagedCutter):
         channels = self.backbone.config.num_channels
         return {"pixel_values": torch.randn(batch_size, channels, size, size, device=parameter.device)}
 
-    def stage_config(self, num_blocks: int) -> Any:
-        depths = truncate_depths(self.backbone.config.depths, num_blocks)
-        config = _truncated_stage_config(self.backbone.config, depths, self.per_stage, self.architecture)
-        config.num_encoder_blocks = len(depths)
-        return config
-
     def stage_tail_names(self, truncated: nn.Module) -> tuple[str, ...]:
         return (self.stage_norm(len(truncated.config.depths)),)  # the truncated model's last stage's closing LayerNorm
 
@@ -128,10 +107,6 @@ class FocalNetCutter(StagedCutter):
         hidden = hidden.transpose(1, 2).reshape(hidden.shape[0], -1, height, width)
         hidden, _ = self.transition(index)(hidden)
         return hidden
-
-    def stage_config(self, num_blocks: int) -> Any:
-        depths = truncate_depths(self.backbone.config.depths, num_blocks)
-        return _truncated_stage_config(self.backbone.config, depths, self.per_stage, self.architecture)
 
 
 __all__ = ["FocalNetCutter", "PvtV2Cutter", "focalnet_layout", "pvt_v2_tail"]

@@ -41,6 +41,8 @@ class StagedCutter(TransformerCutter):
 
     stage_list: str
     block_list: str
+    per_stage: tuple[str, ...] = ("num_heads", "hidden_sizes", "pretrained_window_sizes")
+    """The config's per-stage lists, cut to the stages a truncated model keeps."""
     context_input_names = ("pixel_values",)
     head_kinds = ("native",)  # image models: the head of the model truncated after the module
 
@@ -76,11 +78,12 @@ class StagedCutter(TransformerCutter):
         settings = config.to_dict()
         settings.update(depths=depths, architectures=[self.architecture], out_features=None, out_indices=None,
                         stage_names=None)  # fmt: skip
-        for name in ("num_heads", "hidden_sizes", "pretrained_window_sizes"):
+        for name in self.per_stage:
             if isinstance(settings.get(name), list):
                 settings[name] = settings[name][: len(depths)]
-        if "num_stages" in settings:
-            settings["num_stages"] = len(depths)
+        for name in ("num_stages", "num_encoder_blocks"):
+            if name in settings:
+                settings[name] = len(depths)
         for name in ("hidden_size", "num_layers", "model_type", "transformers_version"):
             settings.pop(name, None)
         return type(config)(**settings)

@@ -13,6 +13,7 @@ from transformers import AutoModelForImageClassification
 from trgl_hf import TRGLConfig, TRGLModel
 
 from .cases_common import VIT
+from .drop_path import drop_path_outputs
 
 FAMILIES = {
     "beit": ("BeitConfig", "BeitForImageClassification", "mlp", "layers"),
@@ -87,13 +88,9 @@ def test_transport_is_the_layer_scaled_branch_and_stages_reproduce_the_heads(fam
 def test_drop_path_and_dropout_in_train_mode_penalise_what_is_added(family):
     base = build(family, drop_path_rate=0.6, hidden_dropout_prob=0.2)
     model = TRGLModel.from_base(base, TRGLConfig(split=[2, 2], tau=1.0)).train()
-    added: list[torch.Tensor] = []  # the shared drop path's output: exactly what each branch adds (twice per block)
-    handles = [block.drop_path.register_forward_hook(lambda module, args, output: added.append(output.detach()))
-               for block in model.adapter.blocks]  # fmt: skip
-    torch.manual_seed(3)
-    steps = list(model.iter_modules(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.tensor([0, 1, 2, 0])))
-    for handle in handles:
-        handle.remove()
+    with drop_path_outputs(model) as added:  # what each branch adds (the drop path runs once per branch)
+        torch.manual_seed(3)
+        steps = list(model.iter_modules(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.tensor([0, 1, 2, 0])))
     assert len(added) == 2 * len(model.adapter.blocks)
     dropped = sum(int((branch.flatten(1) == 0).all(1).sum()) for branch in added[2:])
     assert 0 < dropped < 4 * (len(added) - 2)  # some samples' branches were dropped, not all

@@ -6,6 +6,7 @@ from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersForImageC
 from trgl_hf import TRGLConfig, TRGLModel
 
 from .cases_common import VIT
+from .drop_path import drop_path_outputs
 
 
 def test_drop_path_in_train_mode_penalises_what_is_added():
@@ -13,13 +14,9 @@ def test_drop_path_in_train_mode_penalises_what_is_added():
     config = Dinov2WithRegistersConfig(**VIT, mlp_ratio=2, num_register_tokens=2, drop_path_rate=0.6,
                                        hidden_dropout_prob=0.2, num_labels=3)  # fmt: skip
     model = TRGLModel.from_base(Dinov2WithRegistersForImageClassification(config), TRGLConfig(split=[2, 2])).train()
-    added: list[torch.Tensor] = []  # the block's drop path runs once per branch: its output is what is added
-    handles = [block.drop_path.register_forward_hook(lambda module, args, output: added.append(output.detach()))
-               for block in model.adapter.blocks]  # fmt: skip
-    torch.manual_seed(3)
-    steps = list(model.iter_modules(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.tensor([0, 1, 2, 0])))
-    for handle in handles:
-        handle.remove()
+    with drop_path_outputs(model) as added:  # what each branch adds (the drop path runs once per branch)
+        torch.manual_seed(3)
+        steps = list(model.iter_modules(pixel_values=torch.randn(4, 3, 16, 16), labels=torch.tensor([0, 1, 2, 0])))
     assert len(added) == 2 * len(model.adapter.blocks)
     assert any((branch.flatten(1) == 0).all(1).any() for branch in added)  # some sample's branch was dropped
     energies = [branch.pow(2).mean() for branch in added]

@@ -8,6 +8,7 @@ from transformers import AutoModelForImageClassification, FocalNetConfig, FocalN
 from trgl_hf import TRGLConfig, TRGLModel
 
 from .cases_vision import FOCALNET
+from .drop_path import drop_path_outputs
 
 
 def tiny_focalnet(**settings) -> FocalNetForImageClassification:
@@ -21,14 +22,6 @@ def tiny_focalnet(**settings) -> FocalNetForImageClassification:
     return model
 
 
-def record_drop_path(model: TRGLModel) -> tuple[list[torch.Tensor], list]:
-    """The output of each block's drop path (it runs once per branch): exactly what each branch adds."""
-    added: list[torch.Tensor] = []
-    handles = [block.drop_path.register_forward_hook(lambda module, args, output: added.append(output.detach()))
-               for block in model.adapter.blocks]  # fmt: skip
-    return added, handles
-
-
 @pytest.mark.parametrize("post_layernorm", [False, True])
 def test_transport_is_the_layer_scaled_branch_and_stages_reproduce_the_heads(post_layernorm, tmp_path):
     base = tiny_focalnet(use_post_layernorm=post_layernorm).eval()
@@ -36,11 +29,8 @@ def test_transport_is_the_layer_scaled_branch_and_stages_reproduce_the_heads(pos
     with torch.no_grad():
         base_logits = base(pixel_values=pixel_values).logits
     model = TRGLModel.from_base(base, TRGLConfig(split=[1, 2, 1])).eval()
-    added, handles = record_drop_path(model)
-    with torch.no_grad():
+    with drop_path_outputs(model) as added, torch.no_grad():
         steps = list(model.iter_modules(pixel_values=pixel_values))
-    for handle in handles:
-        handle.remove()
     energies = [branch.pow(2).mean() for branch in added]
     for step, expected in zip(steps, [sum(energies[:2]), sum(energies[2:6]), sum(energies[6:])]):
         torch.testing.assert_close(step.transport, expected, rtol=1e-5, atol=1e-7)
@@ -55,11 +45,9 @@ def test_transport_is_the_layer_scaled_branch_and_stages_reproduce_the_heads(pos
 def test_drop_path_in_train_mode_penalises_what_is_added():
     model = TRGLModel.from_base(tiny_focalnet(drop_path_rate=0.8, hidden_dropout_prob=0.1), TRGLConfig(split=[2, 2]))
     model.train()
-    added, handles = record_drop_path(model)
-    torch.manual_seed(3)
-    steps = list(model.iter_modules(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 0])))
-    for handle in handles:
-        handle.remove()
+    with drop_path_outputs(model) as added:
+        torch.manual_seed(3)
+        steps = list(model.iter_modules(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 0])))
     assert len(added) == 8 and any((branch.flatten(1) == 0).all(1).any() for branch in added)
     energies = [branch.pow(2).mean() for branch in added]
     for step, expected in zip(steps, [sum(energies[:4]), sum(energies[4:])]):

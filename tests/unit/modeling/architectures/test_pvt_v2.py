@@ -10,6 +10,7 @@ from trgl_hf.modeling.architectures import registry
 from trgl_hf.modeling.architectures.families.vision import PVT_V2
 
 from .cases_vision import PVT_V2 as SETTINGS
+from .drop_path import drop_path_outputs
 
 
 def test_pvt_v2_is_registered_and_its_pair_image_size_is_read_as_a_side():
@@ -76,13 +77,9 @@ def test_the_transition_trains_with_the_next_stage_and_drop_path_is_penalised_as
     assert {id(p) for p in stages[1].patch_embedding.parameters()} <= second
     owned = {id(p) for index in range(2) for p in model.module_parameters(index)}
     assert not {id(p) for p in stages[2].layer_norm.parameters()} & owned  # the last norm: each head has its copy
-    added = []
-    handles = [block.drop_path.register_forward_hook(lambda module, args, output: added.append(output.detach()))
-               for block in model.adapter.blocks]  # fmt: skip
-    torch.manual_seed(3)
-    steps = list(model.iter_modules(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 0])))
-    for handle in handles:
-        handle.remove()
+    with drop_path_outputs(model) as added:  # what each branch adds (the drop path runs once per branch)
+        torch.manual_seed(3)
+        steps = list(model.iter_modules(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 0])))
     assert len(added) == 8 and any((branch.flatten(1) == 0).all(1).any() for branch in added)
     energies = [branch.pow(2).mean() for branch in added]
     for step, expected in zip(steps, [sum(energies[:4]), sum(energies[4:])]):
