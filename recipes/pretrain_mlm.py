@@ -90,9 +90,9 @@ def build(model_args: ModelArguments, data_args: DataArguments) -> tuple:
     text = open(data_args.train_file, encoding="utf-8").read()
     cut = int(len(text) * (1 - data_args.validation_fraction))
     if model_args.tokenizer_name_or_path is None:
-        logger.info("Training a WordPiece vocabulary of %d tokens; its training is not deterministic across processes "
-                    "(huggingface/tokenizers#1794): to reproduce this run, pass --tokenizer_name_or_path <a stage>.",
-                    model_args.vocab_size)  # fmt: skip
+        logger.warning("Training a WordPiece vocabulary of %d tokens; its training is not deterministic across "
+                       "processes (huggingface/tokenizers#1794): to reproduce this run, pass "
+                       "--tokenizer_name_or_path <a stage of it>.", model_args.vocab_size)  # fmt: skip
         tokenizer = wordpiece_tokenizer(text[:cut], model_args.vocab_size)
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
